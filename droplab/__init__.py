@@ -1,0 +1,28 @@
+"""droplab: dropout regularization for PyTorch, complete, reproducible and fast.
+
+Core (always imported): :mod:`droplab.rng` (the mask generator), :mod:`droplab.functional`,
+:mod:`droplab.nn`, and the site tools :func:`convert`, :func:`sites`, :func:`set_rate`.
+Other subpackages are imported on first use so ``import droplab`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import functional, nn, rng
+from .convert import Site, convert, set_rate, sites
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "diagnostics", "lab")
+_LAZY_ATTRS: dict[str, str] = {}
+
+__all__ = ["__version__", "functional", "nn", "rng", "Site", "convert", "set_rate", "sites", *_LAZY_MODULES]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRS[name]}"), name)
+    raise AttributeError(f"module 'droplab' has no attribute {name!r}")

@@ -1,0 +1,50 @@
+r"""Dropout as pure functions: ``f(input, p, training, *, seed, step, noise_shape, scaling, ...)``.
+
+Every stochastic function here draws its mask from droplab's counter-based generator
+(:mod:`droplab.rng`): the mask is a pure function of ``(seed, step, replica, stream)`` and the
+element's index in the mask, so it is reproducible on any device and thread count, and backward
+regenerates it instead of storing it.
+
+Conventions shared by all functions:
+
+* ``p`` is the **drop** probability, ``q = 1 - p`` the keep probability.
+* ``scaling="inverted"`` (PyTorch, Keras): training multiplies kept units by :math:`1/q`;
+  inference is the identity. ``scaling="classic"`` (Srivastava et al. 2014, the weight-scaling
+  rule): training does not rescale; inference multiplies by :math:`q`. Both give
+  :math:`\mathbb{E}[\text{train output}] = \text{inference output}`.
+* ``noise_shape`` (Keras): one entry per input dimension, ``None`` (or the dimension's size) for an
+  independent mask value per index along that axis, ``1`` to share one mask value along it. For
+  example ``(None, None, 1, 1)`` on ``(N, C, H, W)`` drops whole channels, ``(None, 1, None)`` on a
+  batch-first sequence ``(N, T, F)`` keeps one mask per sequence over time, and ``(1, None)`` on
+  ``(N, F)`` uses one mask for the whole batch.
+* ``seed=None`` draws a fresh seed from torch's global generator (as ``torch.nn.functional`` does);
+  pass an int (or a 0-dim int64 tensor) for explicit randomness.
+"""
+
+from __future__ import annotations
+
+from .dropout import (
+    SCALINGS,
+    check_probability,
+    check_scaling,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    feature_dropout,
+    new_seed,
+    resolve_noise_shape,
+)
+
+__all__ = [
+    "SCALINGS",
+    "check_probability",
+    "check_scaling",
+    "resolve_noise_shape",
+    "new_seed",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "feature_dropout",
+]

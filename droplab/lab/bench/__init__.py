@@ -1,0 +1,38 @@
+"""``droplab bench SUITE``: benchmarks against PyTorch, measured in one run, printed as a table.
+
+Suites live in sibling modules exposing ``SUITE_HELP``, ``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUITES = {
+    "kernel": "droplab.lab.bench.kernel",
+    "variants": "droplab.lab.bench.variants",
+    "mc": "droplab.lab.bench.mc",
+}
+
+
+def _available() -> dict[str, object]:
+    modules = {}
+    for name, module_name in SUITES.items():
+        try:
+            modules[name] = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+    return modules
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    for name, module in _available().items():
+        suite_parser = sub.add_parser(name, help=module.SUITE_HELP, description=module.SUITE_HELP)
+        module.configure(suite_parser)
+        suite_parser.set_defaults(_suite_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._suite_run(args) or 0)

@@ -1,0 +1,112 @@
+"""Drop-in replacements for ``torch.nn.Dropout`` and ``torch.nn.Dropout1d/2d/3d``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import functional as F
+from ._base import StochasticModule
+
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+
+
+class _DropoutNd(StochasticModule):
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
+                 noise_shape: Sequence[int | None] | None = None, scaling: str = "inverted",
+                 share_across_ranks: bool = False) -> None:
+        super().__init__(p, seed=seed, scaling=scaling, share_across_ranks=share_across_ranks)
+        self.inplace = bool(inplace)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+
+    def _extra_fields(self) -> list[tuple[str, object]]:
+        return [("inplace", self.inplace), ("noise_shape", self.noise_shape)]
+
+    def _call(self, input: torch.Tensor, fn, **extra) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return fn(input, self.p, False, self.inplace, scaling=self.scaling, **extra)
+        seed, step = self._next_counter()
+        return fn(input, self.p, True, self.inplace, seed=seed, step=step, replica=self.replica,
+                  scaling=self.scaling, **extra)
+
+
+class Dropout(_DropoutNd):
+    r"""During training, zero each element with probability ``p``; at inference use every element.
+
+    Inverted scaling (default) multiplies kept elements by :math:`1/(1-p)` in training and is the
+    identity at inference; classic scaling leaves training unscaled and multiplies by :math:`1-p` at
+    inference. The mask is droplab's counter-based mask of ``(seed, step, replica)``: reproducible,
+    regenerated in backward, and different on each data-parallel rank.
+
+    Args:
+        p: drop probability. Default: 0.5.
+        inplace: operate in place. Default: False.
+        seed: 64-bit seed; ``None`` draws one from torch's global generator at construction, so
+            ``torch.manual_seed`` governs it. Default: None.
+        noise_shape: Keras-style mask shape (``1`` shares the mask along an axis, ``None`` keeps the
+            input's size), e.g. ``(None, 1, None)`` for one mask per sequence. Default: None.
+        scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
+        share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
+
+    Shape:
+        Input :math:`(*)`, output :math:`(*)` of the same shape.
+
+    Example::
+
+        >>> m = Dropout(0.5, seed=0)
+        >>> y = m(torch.ones(4, 8))          # training: zeros and 2.0s, step advances
+        >>> int(m.step)
+        1
+        >>> torch.equal(m.eval()(torch.ones(2)), torch.ones(2))
+        True
+
+    Reference: Srivastava et al., JMLR 2014.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._call(input, F.dropout, noise_shape=self.noise_shape)
+
+
+class _ChannelDropout(_DropoutNd):
+    _functional = None
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
+                 scaling: str = "inverted", share_across_ranks: bool = False) -> None:
+        super().__init__(p, inplace, seed=seed, scaling=scaling, share_across_ranks=share_across_ranks)
+
+    def _extra_fields(self) -> list[tuple[str, object]]:
+        return [("inplace", self.inplace)]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._call(input, type(self)._functional)
+
+
+class Dropout1d(_ChannelDropout):
+    r"""Zero whole channels of ``(N, C, L)`` or ``(C, L)`` inputs with probability ``p``.
+
+    One mask value per (example, channel), shared along the length. Arguments as :class:`Dropout`
+    (the noise shape is fixed).
+    """
+
+    _functional = staticmethod(F.dropout1d)
+
+
+class Dropout2d(_ChannelDropout):
+    r"""Zero whole feature maps of ``(N, C, H, W)`` or ``(C, H, W)`` inputs with probability ``p``.
+
+    Adjacent pixels of a feature map are strongly correlated, so element-wise dropout barely
+    regularizes convolutions; dropping the whole map does (Tompson et al., CVPR 2015).
+    Arguments as :class:`Dropout` (the noise shape is fixed).
+    """
+
+    _functional = staticmethod(F.dropout2d)
+
+
+class Dropout3d(_ChannelDropout):
+    r"""Zero whole feature volumes of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs with probability ``p``.
+
+    Arguments as :class:`Dropout` (the noise shape is fixed).
+    """
+
+    _functional = staticmethod(F.dropout3d)
