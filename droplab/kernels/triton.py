@@ -1,0 +1,284 @@
+r"""Triton backend: droplab's dropout on CUDA tensors, bit-identical to :mod:`droplab.kernels.reference`.
+
+The kernels implement the generator of :mod:`droplab.rng` (Philox4x32-10 on unsigned 32-bit words,
+counter ``(index // 4, step, replica, stream)``, key ``(seed lo, seed hi)``, keep iff
+``word >= floor(p * 2**32)``) and the arithmetic of :func:`droplab.kernels.reference.apply_keep`:
+
+.. math::
+
+    y_i = \operatorname{round}_{\text{dtype}}\bigl(\operatorname{fp32}(x_i) \cdot \operatorname{fp32}(s)\bigr)
+    \text{ if kept, else } 0
+
+(float64 inputs compute in float64). Nothing but the integers is needed to redo it, so the same op
+serves forward and backward and no mask is stored.
+
+* Element-wise masks: one fused kernel. Each program handles ``BLOCK`` consecutive elements; one
+  Philox call per 4 elements yields the words of those 4 elements, interleaved back into element
+  order, so loads and stores are plain contiguous (vectorized) accesses.
+* Noise-shaped masks (channel ``(N, C, 1, 1)``, per-example ``(N, 1, ...)``, any broadcast): the
+  keep mask of the *mask* shape (``prod(mask_shape)`` bytes, usually tiny) is drawn by the Philox
+  kernel, then a second kernel maps each element's logical index to its mask index and applies it.
+  That buffer lives only for the call; autograd still saves nothing.
+* ``p = 1`` (threshold ``2**32``, above every word) returns zeros without launching anything.
+
+Triton is optional (``pip install "droplab[gpu]"``). With ``TRITON_INTERPRET=1`` set before this
+module is imported, the same kernels run on CPU tensors through Triton's interpreter; the backend
+then also accepts CPU tensors, which tests reach through ``use_backend("triton")`` (automatic
+selection sends CPU tensors to the CPU backend).
+
+Non-contiguous inputs are copied to contiguous first (the output is contiguous, as the reference's).
+Inputs whose mask shape does not reduce to at most four runs of mask-following dimensions (rank 7+
+with alternating shared axes) are served by the reference backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+
+import torch
+
+from . import reference
+
+try:  # an optional dependency: without it the backend is unavailable, never an import error
+    import triton
+    import triton.language as tl
+except Exception:  # noqa: BLE001 (a broken triton install raises more than ImportError)
+    triton = None
+    tl = None
+
+__all__ = ["available", "supports", "keep_mask", "masked_scale", "BLOCK", "NUM_WARPS"]
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BLOCK = 2048  # elements per program; a multiple of 4 (one Philox call per 4 elements)
+NUM_WARPS = 8
+MAX_FULL_GROUPS = 4  # runs of mask-following dimensions the broadcast kernel indexes
+# offsets switch to int64 above this many elements (a module attribute so tests can lower it)
+INDEX64_FROM = 2**31 - 2 * BLOCK
+_TWO32 = 2**32
+
+
+def available() -> bool:
+    """True when Triton imports and can run: a CUDA device, or the interpreter (``TRITON_INTERPRET=1``)."""
+    return triton is not None and (INTERPRET or torch.cuda.is_available())
+
+
+def _device_ok(device: torch.device) -> bool:
+    return device.type == "cuda" or (INTERPRET and device.type == "cpu")
+
+
+def supports(x: torch.Tensor) -> bool:
+    """CUDA tensors of float16/bfloat16/float32/float64 (and CPU tensors under the interpreter)."""
+    return triton is not None and x.dtype in SUPPORTED_DTYPES and _device_ok(x.device)
+
+
+if triton is not None:
+    _M0: tl.constexpr = tl.constexpr(0xD2511F53)
+    _M1: tl.constexpr = tl.constexpr(0xCD9E8D57)
+    _W0: tl.constexpr = tl.constexpr(0x9E3779B9)
+    _W1: tl.constexpr = tl.constexpr(0xBB67AE85)
+    # counters and key change every call: specializing on their values would recompile for nothing
+    _DYNAMIC = ["k0", "k1", "step", "replica", "stream", "threshold", "scale_bits"]
+
+    @triton.jit
+    def _philox(c0, c1, c2, c3, k0, k1):
+        """Philox4x32-10 on uint32 tensors, exactly as :func:`droplab.rng.philox4x32`."""
+        for _ in tl.static_range(10):
+            hi0 = tl.umulhi(c0, _M0)
+            lo0 = c0 * _M0
+            hi1 = tl.umulhi(c2, _M1)
+            lo1 = c2 * _M1
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0 = k0 + _W0
+            k1 = k1 + _W1
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _block_keep(first, k0, k1, step, replica, stream, threshold, BLOCK: tl.constexpr):
+        """Keep flags of mask indices ``first .. first + BLOCK - 1`` (``first`` a multiple of 4)."""
+        blocks = (first // 4 + tl.arange(0, BLOCK // 4)).to(tl.uint32)  # index // 4 mod 2**32
+        zero = tl.zeros([BLOCK // 4], dtype=tl.uint32)
+        w0, w1, w2, w3 = _philox(blocks, zero + step.to(tl.uint32), zero + replica.to(tl.uint32),
+                                 zero + stream.to(tl.uint32), k0.to(tl.uint32), k1.to(tl.uint32))
+        # element index % 4 takes word index % 4: interleave the four words back into element order
+        words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))
+        return words >= threshold.to(tl.uint32)
+
+    @triton.jit
+    def _scale_value(scale_bits, COMPUTE_F64: tl.constexpr):
+        # the scale travels as the bits of the compute type: exact, and float64 needs no tensor
+        if COMPUTE_F64:
+            return scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        else:
+            return scale_bits.to(tl.uint32).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _to_output(y, out_ptr):
+        """Round the compute value once to the output dtype, to nearest even."""
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            # by hand: the interpreter does not round to nearest even; this matches cvt.rn.bf16.f32 exactly
+            b = y.to(tl.uint32, bitcast=True)
+            r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+            r = tl.where(y != y, 0x7FC0, r)  # nan -> torch's canonical bf16 nan
+            return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return y.to(out_ptr.dtype.element_ty)
+
+    @triton.jit
+    def _first(BLOCK: tl.constexpr, INDEX64: tl.constexpr):
+        pid = tl.program_id(0)
+        if INDEX64:
+            return pid.to(tl.int64) * BLOCK
+        else:
+            return pid * BLOCK
+
+    @triton.jit(do_not_specialize=_DYNAMIC)
+    def _dropout_kernel(x_ptr, out_ptr, n, k0, k1, step, replica, stream, threshold, scale_bits,
+                        BLOCK: tl.constexpr, INDEX64: tl.constexpr, COMPUTE_F64: tl.constexpr):
+        """Element-wise mask: out = x * scale where kept, 0 elsewhere, for ``BLOCK`` elements."""
+        first = _first(BLOCK, INDEX64)
+        keep = _block_keep(first, k0, k1, step, replica, stream, threshold, BLOCK)
+        offs = first + tl.arange(0, BLOCK)
+        inside = offs < n
+        x = tl.load(x_ptr + offs, mask=inside, eviction_policy="evict_first")
+        scale = _scale_value(scale_bits, COMPUTE_F64)
+        y = tl.where(keep, x.to(scale.dtype) * scale, 0.0)
+        tl.store(out_ptr + offs, _to_output(y, out_ptr), mask=inside, eviction_policy="evict_first")
+
+    @triton.jit(do_not_specialize=_DYNAMIC)
+    def _keep_kernel(keep_ptr, n, k0, k1, step, replica, stream, threshold,
+                     BLOCK: tl.constexpr, INDEX64: tl.constexpr):
+        """Keep flags (uint8 0/1) of mask indices ``0 .. n - 1``."""
+        first = _first(BLOCK, INDEX64)
+        keep = _block_keep(first, k0, k1, step, replica, stream, threshold, BLOCK)
+        offs = first + tl.arange(0, BLOCK)
+        tl.store(keep_ptr + offs, keep.to(tl.uint8), mask=offs < n)
+
+    @triton.jit
+    def _mask_term(offs, x_stride, size, mask_stride):
+        return ((offs // x_stride) % size) * mask_stride
+
+    @triton.jit(do_not_specialize=["scale_bits"])
+    def _broadcast_kernel(x_ptr, keep_ptr, out_ptr, n, scale_bits,
+                          xs0, sz0, ms0, xs1, sz1, ms1, xs2, sz2, ms2, xs3, sz3, ms3,
+                          GROUPS: tl.constexpr, BLOCK: tl.constexpr, INDEX64: tl.constexpr,
+                          COMPUTE_F64: tl.constexpr):
+        """Noise-shaped mask: element ``i`` reads keep flag ``sum_g ((i // xs_g) % sz_g) * ms_g``."""
+        first = _first(BLOCK, INDEX64)
+        offs = first + tl.arange(0, BLOCK)
+        inside = offs < n
+        m = tl.zeros_like(offs)
+        if GROUPS > 0:
+            m += _mask_term(offs, xs0, sz0, ms0)
+        if GROUPS > 1:
+            m += _mask_term(offs, xs1, sz1, ms1)
+        if GROUPS > 2:
+            m += _mask_term(offs, xs2, sz2, ms2)
+        if GROUPS > 3:
+            m += _mask_term(offs, xs3, sz3, ms3)
+        keep = tl.load(keep_ptr + m, mask=inside, other=0) != 0
+        x = tl.load(x_ptr + offs, mask=inside, eviction_policy="evict_first")
+        scale = _scale_value(scale_bits, COMPUTE_F64)
+        y = tl.where(keep, x.to(scale.dtype) * scale, 0.0)
+        tl.store(out_ptr + offs, _to_output(y, out_ptr), mask=inside, eviction_policy="evict_first")
+
+
+def _scale_bits(scale: float, compute: torch.dtype) -> int:
+    """Bits of ``scale`` rounded once to the compute type, as the reference's ``torch.tensor(scale, dtype)``."""
+    if compute == torch.float64:
+        return struct.unpack("<q", struct.pack("<d", scale))[0]
+    return struct.unpack("<I", struct.pack("<f", torch.tensor(scale, dtype=torch.float32).item()))[0]
+
+
+def _full_groups(shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> list[tuple[int, int, int]] | None:
+    """``(x_stride, size, mask_stride)`` of each run of dimensions the mask follows, outermost first.
+
+    Dimensions of size 1 are dropped and neighbours of the same kind (mask follows / mask shared)
+    merged, so channel dropout is one run and element-wise dropout one run of the whole tensor.
+    ``None`` when ``mask_shape`` does not broadcast to ``shape`` the way noise shapes do.
+    """
+    if len(mask_shape) > len(shape):
+        return None
+    mask_shape = (1,) * (len(shape) - len(mask_shape)) + tuple(mask_shape)
+    runs: list[list] = []  # [size, follows]
+    for size, m in zip(shape, mask_shape):
+        if m not in (1, size):
+            return None
+        if size == 1:
+            continue
+        follows = m == size
+        if runs and runs[-1][1] == follows:
+            runs[-1][0] *= size
+        else:
+            runs.append([size, follows])
+    groups = []
+    x_stride = mask_stride = 1
+    for size, follows in reversed(runs):
+        if follows:
+            groups.append((x_stride, size, mask_stride))
+            mask_stride *= size
+        x_stride *= size
+    return groups[::-1]
+
+
+def _counters(key, step, replica, stream, threshold):
+    return dict(k0=key[0] % _TWO32, k1=key[1] % _TWO32, step=step % _TWO32, replica=replica % _TWO32,
+                stream=stream % _TWO32, threshold=threshold)
+
+
+def _guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _grid(n: int) -> tuple[int]:
+    return ((n + BLOCK - 1) // BLOCK,)
+
+
+def keep_mask(numel: int, key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """Flat boolean keep mask of mask indices ``0 .. numel - 1`` (True = kept)."""
+    device = torch.device(device if device is not None else "cpu")
+    if triton is None or not _device_ok(device):
+        return reference.keep_mask(numel, key, step, replica, stream, threshold, device)
+    if threshold >= _TWO32 or numel == 0:
+        return torch.zeros(numel, dtype=torch.bool, device=device)
+    out = torch.empty(numel, dtype=torch.uint8, device=device)
+    with _guard(device):
+        _keep_kernel[_grid(numel)](out, numel, **_counters(key, step, replica, stream, threshold), BLOCK=BLOCK,
+                                   INDEX64=numel >= INDEX64_FROM, num_warps=NUM_WARPS)
+    return out.view(torch.bool)
+
+
+def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int, stream: int,
+                 threshold: int, scale: float, mask_shape: tuple[int, ...]) -> torch.Tensor:
+    """Dropout's forward (and backward) map: ``x * scale`` where the mask of ``mask_shape`` keeps, else 0."""
+    groups = _full_groups(tuple(x.shape), tuple(mask_shape))
+    if not supports(x) or groups is None or len(groups) > MAX_FULL_GROUPS:
+        return reference.masked_scale(x, key, step, replica, stream, threshold, scale, mask_shape)
+    if threshold >= _TWO32:  # p = 1: every element dropped, exactly 0 (even inf and nan)
+        return torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    n = x.numel()
+    if n == 0:
+        return out
+    compute_f64 = x.dtype == torch.float64
+    bits = _scale_bits(scale, torch.float64 if compute_f64 else torch.float32)
+    index64 = n >= INDEX64_FROM
+    elementwise = len(groups) == 1 and groups[0] == (1, n, 1)
+    with _guard(x.device):
+        if elementwise:
+            _dropout_kernel[_grid(n)](x, out, n, **_counters(key, step, replica, stream, threshold), scale_bits=bits,
+                                      BLOCK=BLOCK, INDEX64=index64, COMPUTE_F64=compute_f64, num_warps=NUM_WARPS)
+            return out
+        mask_numel = 1
+        for _, size, _ in groups:
+            mask_numel *= size
+        keep = keep_mask(mask_numel, key, step, replica, stream, threshold, x.device).view(torch.uint8)
+        padded = list(groups) + [(1, 1, 0)] * (MAX_FULL_GROUPS - len(groups))
+        meta = [v for group in padded for v in group]
+        _broadcast_kernel[_grid(n)](x, keep, out, n, bits, *meta, GROUPS=len(groups), BLOCK=BLOCK,
+                                    INDEX64=index64, COMPUTE_F64=compute_f64, num_warps=NUM_WARPS)
+    return out
