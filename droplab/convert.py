@@ -19,7 +19,7 @@ from torch import nn
 from . import nn as dnn
 from .functional import check_probability
 
-__all__ = ["Site", "sites", "convert", "set_rate", "register_conversion", "CONVERSIONS"]
+__all__ = ["Site", "sites", "convert", "set_rate", "match_sites", "register_conversion", "CONVERSIONS"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ def register_conversion(torch_cls: type[nn.Module], droplab_cls: type[nn.Module]
 
 
 for _torch_cls, _droplab_cls in ((nn.Dropout, dnn.Dropout), (nn.Dropout1d, dnn.Dropout1d),
-                                 (nn.Dropout2d, dnn.Dropout2d), (nn.Dropout3d, dnn.Dropout3d)):
+                                 (nn.Dropout2d, dnn.Dropout2d), (nn.Dropout3d, dnn.Dropout3d),
+                                 (nn.AlphaDropout, dnn.AlphaDropout),
+                                 (nn.FeatureAlphaDropout, dnn.FeatureAlphaDropout)):
     register_conversion(_torch_cls, _droplab_cls)
 
 
@@ -156,6 +158,40 @@ def _rate_targets(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def match_sites(model: nn.Module, rules: list[tuple[str, object]], *,
+                what: str = "rate") -> list[tuple[str, nn.Module, object]]:
+    """``(name, module, value)`` for every rate-bearing site a rule's pattern matches (the last match wins).
+
+    Patterns as :func:`set_rate`; ``"*"`` matches every site except those whose rate is learned
+    (``rate_is_learned``, e.g. :class:`droplab.nn.ConcreteDropout`), which only a pattern naming them
+    reaches. A pattern that matches no site raises ``ValueError``. Shared by :func:`set_rate` and
+    :class:`droplab.DropoutScheduler`.
+    """
+    targets = list(_rate_targets(model))
+    if not targets:
+        raise ValueError(f"{what} found no dropout module in the model")
+    assignments, used = [], set()
+    for name, module in targets:
+        learned = getattr(module, "rate_is_learned", False)
+        chosen, found = None, False
+        for pattern, value in rules:
+            if pattern == "*":
+                used.add(pattern)
+                if learned:
+                    continue
+            elif not _matches(pattern, name):
+                continue
+            chosen, found = value, True
+            used.add(pattern)
+        if found:
+            assignments.append((name, module, chosen))
+    unused = [pattern for pattern, _ in rules if pattern not in used]
+    if unused:
+        known = ", ".join(name or "<model>" for name, _ in targets)
+        raise ValueError(f"{what} pattern(s) {unused} match no dropout site; sites are: {known}")
+    return assignments
+
+
 def set_rate(model: nn.Module, rate: float | Mapping[str, float]) -> list[str]:
     """Set the drop rate of every dropout module, or per name pattern; returns the names changed.
 
@@ -163,28 +199,22 @@ def set_rate(model: nn.Module, rate: float | Mapping[str, float]) -> list[str]:
     of one (``"encoder"`` covers ``"encoder.drop"``), a glob (``"blocks.*.drop"``) or a regular
     expression; the last matching pattern wins. A pattern that matches no site is an error, since
     a typo would otherwise silently leave the rate unchanged. The change takes effect at the next
-    forward, compiled or not.
+    forward, compiled or not. Learned rates (:class:`droplab.nn.ConcreteDropout`) are left alone by
+    a plain float or ``"*"``; a pattern naming such a site re-initializes its rate.
+
+    Example (the sites of :class:`droplab.nn.TransformerBlock` by name)::
+
+        set_rate(model, {"*attn_drop": 0.1, "*ffn_drop": 0.2, "*resid_drop": 0.05})
     """
     if isinstance(rate, Mapping):
         rules = [(pattern, check_probability(p)) for pattern, p in rate.items()]
     else:
         rules = [("*", check_probability(rate))]
-    targets = list(_rate_targets(model))
-    if not targets:
-        raise ValueError("set_rate found no dropout module in the model")
-    assignments, used = [], set()
-    for name, module in targets:
-        chosen = None
-        for pattern, p in rules:
-            if pattern == "*" or _matches(pattern, name):
-                chosen = p
-                used.add(pattern)
-        if chosen is not None:
-            assignments.append((name, module, chosen))
-    unused = [pattern for pattern, _ in rules if pattern not in used]
-    if unused:  # checked before anything changes, so a typo leaves the model as it was
-        known = ", ".join(name or "<model>" for name, _ in targets)
-        raise ValueError(f"rate pattern(s) {unused} match no dropout site; sites are: {known}")
+    assignments = match_sites(model, rules)
+    # every value is checked against its module's own rule before anything changes, so a typo or a
+    # rate one variant rejects (Gaussian dropout at p = 1) leaves the model as it was
+    for _, module, p in assignments:
+        getattr(module, "check_rate", check_probability)(p)
     for _, module, p in assignments:
         module.p = p
     return [name for name, _, _ in assignments]

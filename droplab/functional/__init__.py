@@ -23,6 +23,8 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
+from .attention import attention_dropout, attention_weights, scaled_dot_product_attention
+from .concrete import concrete_dropout, concrete_keep, concrete_regularization
 from .dropout import (
     SCALINGS,
     check_probability,
@@ -35,6 +37,7 @@ from .dropout import (
     new_seed,
     resolve_noise_shape,
 )
+from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
 
 __all__ = [
     "SCALINGS",
@@ -47,4 +50,14 @@ __all__ = [
     "dropout2d",
     "dropout3d",
     "feature_dropout",
+    "attention_dropout",
+    "attention_weights",
+    "scaled_dot_product_attention",
+    "gaussian_dropout",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "input_dropout",
+    "concrete_dropout",
+    "concrete_keep",
+    "concrete_regularization",
 ]

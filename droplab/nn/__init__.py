@@ -1,6 +1,13 @@
 """droplab's dropout modules: thin holders of a rate, a seed and a step over :mod:`droplab.functional`."""
 
 from ._base import StochasticModule
+from .attention import AttentionDropout
+from .concrete import ConcreteDropout, total_regularization
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+from .noise import AlphaDropout, FeatureAlphaDropout, GaussianDropout, InputDropout
+from .transformer import MultiheadSelfAttention, TransformerBlock
 
-__all__ = ["StochasticModule", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
+__all__ = ["StochasticModule", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+           "AttentionDropout", "MultiheadSelfAttention", "TransformerBlock",
+           "GaussianDropout", "AlphaDropout", "FeatureAlphaDropout", "InputDropout",
+           "ConcreteDropout", "total_regularization"]
