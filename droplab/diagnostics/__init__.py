@@ -1,0 +1,13 @@
+"""Diagnostics: is dropout in the right place, is it helping, and does it prevent co-adaptation?
+
+* :func:`lint`: static and traced checks of where a model applies dropout (see :mod:`.lint`).
+* :func:`variance_shift` and :func:`recalibrate_bn`: the train/inference variance shift of a
+  BatchNorm fed by dropout, and its fix.
+* Co-adaptation measures (:mod:`.coadaptation`): pairwise correlation of hidden units, effective
+  rank, activation sparsity, unit-ablation sensitivity.
+* Training-health monitors (:mod:`.health`): per-layer gradient norms, early-epoch loss slope.
+"""
+
+from .lint import RULES, Finding, Findings, lint
+
+__all__ = ["RULES", "Finding", "Findings", "lint"]
