@@ -11,19 +11,29 @@ A module holds hyper-parameters and its counters; the math lives in :mod:`dropla
   reproduces the same mask.
 * Under ``torch.distributed`` the rank is folded into the counter so replicas draw different masks,
   unless ``share_across_ranks=True``.
+* Monte-Carlo sampling (:mod:`droplab.mc`): inside :func:`mc_sampling` a module draws sample ``t``'s
+  mask with ``seed = mc_seed(module seed, MC seed, input batch)`` and ``step = t``, and its training
+  step does not advance. The input may stack several samples along the batch axis, sample-major;
+  :meth:`StochasticModule.mc_forward` then runs the forward once per sample slice (or once per row of
+  each slice for consistent masks), so a batched pass equals the loop over samples, mask for mask.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..functional import check_probability, check_scaling, new_seed
+from ..rng import philox4x32_scalar, split_seed
 
-__all__ = ["StochasticModule", "current_replica", "in_recomputation"]
+__all__ = ["StochasticModule", "current_replica", "in_recomputation", "MCSampling", "mc_sampling", "mc_seed",
+           "mc_activate"]
 
 _COUNTERS = ("seed", "step")
 
@@ -35,6 +45,98 @@ def current_replica() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return 0
+
+
+@dataclass(frozen=True)
+class MCSampling:
+    """What a Monte-Carlo pass draws: samples ``first .. first + count - 1`` of MC seed ``seed``.
+
+    The input of every site stacks ``count`` samples along its batch axis, sample-major. ``batch``
+    numbers the input batch (folded into the seed so that different input batches get independent
+    masks); ``consistent`` draws each row's mask as if it were a batch of one, so sample ``t`` uses
+    the same masks for every input and every batch (``batch`` is then ignored).
+    """
+
+    seed: int
+    first: int = 0
+    count: int = 1
+    batch: int = 0
+    consistent: bool = False
+
+
+_MC = threading.local()  # .spec: the active MCSampling; .sample: the sample index being drawn
+_MC_WORD = 0x4D43  # "MC": keeps MC seeds apart from any other use of the fold
+
+
+def mc_seed(site_seed: int, seed: int, batch: int = 0) -> int:
+    """The seed a site with ``site_seed`` uses in MC pass ``seed`` on input batch ``batch``.
+
+    One Philox4x32-10 block keyed by the site's seed, counter ``(seed lo, seed hi, batch, 0x4D43)``;
+    the first two output words form the 64-bit result (low word first).
+    """
+    s = int(seed) % 2**64
+    w = philox4x32_scalar((s & 0xFFFFFFFF, s >> 32, int(batch), _MC_WORD), split_seed(int(site_seed)))
+    return w[0] | (w[1] << 32)
+
+
+@contextlib.contextmanager
+def mc_sampling(spec: MCSampling) -> Iterator[None]:
+    """Inside the block, activated sites (:func:`mc_activate`) draw the samples ``spec`` names."""
+    previous = getattr(_MC, "spec", None)
+    _MC.spec = spec
+    try:
+        yield
+    finally:
+        _MC.spec = previous
+
+
+@contextlib.contextmanager
+def mc_activate(modules: Iterable[StochasticModule]) -> Iterator[None]:
+    """Make ``modules`` stochastic and route their forward through :meth:`StochasticModule.mc_forward`.
+
+    Training flags and forwards are restored on exit, also after an error. Outside :func:`mc_sampling`
+    an activated module behaves as in training.
+    """
+    modules = list(dict.fromkeys(modules))
+    saved = [(m, {id(sub): (sub, sub.training) for sub in m.modules()}) for m in modules]
+    try:
+        for module in modules:
+            module.train()
+            module.forward = module.mc_forward  # an instance attribute: the class stays untouched
+        yield
+    finally:
+        for module, flags in saved:
+            module.__dict__.pop("forward", None)
+            for sub, training in flags.values():
+                sub.training = training
+
+
+def _narrow(value, dim: int, rows: int, start: int, length: int):
+    if isinstance(value, torch.Tensor) and value.dim() > dim and value.shape[dim] == rows:
+        return value.narrow(dim, start, length)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_narrow(v, dim, rows, start, length) for v in value)
+    return value
+
+
+def _cat(parts: list, dim: int):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts], dim) for i in range(len(first)))
+    return first
+
+
+def _batch_rows(args: Sequence, dim: int) -> int:
+    for value in args:
+        if isinstance(value, torch.Tensor) and value.dim() > dim:
+            return value.shape[dim]
+        if isinstance(value, (tuple, list)):
+            rows = _batch_rows(value, dim)
+            if rows >= 0:
+                return rows
+    return -1
 
 
 def in_recomputation() -> bool:
@@ -52,6 +154,9 @@ class StochasticModule(nn.Module):
     """
 
     _replay_depth = 64  # steps remembered for checkpoint recomputation
+    #: the batch axis of this module's input (and output) under MC sampling; a sequence site
+    #: taking ``(T, N, F)`` inputs sets 1
+    mc_batch_dim = 0
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None, scaling: str = "inverted",
                  share_across_ranks: bool = False) -> None:
@@ -82,7 +187,16 @@ class StochasticModule(nn.Module):
         return 0 if self.share_across_ranks else current_replica()
 
     def _next_counter(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(seed, step)`` for this stochastic forward; advances the step, or replays it when recomputed."""
+        """``(seed, step)`` for this stochastic forward; advances the step, or replays it when recomputed.
+
+        Under MC sampling (:meth:`mc_forward`) it returns the sample's counters and advances nothing.
+        """
+        sample = getattr(_MC, "sample", None)
+        if sample is not None:
+            spec = _MC.spec
+            seed = mc_seed(int(self.seed), spec.seed, 0 if spec.consistent else spec.batch)
+            return (torch.tensor(seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64),
+                    torch.tensor(sample, dtype=torch.int64))
         if self._issued and in_recomputation():
             return self.seed, self._issued.pop()
         step = self.step.clone()
@@ -90,6 +204,39 @@ class StochasticModule(nn.Module):
         if not torch.compiler.is_compiling():
             self._issued.append(step)
         return self.seed, step
+
+    def mc_forward(self, *args, **kwargs):
+        """The forward under MC sampling: one call per stacked sample, each with ``step = t``.
+
+        The input holds ``spec.count`` samples along :attr:`mc_batch_dim`, sample-major; every tensor
+        argument with that many rows is sliced, and the slices' outputs are concatenated back. With
+        consistent masks each row is run on its own (a batch of one), so its mask cannot depend on its
+        position in the batch. Variants need no code of their own; one whose input or output has no
+        batch axis of that size overrides this method.
+        """
+        forward = type(self).forward
+        spec = getattr(_MC, "spec", None)
+        if spec is None or getattr(_MC, "sample", None) is not None:
+            # outside a sampling block, or nested inside a site that is already drawing a slice
+            return forward(self, *args, **kwargs)
+        dim = self.mc_batch_dim
+        rows = _batch_rows(args, dim)
+        if rows < 0 or rows % spec.count:
+            raise ValueError(f"{type(self).__name__} under MC sampling expects {spec.count} stacked samples along "
+                             f"dimension {dim}, but its input has {rows} rows there")
+        per_sample = rows // spec.count
+        outputs = []
+        try:
+            for j in range(spec.count):
+                _MC.sample = spec.first + j
+                starts = range(j * per_sample, (j + 1) * per_sample) if spec.consistent else [j * per_sample]
+                length = 1 if spec.consistent else per_sample
+                outputs += [forward(self, *_narrow(args, dim, rows, start, length),
+                                    **{k: _narrow(v, dim, rows, start, length) for k, v in kwargs.items()})
+                            for start in starts]
+        finally:
+            _MC.sample = None
+        return outputs[0] if len(outputs) == 1 else _cat(outputs, dim)
 
     def reseed(self, seed: int, step: int = 0) -> None:
         """Set the seed (and step) in place, e.g. to make two modules draw the same masks."""
