@@ -15,9 +15,10 @@ from .convert import Site, convert, set_rate, sites
 __version__ = "0.1.0"
 
 _LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "diagnostics", "lab")
-_LAZY_ATTRS: dict[str, str] = {}
+_LAZY_ATTRS: dict[str, str] = {"DropoutScheduler": "schedules"}
 
-__all__ = ["__version__", "functional", "nn", "rng", "Site", "convert", "set_rate", "sites", *_LAZY_MODULES]
+__all__ = ["__version__", "functional", "nn", "rng", "Site", "convert", "set_rate", "sites", "DropoutScheduler",
+           *_LAZY_MODULES]
 
 
 def __getattr__(name: str):
