@@ -1,0 +1,232 @@
+r"""DropBlock: drop contiguous square (cube) regions of feature maps instead of single units.
+
+Algorithm (Ghiasi, Lin, Le, "DropBlock: A regularization method for convolutional networks",
+NeurIPS 2018), on droplab's generator:
+
+1. Block *origins* are drawn on the grid of positions where a whole block fits inside the map
+   (``size - block + 1`` along each spatial axis), each dropped with probability :math:`\gamma`
+   (one Philox word per origin, kept iff ``word >= floor(gamma * 2**32)``).
+2. Every dropped origin zeroes the ``block_size`` region starting at it (what the max-pool of the
+   torchvision/timm implementations computes, written by index since dropped origins are sparse).
+3. Inverted scaling multiplies the output by ``numel / kept`` (the paper's normalization), counted
+   over the whole mask; classic scaling leaves training unscaled and multiplies by :math:`1 - p` at
+   inference.
+
+:math:`\gamma` is solved exactly rather than taken from the paper's approximation
+:math:`\gamma = \frac{p}{b^2}\frac{HW}{(H-b+1)(W-b+1)}`, which ignores overlapping blocks and
+undershoots the rate for large ``p``: a position covered by :math:`c_i` possible origins is dropped
+with probability :math:`1 - (1-\gamma)^{c_i}`, and :math:`\gamma` is chosen so that the mean over
+positions equals ``p``. Every axis is handled on its own, so ``H != W`` and odd sizes are exact
+(timm's early DropBlock built a wrong mask when ``H != W``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from .. import kernels
+from ..rng import drop_threshold
+from .dropout import (
+    _check_counter_int,
+    _check_input,
+    _seed_tensor,
+    _step_tensor,
+    check_probability,
+    check_scaling,
+)
+
+__all__ = ["dropblock", "dropblock1d", "dropblock2d", "dropblock3d", "dropblock_gamma", "check_block_size"]
+
+
+def check_block_size(block_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """``block_size`` as one positive int per spatial axis, or a ``ValueError`` naming it."""
+    if isinstance(block_size, int) and not isinstance(block_size, bool):
+        sizes = (block_size,) * spatial_dims
+    elif isinstance(block_size, Sequence) and len(block_size) == spatial_dims:
+        sizes = tuple(block_size)
+    else:
+        raise ValueError(f"block_size must be a positive int or a sequence of {spatial_dims} positive ints, "
+                         f"but got {block_size!r}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise ValueError(f"block_size must be a positive int or a sequence of {spatial_dims} positive ints, "
+                         f"but got {block_size!r}")
+    return sizes
+
+
+def _coverage(size: int, block: int) -> torch.Tensor:
+    """How many block origins cover each position of an axis of ``size`` (origins in ``0..size-block``)."""
+    i = torch.arange(size, dtype=torch.float64)
+    return torch.minimum(i, torch.tensor(size - block, dtype=torch.float64)) - torch.clamp(i - block + 1, min=0) + 1
+
+
+@functools.lru_cache(maxsize=256)
+def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
+    r"""Origin drop probability :math:`\gamma` whose expected dropped fraction of the map is exactly ``p``.
+
+    ``block`` must already be clipped to ``spatial``. Solved by bisection on the monotone map
+    :math:`\gamma \mapsto \operatorname{mean}_i\, 1 - (1-\gamma)^{c_i}` (60 halvings: float64 exact).
+    """
+    p = check_probability(p)
+    if p in (0.0, 1.0):
+        return p
+    counts = torch.ones((), dtype=torch.float64)
+    for size, b in zip(spatial, block):
+        counts = counts.unsqueeze(-1) * _coverage(size, b)
+    values, multiplicity = torch.unique(counts, return_counts=True)
+    weights = multiplicity.to(torch.float64) / counts.numel()
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        rate = float((weights * (1.0 - (1.0 - mid) ** values)).sum())
+        if rate < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _expand(drop_origins: torch.Tensor, block: tuple[int, ...], spatial: tuple[int, ...]) -> torch.Tensor:
+    r"""Grow each dropped origin into its block: position i is dropped if an origin in ``[i - b + 1, i]`` is.
+
+    Dropped origins are sparse (:math:`\gamma` is about ``p / block**2``), so the blocks are written by
+    index (origins x block offsets) instead of a dense max-pool over the whole map.
+    """
+    lead = tuple(drop_origins.shape[:drop_origins.dim() - len(spatial)])
+    out_shape = lead + tuple(spatial)
+    strides = torch.ones(len(out_shape), dtype=torch.int64)
+    for d in range(len(out_shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * out_shape[d + 1]
+    strides = strides.to(drop_origins.device)
+    starts = torch.nonzero(drop_origins) @ strides  # flat output index of each dropped origin
+    offsets = torch.zeros((), dtype=torch.int64, device=drop_origins.device)
+    for axis, b in enumerate(block):
+        step = strides[len(lead) + axis]
+        offsets = (offsets.unsqueeze(-1) + torch.arange(b, device=drop_origins.device) * step).reshape(-1)
+    dropped = torch.zeros(out_shape, dtype=torch.bool, device=drop_origins.device)
+    dropped.view(-1)[(starts.unsqueeze(1) + offsets).reshape(-1)] = True
+    return dropped
+
+
+def dropblock_mask(shape: Sequence[int], p: float, block_size: int | Sequence[int], spatial_dims: int, *,
+                   seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
+                   stream: int = 0, per_channel: bool = True,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """The boolean keep mask (True = kept) DropBlock applies to an input of ``shape``.
+
+    Its shape is ``shape`` with the channel axis (the one before the spatial axes) set to 1 unless
+    ``per_channel``. Origins are indexed in the row-major order of the origin grid
+    ``(*leading, C or 1, *(size - block + 1))``.
+    """
+    p = check_probability(p)
+    shape = tuple(shape)
+    spatial = shape[len(shape) - spatial_dims:]
+    block = tuple(min(b, s) for b, s in zip(check_block_size(block_size, spatial_dims), spatial))
+    lead = list(shape[:len(shape) - spatial_dims])
+    if not per_channel and lead:
+        lead[-1] = 1
+    origins = tuple(lead) + tuple(s - b + 1 for s, b in zip(spatial, block))
+    numel = 1
+    for s in origins:
+        numel *= s
+    seed_t = _seed_tensor(seed)
+    s = int(seed_t) % 2**64
+    gamma = dropblock_gamma(p, spatial, block)
+    keep_origin = kernels.keep_mask(numel, (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
+                                    _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                                    drop_threshold(gamma), device)
+    dropped = _expand(~keep_origin.reshape(origins), block, spatial)
+    return ~dropped
+
+
+def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True, *,
+              spatial_dims: int, seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0,
+              replica: int = 0, stream: int = 0, per_channel: bool = True, scaling: str = "inverted",
+              op: str = "dropblock") -> torch.Tensor:
+    r"""DropBlock over the last ``spatial_dims`` axes of ``input`` (see :func:`dropblock2d`)."""
+    _check_input(input, op)
+    p = check_probability(p)
+    check_scaling(scaling)
+    check_block_size(block_size, spatial_dims)
+    if not training:
+        if scaling == "inverted" or p == 0.0:
+            return input
+        return input * (1.0 - p)
+    if p == 0.0:
+        return input
+    keep = dropblock_mask(input.shape, p, block_size, spatial_dims, seed=seed, step=step, replica=replica,
+                          stream=stream, per_channel=per_channel, device=input.device)
+    if scaling == "classic":
+        scale = 1.0
+    else:
+        kept = int(torch.count_nonzero(keep))
+        # the paper's normalization: the mean activation over the mask is preserved
+        scale = keep.numel() / kept if kept else 0.0
+    # autograd saves only the boolean mask; dropped positions are exactly 0 even where x is inf/nan
+    return torch.where(keep, input * scale, torch.zeros((), dtype=input.dtype, device=input.device))
+
+
+def _dropblock_nd(input, p, block_size, training, n, op, shape_doc, kwargs):
+    _check_input(input, op)
+    if input.dim() not in (n + 2, n + 1):
+        raise ValueError(f"{op} expects {shape_doc}, but got input of shape {tuple(input.shape)}")
+    return dropblock(input, p, block_size, training, spatial_dims=n, op=op, **kwargs)
+
+
+def dropblock1d(input: torch.Tensor, p: float = 0.1, block_size: int = 7, training: bool = True,
+                **kwargs) -> torch.Tensor:
+    r"""DropBlock on 1-D signals: drop runs of ``block_size`` consecutive positions.
+
+    Arguments as :func:`dropblock2d`. Shape: input :math:`(N, C, L)` or :math:`(C, L)`; output the same.
+    """
+    return _dropblock_nd(input, p, block_size, training, 1, "dropblock1d", "(N, C, L) or (C, L)", kwargs)
+
+
+def dropblock2d(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True,
+                **kwargs) -> torch.Tensor:
+    r"""DropBlock on feature maps: zero ``block_size x block_size`` squares, rescale by the kept fraction.
+
+    Training, inverted scaling: :math:`y = x \odot M \cdot \frac{|M|}{\sum M}`, where :math:`M` is the
+    block mask; classic: :math:`y = x \odot M`. Inference: :math:`y = x` (inverted) or
+    :math:`y = (1-p)\,x` (classic). The expected dropped fraction of every map is exactly ``p``.
+
+    Args:
+        input: floating-point tensor.
+        p: fraction of positions to drop, ``0 <= p <= 1``. Default: 0.1.
+        block_size: side of the square (an int) or ``(bh, bw)``; clipped to the map. Default: 7.
+        training: apply the mask if ``True``, the inference rule otherwise. Default: True.
+        seed, step, replica, stream: the mask's counter, as in :func:`droplab.functional.dropout`.
+        per_channel: independent blocks per channel (``True``) or one block pattern per example
+            shared by all channels (``False``). Default: True.
+        scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
+
+    Shape:
+        Input :math:`(N, C, H, W)` or :math:`(C, H, W)`; output the same.
+
+    Example::
+
+        >>> x = torch.ones(2, 3, 10, 12)
+        >>> y = dropblock2d(x, p=0.2, block_size=3, seed=0)
+        >>> round(float(y.mean()), 6)    # the kept fraction is rescaled away
+        1.0
+
+    Reference: Ghiasi, Lin, Le, "DropBlock: A regularization method for convolutional networks",
+    NeurIPS 2018.
+
+    .. warning::
+        Positions near the border are covered by fewer possible blocks, so they are dropped less often
+        than interior ones; the rate ``p`` holds for the map as a whole, not for every position.
+    """
+    return _dropblock_nd(input, p, block_size, training, 2, "dropblock2d", "(N, C, H, W) or (C, H, W)", kwargs)
+
+
+def dropblock3d(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True,
+                **kwargs) -> torch.Tensor:
+    r"""DropBlock on volumes: zero ``block_size`` cubes. Arguments as :func:`dropblock2d`.
+
+    Shape: input :math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`; output the same.
+    """
+    return _dropblock_nd(input, p, block_size, training, 3, "dropblock3d", "(N, C, D, H, W) or (C, D, H, W)",
+                         kwargs)

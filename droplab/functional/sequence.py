@@ -1,0 +1,187 @@
+r"""Dropout for sequences: locked (variational) masks, embedding (word) dropout and variational RNNs.
+
+A mask re-sampled at every time step destroys the temporal correlations a recurrent net learns; the
+variational view of Gal & Ghahramani (2016) instead draws **one mask per sequence** and shares it over
+time. Here that is a noise shape with a 1 on the time axis: ``(1, N, F)`` time-first or ``(N, 1, F)``
+batch-first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import kernels
+from ..rng import drop_threshold
+from .dropout import (
+    _check_counter_int,
+    _check_input,
+    _seed_tensor,
+    _step_tensor,
+    check_probability,
+    check_scaling,
+    dropout,
+)
+
+__all__ = ["locked_dropout", "variational_mask", "embedding_dropout", "lstm_recurrence", "gru_recurrence"]
+
+
+def locked_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+                   batch_first: bool = False, seed: int | torch.Tensor | None = None,
+                   step: int | torch.Tensor = 0, replica: int = 0, stream: int = 0,
+                   scaling: str = "inverted") -> torch.Tensor:
+    r"""Variational dropout: one mask per sequence (per example and feature), shared over all time steps.
+
+    Training, inverted scaling: :math:`y_{t,n,f} = x_{t,n,f}\, m_{n,f} / q`; classic: :math:`x\,m`.
+    Inference: :math:`y = x` (inverted) or :math:`y = q\,x` (classic).
+
+    Args:
+        input: floating-point sequence, time-first :math:`(T, N, *)` or batch-first :math:`(N, T, *)`.
+        p: drop probability. Default: 0.5.
+        training: apply the mask if ``True``, the inference rule otherwise. Default: True.
+        inplace: write the result into ``input``. Default: False.
+        batch_first: ``input`` is :math:`(N, T, *)` rather than :math:`(T, N, *)`. Default: False.
+        seed, step, replica, stream, scaling: as in :func:`droplab.functional.dropout`.
+
+    Shape:
+        Input :math:`(T, N, *)` (or :math:`(N, T, *)`), at least 2-D; output the same.
+
+    Example::
+
+        >>> y = locked_dropout(torch.ones(5, 2, 3), p=0.5, seed=0)
+        >>> bool((y == y[0]).all())              # the same mask at every time step
+        True
+
+    Reference: Gal & Ghahramani, "A Theoretically Grounded Application of Dropout in Recurrent Neural
+    Networks", NeurIPS 2016; Merity, Keskar, Socher, "Regularizing and Optimizing LSTM Language
+    Models", ICLR 2018.
+    """
+    _check_input(input, "locked_dropout")
+    if input.dim() < 2:
+        raise ValueError("locked_dropout expects a sequence (T, N, *) or, with batch_first=True, (N, T, *), "
+                         f"but got input of shape {tuple(input.shape)}")
+    time_axis = 1 if batch_first else 0
+    noise_shape = tuple(1 if axis == time_axis else None for axis in range(input.dim()))
+    return dropout(input, p, training, inplace, seed=seed, step=step, replica=replica, stream=stream,
+                   noise_shape=noise_shape, scaling=scaling)
+
+
+def variational_mask(shape: tuple[int, ...], p: float, *, seed: int | torch.Tensor | None = None,
+                     step: int | torch.Tensor = 0, replica: int = 0, stream: int = 0,
+                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    r"""An inverted-dropout mask tensor of ``shape``: :math:`m / q` with :math:`m \sim \text{Bernoulli}(q)`.
+
+    The values are exactly those :func:`droplab.functional.dropout` multiplies by for the same counter
+    (mask index = row-major position in ``shape``); used where one mask is applied many times, such as
+    a recurrent net's hidden state at every step.
+    """
+    p = check_probability(p)
+    numel = 1
+    for s in shape:
+        numel *= s
+    s = int(_seed_tensor(seed)) % 2**64
+    keep = kernels.keep_mask(numel, (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
+                             _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                             drop_threshold(p), device).reshape(shape)
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    return keep.to(dtype) * scale
+
+
+def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1, training: bool = True, *,
+                      padding_idx: int | None = None, max_norm: float | None = None, norm_type: float = 2.0,
+                      scale_grad_by_freq: bool = False, sparse: bool = False,
+                      seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
+                      stream: int = 0, scaling: str = "inverted") -> torch.Tensor:
+    r"""Embedding lookup with whole rows of the embedding matrix dropped: word-level dropout.
+
+    Training, inverted scaling: row :math:`v` of ``weight`` is used as :math:`W_v m_v / q` with one
+    :math:`m_v \sim \text{Bernoulli}(q)` per vocabulary entry, so every occurrence of a dropped word in
+    the batch reads zeros. It equals ``F.embedding(input, dropout(weight, noise_shape=(None, 1)))`` bit
+    for bit, but only the looked-up rows are multiplied.
+
+    Args:
+        input: integer indices of any shape.
+        weight: floating-point embedding matrix :math:`(V, D)`.
+        p: probability of dropping a word (row). Default: 0.1.
+        training: apply the mask if ``True``, the inference rule otherwise. Default: True.
+        padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse: as in ``torch.nn.functional.embedding``.
+        seed, step, replica, stream, scaling: as in :func:`droplab.functional.dropout`.
+
+    Shape:
+        Input :math:`(*)` integers; output :math:`(*, D)`.
+
+    Example::
+
+        >>> w = torch.ones(10, 4)
+        >>> y = embedding_dropout(torch.tensor([[1, 1, 2]]), w, p=0.5, seed=3)
+        >>> torch.equal(y[0, 0], y[0, 1])        # a word is dropped everywhere or nowhere
+        True
+
+    Reference: Gal & Ghahramani, NeurIPS 2016 (section 4.2); Merity et al., ICLR 2018.
+    """
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError("embedding_dropout expects a floating-point weight matrix, but got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
+        raise TypeError("embedding_dropout expects integer indices as input, but got "
+                        f"{getattr(input, 'dtype', type(input).__name__)}")
+    if weight.dim() != 2:
+        raise ValueError(f"embedding_dropout expects a (V, D) weight matrix, but got shape {tuple(weight.shape)}")
+    p = check_probability(p)
+    check_scaling(scaling)
+    out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+    if not training:
+        return out if scaling == "inverted" or p == 0.0 else out * (1.0 - p)
+    if p == 0.0:
+        return out
+    s = int(_seed_tensor(seed)) % 2**64
+    keep_rows = kernels.keep_mask(weight.shape[0], (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
+                                  _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                                  drop_threshold(p), weight.device)
+    scale = 1.0 if scaling == "classic" else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
+    keep = keep_rows[input].unsqueeze(-1)
+    return torch.where(keep, out * scale, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def lstm_recurrence(gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor,
+                    recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Run one LSTM layer over time given its precomputed input projections.
+
+    ``gates_x[t] = x_t W_{ih}^\top + b_{ih} + b_{hh}`` for all steps at once :math:`(T, N, 4H)` (gate
+    order i, f, g, o as in ``torch.nn.LSTM``); each step adds :math:`(h_{t-1} \odot m) W_{hh}^\top`
+    with the per-sequence recurrent mask :math:`m` :math:`(N, H)` (``None``: no recurrent dropout).
+    Returns ``(outputs (T, N, H), h_T, c_T)``.
+    """
+    w_t = weight_hh.t()
+    outputs = []
+    for t in range(gates_x.shape[0]):
+        hm = h if recurrent_mask is None else h * recurrent_mask
+        gates = torch.addmm(gates_x[t], hm, w_t)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs), h, c
+
+
+def gru_recurrence(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor | None,
+                   recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Run one GRU layer over time given ``gates_x[t] = x_t W_{ih}^\top + b_{ih}`` :math:`(T, N, 3H)`.
+
+    Gate order r, z, n as in ``torch.nn.GRU``: :math:`n = \tanh(x W_{in} + b_{in} + r (\tilde h W_{hn} +
+    b_{hn}))`, :math:`h' = (1 - z) n + z h`, with :math:`\tilde h = h \odot m` the recurrently dropped
+    state fed to the hidden projections. Returns ``(outputs (T, N, H), h_T)``.
+    """
+    w_t = weight_hh.t()
+    outputs = []
+    for t in range(gates_x.shape[0]):
+        hm = h if recurrent_mask is None else h * recurrent_mask
+        gh = hm @ w_t if bias_hh is None else torch.addmm(bias_hh, hm, w_t)
+        xr, xz, xn = gates_x[t].chunk(3, dim=1)
+        hr, hz, hn = gh.chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = n + z * (h - n)
+        outputs.append(h)
+    return torch.stack(outputs), h

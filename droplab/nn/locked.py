@@ -1,0 +1,72 @@
+"""``LockedDropout``: variational dropout for sequences, one mask per sequence shared over time."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import functional as F
+from ._base import StochasticModule
+
+__all__ = ["LockedDropout"]
+
+
+class LockedDropout(StochasticModule):
+    r"""Zero features with probability ``p`` using one mask per sequence, shared by all time steps.
+
+    Training (inverted scaling): :math:`y_{t,n,f} = x_{t,n,f}\, m_{n,f} / (1-p)`; inference is the
+    identity (classic scaling: unscaled in training, :math:`(1-p)x` at inference). Equivalent to
+    :class:`~droplab.nn.Dropout` with noise shape ``(1, None, None)`` (``(None, 1, None)`` batch-first).
+
+    Args:
+        p: drop probability. Default: 0.5.
+        batch_first: inputs are :math:`(N, T, *)` instead of :math:`(T, N, *)`. Default: False.
+        inplace: operate in place. Default: False.
+        seed: 64-bit seed; ``None`` draws one from torch's global generator. Default: None.
+        scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
+        share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
+
+    Shape:
+        Input :math:`(T, N, *)` or, with ``batch_first``, :math:`(N, T, *)`; output the same.
+
+    Example::
+
+        >>> m = LockedDropout(0.3, batch_first=True, seed=0)
+        >>> y = m(torch.ones(4, 10, 6))
+        >>> bool((y == y[:, :1]).all())           # constant over time
+        True
+
+    Reference: Gal & Ghahramani, NeurIPS 2016; Merity, Keskar, Socher, ICLR 2018.
+    """
+
+    def __init__(self, p: float = 0.5, batch_first: bool = False, inplace: bool = False, *,
+                 seed: int | None = None, scaling: str = "inverted", share_across_ranks: bool = False) -> None:
+        super().__init__(p, seed=seed, scaling=scaling, share_across_ranks=share_across_ranks)
+        self.batch_first = bool(batch_first)
+        self.inplace = bool(inplace)
+
+    def _extra_fields(self) -> list[tuple[str, object]]:
+        return [("batch_first", self.batch_first), ("inplace", self.inplace)]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return F.locked_dropout(input, self.p, False, self.inplace, batch_first=self.batch_first,
+                                    scaling=self.scaling)
+        seed, step = self._next_counter()
+        return F.locked_dropout(input, self.p, True, self.inplace, batch_first=self.batch_first, seed=seed,
+                                step=step, replica=self.replica, scaling=self.scaling)
+
+    def sample_mask(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor | None:
+        """Draw (and advance the step for) one mask tensor of ``shape``, ``m / (1-p)``; ``None`` when inactive.
+
+        For masks applied many times within one forward, such as a recurrent net's hidden state.
+        Only inverted scaling is defined here (the multiplicative mask must keep the expectation).
+        """
+        if not self.training or self.p == 0.0:
+            return None
+        if self.scaling != "inverted":
+            raise ValueError("sample_mask needs scaling='inverted', but this module has scaling="
+                             f"{self.scaling!r}")
+        seed, step = self._next_counter()
+        return F.variational_mask(tuple(shape), self.p, seed=seed, step=step, replica=self.replica, dtype=dtype,
+                                  device=device)
