@@ -13,6 +13,7 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("droplab.lab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
+    "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
 }
 
 

@@ -1,0 +1,487 @@
+"""``droplab sweep``: search dropout rates with Optuna, on one machine or many, and resume after a crash.
+
+The dropout rate is a hyper-parameter that needs validation-set tuning, often per layer, and it
+interacts with learning rate, weight decay and batch size. A sweep searches any of
+
+========================  ======================================================================
+``dropout``               the global hidden rate, in ``[0, max_rate]``
+``layer_rates``           one rate per hidden layer (``rate_0``, ``rate_1``, ...; replaces ``dropout``)
+``input_dropout``         the input rate, in ``[0, 0.5]``
+``schedule``              the schedule shape: constant, ramp (curriculum), early or late dropout
+``lr``                    learning rate, log-uniform in ``[1e-4, 1e-2]``
+``weight_decay``          weight decay, log-uniform in ``[1e-6, 1e-1]``
+``batch_size``            one of 32, 64, 128, 256
+========================  ======================================================================
+
+minimizing the validation loss, with TPE (default), random search or a grid, and prunes trials whose
+validation loss is worse than the median of earlier trials at the same epoch (``MedianPruner``).
+
+Storage is an Optuna ``RDBStorage``: a SQLite file by default (embedded, no set-up) or any SQLAlchemy
+URL (``--storage postgresql://user:pw@host/db``) for a study shared by workers on many machines. The
+sweep's definition (search space, base config, trial budget, sampler) lives in the study's user
+attributes, so a worker needs only the study name and storage to join, and ``--resume NAME`` continues
+a study exactly as it was defined. Each worker beats a heartbeat; a trial whose worker died (killed,
+preempted) is marked failed once its heartbeat is older than the grace period and re-queued with the
+same parameters (``RetryFailedTrialCallback``), so killing a worker loses no finished trial.
+
+Every trial is also a run in the lab's run store (``--db``), named ``<study>#<trial>`` and linked to the
+study, so ``droplab runs`` shows it with its curves.
+
+.. warning::
+    SQLite serializes writers; it is fine for the few workers of one machine, but for workers on many
+    machines use a server database. Each worker limits torch to ``cores / workers`` threads, so N
+    workers do not oversubscribe the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
+           "suggest", "run_worker", "spawn_workers", "run_sweep", "configure", "run"]
+
+SEARCHABLE = ("dropout", "layer_rates", "input_dropout", "schedule", "lr", "weight_decay", "batch_size")
+SAMPLERS = ("tpe", "grid", "random")
+SCHEDULE_SHAPES = ("constant", "ramp", "early", "late")
+BATCH_SIZES = (32, 64, 128, 256)
+DEFAULT_STORAGE = "droplab-sweeps.db"
+_SPEC_ATTR = "droplab_sweep"
+# the grid sampler's values for the dimensions that are continuous under TPE and random search
+_GRID = {
+    "input_dropout": [0.0, 0.1, 0.2],
+    "lr": [5e-4, 2e-3, 5e-3],
+    "weight_decay": [1e-5, 1e-3, 1e-1],
+}
+
+
+def _lab_extra(error: ModuleNotFoundError) -> ModuleNotFoundError:
+    return ModuleNotFoundError(f"droplab sweep needs {error.name}: pip install \"droplab[lab]\"")
+
+
+def _optuna():
+    try:
+        import optuna
+    except ModuleNotFoundError as error:
+        raise _lab_extra(error) from None
+    return optuna
+
+
+@dataclass
+class SweepSpec:
+    """What a study searches and how; stored in the study so every worker and ``--resume`` agree."""
+
+    name: str
+    base: dict[str, Any] = field(default_factory=dict)  # ExperimentConfig.to_dict() of the fixed knobs
+    search: list[str] = field(default_factory=lambda: ["dropout"])
+    trials: int = 20  # finished (complete or pruned) trials the study runs to
+    sampler: str = "tpe"
+    seed: int = 0
+    max_rate: float = 0.8
+    grid_rates: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    pruning: bool = True
+    db: str = "droplab.db"  # the lab's run store every trial is written to
+
+    def __post_init__(self) -> None:
+        from ..functional import check_probability
+
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"study name must be a non-empty string, but got {self.name!r}")
+        unknown = [s for s in self.search if s not in SEARCHABLE]
+        if unknown or not self.search:
+            raise ValueError(f"search must name one or more of {', '.join(SEARCHABLE)}, but got "
+                             f"{','.join(self.search) or 'nothing'}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, but got {self.sampler!r}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"trials must be a positive integer, but got {self.trials!r}")
+        check_probability(self.max_rate, "max_rate")
+        for rate in self.grid_rates:
+            check_probability(rate, "grid rate")
+        if not self.grid_rates:
+            raise ValueError("grid_rates must list at least one rate")
+
+    def config(self):
+        from .config import ExperimentConfig
+
+        return ExperimentConfig.from_dict(self.base)
+
+    def grid_space(self) -> dict[str, list]:
+        """The grid sampler's search space: every combination is one trial."""
+        depth = int(self.config().depth)
+        space: dict[str, list] = {}
+        for dim in self.search:
+            if dim == "dropout" and "layer_rates" not in self.search:
+                space["dropout"] = list(self.grid_rates)
+            elif dim == "layer_rates":
+                space.update({f"rate_{i}": list(self.grid_rates) for i in range(depth)})
+            elif dim == "schedule":
+                space["schedule"] = list(SCHEDULE_SHAPES)
+            elif dim == "batch_size":
+                space["batch_size"] = list(BATCH_SIZES)
+            elif dim in _GRID:
+                space[dim] = list(_GRID[dim])
+        return space
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepSpec:
+        return cls(**json.loads(text))
+
+
+# storage ------------------------------------------------------------------------------------------
+
+def storage_url(storage: str | None) -> str:
+    """A SQLAlchemy URL for ``storage``: a bare path means a SQLite file; ``postgresql://`` uses psycopg 3."""
+    storage = storage or DEFAULT_STORAGE
+    if "://" not in storage:
+        return f"sqlite:///{os.path.abspath(storage)}"
+    if storage.startswith(("postgresql://", "postgres://")):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; droplab's postgres extra installs psycopg 3
+        try:
+            import psycopg2  # noqa: F401
+        except ModuleNotFoundError:
+            storage = "postgresql+psycopg://" + storage.split("://", 1)[1]
+    return storage
+
+
+def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_period: int | None = None,
+                 max_retry: int = 3):
+    """An Optuna ``RDBStorage`` with a heartbeat, which fails and re-queues the trials of dead workers.
+
+    Args:
+        storage: a SQLAlchemy URL or a SQLite file path. Default: ``droplab-sweeps.db``.
+        heartbeat_interval: seconds between a running trial's heartbeats. Default: 10.
+        grace_period: seconds without a heartbeat after which a running trial counts as dead.
+            Default: ``3 * heartbeat_interval``.
+        max_retry: how many times one trial's parameters are retried. Default: 3.
+    """
+    optuna = _optuna()
+    from optuna import storages
+
+    if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
+        raise ValueError(f"heartbeat_interval must be a positive integer (seconds), but got {heartbeat_interval!r}")
+    url = storage_url(storage)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several worker processes write one file: wait for the lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    retry_cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    callback_kw = ("heartbeat_stale_trial_callback" if hasattr(storages, "RetryHeartbeatStaleTrialCallback")
+                   else "failed_trial_callback")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                   grace_period=grace_period or 3 * heartbeat_interval,
+                                   **{callback_kw: retry_cls(max_retry=max_retry)})
+
+
+def create_study(spec: SweepSpec, storage):
+    """Create the study for ``spec`` (an error if the name is taken: use ``--resume``)."""
+    optuna = _optuna()
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
+                                    load_if_exists=False)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ValueError(f"a study named {spec.name!r} already exists in this storage; continue it with "
+                         f"--resume {spec.name} or choose another --name") from None
+    study.set_user_attr(_SPEC_ATTR, spec.to_json())
+    return study
+
+
+def load_spec(name: str, storage) -> tuple[Any, SweepSpec]:
+    """The study ``name`` and its :class:`SweepSpec`; ``ValueError`` if there is no such sweep."""
+    optuna = _optuna()
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ValueError(f"no sweep named {name!r} in this storage; known: {', '.join(names) or 'none'}") from None
+    text = study.user_attrs.get(_SPEC_ATTR)
+    if text is None:
+        raise ValueError(f"study {name!r} was not created by droplab sweep (it has no sweep definition)")
+    return study, SweepSpec.from_json(text)
+
+
+def _sampler(spec: SweepSpec, worker_index: int):
+    optuna = _optuna()
+    seed = spec.seed + 1000 * worker_index  # workers must not propose the same points
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "grid":
+            return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(2, spec.trials // 3)),
+                                          multivariate=True)
+
+
+def _pruner(spec: SweepSpec):
+    optuna = _optuna()
+    if not spec.pruning:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, spec.config().epochs // 4))
+
+
+# the search space --------------------------------------------------------------------------------
+
+def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
+    """The config changes ``trial`` proposes for the dimensions in ``spec.search``."""
+    base = spec.config()
+    grid = spec.sampler == "grid"
+    changes: dict[str, Any] = {}
+    if "layer_rates" in spec.search:
+        changes["layer_rates"] = [trial.suggest_float(f"rate_{i}", 0.0, spec.max_rate) for i in range(base.depth)]
+    elif "dropout" in spec.search:
+        changes["dropout"] = trial.suggest_float("dropout", 0.0, spec.max_rate)
+    if "input_dropout" in spec.search:
+        changes["input_dropout"] = trial.suggest_float("input_dropout", 0.0, 0.5)
+    if "schedule" in spec.search:
+        shape = trial.suggest_categorical("schedule", list(SCHEDULE_SHAPES))
+        # the switch point: searched under TPE/random, half the epochs on a grid (no conditional grid axes)
+        at = 0.5 if grid or shape == "constant" else trial.suggest_float("schedule_at", 0.1, 0.9)
+        changes["schedule"] = None if shape == "constant" else f"{shape}:{max(1, round(at * base.epochs))}"
+    if "lr" in spec.search:
+        changes["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    if "weight_decay" in spec.search:
+        changes["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    if "batch_size" in spec.search:
+        changes["batch_size"] = int(trial.suggest_categorical("batch_size", list(BATCH_SIZES)))
+    return changes
+
+
+def _objective(spec: SweepSpec, store):
+    optuna = _optuna()
+    from .train import train
+
+    base = spec.config()
+
+    def objective(trial) -> float:
+        trial.set_user_attr("pid", os.getpid())
+        changes = suggest(trial, spec)
+        config = base.replace(**changes, name=f"{spec.name}#{trial.number}")
+        trial.set_user_attr("config", config.to_dict())
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            trial.report(float(metrics["val_loss"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation loss {metrics['val_loss']:.4f} at epoch {epoch} is worse than "
+                                         "the median of earlier trials")
+
+        try:
+            result = train(config, store=store, name=config.name, group=spec.name, on_epoch=on_epoch, progress=False)
+        except optuna.TrialPruned:
+            raise
+        final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        trial.set_user_attr("run_id", result.run_id)
+        trial.set_user_attr("final", final)
+        if getattr(result, "status", "finished") == "pruned":
+            raise optuna.TrialPruned("pruned during training")
+        return float(final.get("best_val_loss", final["val_loss"]))
+
+    return objective
+
+
+def _counts(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def _finished(study) -> int:
+    counts = _counts(study)
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
+def run_worker(name: str, storage: str | None = None, *, worker_index: int = 0, threads: int | None = None,
+               heartbeat_interval: int = 10, grace_period: int | None = None, objective=None) -> int:
+    """Run trials of study ``name`` until it has ``spec.trials`` finished trials; returns how many this worker ran.
+
+    Before leaving, the worker waits for trials still running elsewhere: a live worker finishes its
+    trial; a dead one's trial goes stale, is failed by the heartbeat check and re-queued, and this
+    worker runs the retry. So the study is complete when the last worker returns.
+    """
+    optuna = _optuna()
+    import torch
+    from optuna.storages import fail_stale_trials
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    if threads:
+        torch.set_num_threads(threads)
+    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    _, spec = load_spec(name, rdb)
+    study = optuna.load_study(study_name=name, storage=rdb, sampler=_sampler(spec, worker_index),
+                              pruner=_pruner(spec))
+    if objective is None:
+        from .store import RunStore
+
+        objective = _objective(spec, RunStore(spec.db))
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    ran = 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        while True:
+            fail_stale_trials(study)
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            left = spec.trials - _finished(study)
+            if left > 0 or waiting:
+                before = len(study.get_trials(deepcopy=False))
+                # retries (WAITING) are popped first; the callback stops every worker at the shared target
+                study.optimize(objective, n_trials=max(left, len(waiting)), gc_after_trial=False,
+                               callbacks=[MaxTrialsCallback(spec.trials, states=done)])
+                ran += len(study.get_trials(deepcopy=False)) - before
+                if spec.sampler == "grid" and not waiting and study.sampler.is_exhausted(study):
+                    break
+                continue
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return ran
+            time.sleep(heartbeat_interval)
+    return ran
+
+
+def _worker_command(name: str, storage: str, index: int, threads: int, heartbeat_interval: int,
+                    grace_period: int | None) -> list[str]:
+    command = [sys.executable, "-m", "droplab.cli", "sweep", "--worker", "--name", name, "--storage", storage,
+               "--worker-index", str(index), "--threads", str(threads), "--heartbeat", str(heartbeat_interval)]
+    if grace_period:
+        command += ["--grace", str(grace_period)]
+    return command
+
+
+def spawn_workers(name: str, storage: str | None, workers: int, *, threads: int | None = None,
+                  heartbeat_interval: int = 10, grace_period: int | None = None,
+                  **popen_kwargs) -> list[subprocess.Popen]:
+    """Start ``workers`` processes of ``droplab sweep --worker`` on study ``name``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or max(1, cores // workers)
+    url = storage_url(storage)
+    return [subprocess.Popen(_worker_command(name, url, i, threads, heartbeat_interval, grace_period), **popen_kwargs)
+            for i in range(workers)]
+
+
+def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: int = 1, resume: str | None = None,
+              trials: int | None = None, heartbeat_interval: int = 10, grace_period: int | None = None,
+              objective=None) -> Any:
+    """Create (or, with ``resume``, continue) a sweep and run it with ``workers`` processes; returns the study.
+
+    ``objective`` replaces the training objective of an in-process (``workers=1``) sweep.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, but got {workers!r}")
+    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    if resume:
+        study, spec = load_spec(resume, rdb)
+        if trials is not None and trials != spec.trials:
+            spec.trials = trials
+            study.set_user_attr(_SPEC_ATTR, spec.to_json())
+    else:
+        study = create_study(spec, rdb)
+    if workers == 1:
+        run_worker(spec.name, storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                   objective=objective)
+        return study
+    procs = spawn_workers(spec.name, storage, workers, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        raise RuntimeError("sweep worker(s) exited with an error: " + ", ".join(f"#{i} (exit {c})" for i, c in failed)
+                           + f"; finished trials are kept: droplab sweep --resume {spec.name}")
+    return study
+
+
+# command line ------------------------------------------------------------------------------------
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="study name (default: sweep-<date>-<time>)")
+    parser.add_argument("--resume", metavar="NAME", help="continue the study NAME with its stored definition")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="SQLite file or SQLAlchemy URL, e.g. postgresql://user:pw@host/db "
+                             f"(default: {DEFAULT_STORAGE})")
+    parser.add_argument("--db", default="droplab.db", help="the lab's run store for the trials' runs")
+    parser.add_argument("--trials", type=int, default=None, help="finished trials to run to (default: 20)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search strategy (default: tpe)")
+    parser.add_argument("--search", type=_csv, default=["dropout"],
+                        help=f"comma-separated dimensions: {', '.join(SEARCHABLE)} (default: dropout)")
+    parser.add_argument("--max-rate", type=float, default=0.8, help="upper bound of searched rates (default: 0.8)")
+    parser.add_argument("--grid-rates", type=lambda s: [float(x) for x in _csv(s)],
+                        default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], help="rates tried by --sampler grid")
+    parser.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
+    parser.add_argument("--config", help="TOML experiment config of the fixed knobs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config knob")
+    parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds (default: 10)")
+    parser.add_argument("--grace", type=int, default=None,
+                        help="seconds without heartbeat before a trial is failed and retried (default: 3x heartbeat)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    show = sub.add_parser("show", help="best configuration, rate curve, importances and an HTML report")
+    show.add_argument("study", metavar="NAME")
+    show.add_argument("--storage", dest="show_storage", default=None, help="as for the sweep")
+    show.add_argument("--out", default="reports", help="report directory (default: reports)")
+
+
+def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    from .config import ExperimentConfig
+
+    base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    base = base.with_overrides(args.set)
+    name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    return SweepSpec(name=name, base=base.to_dict(), search=list(args.search), trials=args.trials or 20,
+                     sampler=args.sampler, seed=args.seed, max_rate=args.max_rate, grid_rates=list(args.grid_rates),
+                     pruning=not args.no_pruning, db=args.db)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "show":
+        from .sweep_report import show
+
+        return show(args.study, args.show_storage or args.storage, out_dir=args.out)
+    if args.worker:
+        if not args.name:
+            raise SystemExit("droplab sweep --worker needs --name")
+        run_worker(args.name, args.storage, worker_index=args.worker_index, threads=args.threads,
+                   heartbeat_interval=args.heartbeat, grace_period=args.grace)
+        return 0
+    spec = None if args.resume else _spec_from_args(args)
+    start = time.perf_counter()
+    study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
+                      heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    counts = _counts(study)
+    elapsed = time.perf_counter() - start
+    print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+          + f" in {elapsed:.1f} s")
+    from .sweep_report import summarize
+
+    print(summarize(study))
+    print(f"details and plots: droplab sweep show {study.study_name} --storage {args.storage}")
+    return 0
+
+

@@ -1,0 +1,179 @@
+"""``droplab sweep`` plumbing: spec and storage, the search space, shared trial budget, stale-trial retry, reports.
+
+These tests use SQLite files in a temporary directory and, where the training loop is not the point,
+a cheap analytic objective passed to :func:`run_worker`. The end-to-end sweep over real training runs
+is in ``tests/test_sweep_e2e.py``; the multi-process kill-and-retry test against PostgreSQL in
+``tests/test_sweep_postgres.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial, TrialState
+
+from droplab.lab import sweep as S
+from droplab.lab.config import ExperimentConfig
+from droplab.lab.sweep_report import importances, rate_curve, summarize, trial_rows, write_report
+
+
+def _spec(name="s", **kw) -> S.SweepSpec:
+    base = ExperimentConfig().replace(epochs=4, depth=2).to_dict()
+    return S.SweepSpec(name=name, base=base, **kw)
+
+
+def _fake_objective(calls: list | None = None):
+    """Validation loss is a parabola in the rate with its minimum at 0.3; reports one value per 'epoch'."""
+
+    def objective(trial):
+        trial.set_user_attr("pid", 0)
+        changes = S.suggest(trial, S.load_spec(trial.study.study_name, trial.study._storage)[1])
+        rate = changes.get("dropout", 0.0)
+        loss = 1.0 + (rate - 0.3) ** 2
+        for epoch in range(3):
+            trial.report(loss + 0.1 * (2 - epoch), epoch)
+        trial.set_user_attr("config", ExperimentConfig().replace(**changes).to_dict())
+        trial.set_user_attr("final", {"val_loss": loss, "val_acc": 1 - loss / 2, "train_acc": 0.9,
+                                      "test_acc": 1 - loss / 2})
+        trial.set_user_attr("run_id", trial.number + 100)
+        if calls is not None:
+            calls.append(trial.number)
+        return loss
+
+    return objective
+
+
+def test_spec_validation_names_the_argument_and_allowed_values():
+    with pytest.raises(ValueError, match="search must name one or more of dropout, layer_rates"):
+        _spec(search=["dropuot"])
+    with pytest.raises(ValueError, match="sampler must be one of tpe, grid, random"):
+        _spec(sampler="cmaes")
+    with pytest.raises(ValueError, match="trials must be a positive integer"):
+        _spec(trials=0)
+    with pytest.raises(ValueError, match="max_rate has to be between 0 and 1, but got 1.5"):
+        _spec(max_rate=1.5)
+    spec = _spec(search=["layer_rates", "batch_size"], trials=3)
+    assert S.SweepSpec.from_json(spec.to_json()) == spec
+
+
+def test_storage_url_defaults_to_a_sqlite_file_and_postgres_uses_psycopg3(tmp_path):
+    assert S.storage_url(str(tmp_path / "x.db")) == f"sqlite:///{tmp_path / 'x.db'}"
+    assert S.storage_url(None).startswith("sqlite:///") and S.storage_url(None).endswith(S.DEFAULT_STORAGE)
+    assert S.storage_url("postgresql://u:p@h/db") in ("postgresql+psycopg://u:p@h/db", "postgresql://u:p@h/db")
+    assert S.storage_url("mysql://u@h/db") == "mysql://u@h/db"
+    with pytest.raises(ValueError, match="heartbeat_interval must be a positive integer"):
+        S.open_storage(str(tmp_path / "x.db"), heartbeat_interval=0)
+
+
+def test_search_space_maps_trial_parameters_to_config_changes():
+    spec = _spec(search=["layer_rates", "input_dropout", "schedule", "lr", "weight_decay", "batch_size"])
+    trial = FixedTrial({"rate_0": 0.1, "rate_1": 0.6, "input_dropout": 0.2, "schedule": "ramp", "schedule_at": 0.5,
+                        "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64})
+    changes = S.suggest(trial, spec)
+    assert changes == {"layer_rates": [0.1, 0.6], "input_dropout": 0.2, "schedule": "ramp:2", "lr": 1e-3,
+                       "weight_decay": 1e-4, "batch_size": 64}
+    # every proposal is a valid experiment config
+    ExperimentConfig.from_dict({**spec.base, **changes})
+    assert S.suggest(FixedTrial({"schedule": "constant"}), _spec(search=["schedule"])) == {"schedule": None}
+    assert S.suggest(FixedTrial({"dropout": 0.25}), _spec()) == {"dropout": 0.25}
+    grid = _spec(search=["dropout", "batch_size"], sampler="grid", grid_rates=[0.0, 0.5])
+    assert grid.grid_space() == {"dropout": [0.0, 0.5], "batch_size": [32, 64, 128, 256]}
+
+
+def test_study_names_are_unique_and_resume_needs_an_existing_sweep(tmp_path):
+    storage = S.open_storage(str(tmp_path / "s.db"))
+    S.create_study(_spec("a"), storage)
+    with pytest.raises(ValueError, match="already exists.*--resume a"):
+        S.create_study(_spec("a"), storage)
+    with pytest.raises(ValueError, match="no sweep named 'b'.*known: a"):
+        S.load_spec("b", storage)
+    optuna.create_study(study_name="foreign", storage=storage)
+    with pytest.raises(ValueError, match="not created by droplab sweep"):
+        S.load_spec("foreign", storage)
+
+
+def test_worker_runs_to_the_shared_trial_budget_and_resume_extends_it(tmp_path):
+    db = str(tmp_path / "s.db")
+    S.create_study(_spec("budget", trials=5, sampler="random"), S.open_storage(db))
+    calls: list[int] = []
+    S.run_worker("budget", db, objective=_fake_objective(calls))
+    study, _ = S.load_spec("budget", S.open_storage(db))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    # a second worker joining a finished study runs nothing
+    assert S.run_worker("budget", db, objective=_fake_objective(calls)) == 0
+    # --resume with a larger budget continues the same study
+    S.run_sweep(None, db, resume="budget", trials=7, objective=_fake_objective(calls))
+    study, spec = S.load_spec("budget", S.open_storage(db))
+    assert spec.trials == 7 and len(study.get_trials(states=(TrialState.COMPLETE,))) == 7
+    assert calls == list(range(7))
+
+
+def test_grid_sampler_covers_the_grid(tmp_path):
+    db = str(tmp_path / "g.db")
+    S.create_study(_spec("grid", trials=50, sampler="grid", grid_rates=[0.0, 0.2, 0.4]), S.open_storage(db))
+    S.run_worker("grid", db, objective=_fake_objective())
+    study, _ = S.load_spec("grid", S.open_storage(db))
+    assert sorted(t.params["dropout"] for t in study.trials) == [0.0, 0.2, 0.4]
+
+
+def test_tpe_concentrates_near_the_optimum(tmp_path):
+    db = str(tmp_path / "t.db")
+    S.create_study(_spec("tpe", trials=16, pruning=False), S.open_storage(db))
+    S.run_worker("tpe", db, objective=_fake_objective())
+    study, _ = S.load_spec("tpe", S.open_storage(db))
+    # the parabola's minimum is at 0.3: the best of 16 trials lies within 0.1 of it
+    assert abs(study.best_params["dropout"] - 0.3) < 0.1
+
+
+def test_stale_trial_of_a_dead_worker_is_failed_and_retried(tmp_path):
+    db = str(tmp_path / "h.db")
+    storage = S.open_storage(db, heartbeat_interval=1, grace_period=2)
+    S.create_study(_spec("stale", trials=3, sampler="random"), storage)
+    study = optuna.load_study(study_name="stale", storage=storage)
+    # a worker that asked for a trial, beat once and died
+    dead = study.ask({"dropout": optuna.distributions.FloatDistribution(0.0, 0.8)})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    S.run_worker("stale", db, heartbeat_interval=1, grace_period=2, objective=_fake_objective())
+    trials = S.load_spec("stale", storage)[0].get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[dead.number].params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
+
+
+def test_summary_and_report_from_a_finished_study(tmp_path):
+    db = str(tmp_path / "r.db")
+    S.create_study(_spec("rep <b>", trials=8, sampler="random", search=["dropout"]), S.open_storage(db))
+    S.run_worker("rep <b>", db, objective=_fake_objective())
+    study, _ = S.load_spec("rep <b>", S.open_storage(db))
+    rows = trial_rows(study)
+    assert len(rows) == 8 and all(r["gap"] is not None for r in rows)
+    curve = rate_curve(rows)
+    assert sum(n for *_, n in curve) == 8
+    text = summarize(study)
+    best = min(rows, key=lambda r: r["value"])
+    assert f"best: trial {best['number']}" in text and "validation loss by rate" in text
+    assert set(importances(study)) == {"dropout"}
+    page = write_report(study, tmp_path / "reports")
+    html = page.read_text()
+    assert "rep &lt;b&gt;" in html and "<b>" not in html.split("<body>")[1].split("<h1>")[0]
+    for png in ("rate.png", "layers.png", "batch_rate.png", "importance.png"):
+        assert (page.parent / png).stat().st_size > 1000
+        assert f'src="{png}"' in html
+
+
+def test_cli_show_prints_the_summary(tmp_path, capsys):
+    from droplab.cli import main
+
+    db = str(tmp_path / "c.db")
+    S.create_study(_spec("cli", trials=3, sampler="random"), S.open_storage(db))
+    S.run_worker("cli", db, objective=_fake_objective())
+    assert main(["sweep", "show", "cli", "--storage", db, "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "sweep cli: 3 complete" in out and "report:" in out
+    assert main(["sweep", "show", "nope", "--storage", db]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().out
