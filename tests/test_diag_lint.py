@@ -292,6 +292,21 @@ def test_sdpa_dropout_left_on():
     assert lint(Attention(guarded=True), x8()) == []
 
 
+def test_droplab_attention_dropout_left_on():
+    class DroplabAttention(nn.Module):
+        def __init__(self, guarded):
+            super().__init__()
+            self.guarded = guarded
+
+        def forward(self, x):
+            q = x[:, None, :, None]
+            training = self.training if self.guarded else True
+            return dl.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.1, training=training, seed=0)
+
+    assert rules(lint(DroplabAttention(guarded=False))) == ["attention-dropout-always-on"]
+    assert lint(DroplabAttention(guarded=True), x8()) == []
+
+
 def test_multihead_attention_in_train_mode_inside_an_eval_model():
     class Block(nn.Module):
         def __init__(self):

@@ -8,6 +8,40 @@
 * Training-health monitors (:mod:`.health`): per-layer gradient norms, early-epoch loss slope.
 """
 
+from .coadaptation import (
+    Ablation,
+    LayerCoadaptation,
+    ablation_sensitivity,
+    capture_activations,
+    coadaptation,
+    effective_rank,
+    hidden_layers,
+    pairwise_correlation,
+    sparsity,
+)
+from .health import EpochHealth, HealthMonitor, grad_norms, loss_slope
 from .lint import RULES, Finding, Findings, lint
+from .variance_shift import VarianceShift, recalibrate_bn, variance_shift
 
-__all__ = ["RULES", "Finding", "Findings", "lint"]
+__all__ = [
+    "RULES",
+    "Finding",
+    "Findings",
+    "lint",
+    "VarianceShift",
+    "variance_shift",
+    "recalibrate_bn",
+    "capture_activations",
+    "hidden_layers",
+    "pairwise_correlation",
+    "effective_rank",
+    "sparsity",
+    "ablation_sensitivity",
+    "Ablation",
+    "LayerCoadaptation",
+    "coadaptation",
+    "grad_norms",
+    "loss_slope",
+    "EpochHealth",
+    "HealthMonitor",
+]

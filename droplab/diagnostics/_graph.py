@@ -33,13 +33,12 @@ from .. import functional as dlf
 from ..nn import StochasticModule
 
 __all__ = ["GraphNode", "ModelGraph", "model_graph", "trace_fx", "is_dropout_module", "is_dropout_function",
-           "call_argument"]
+           "is_droplab_function", "call_argument", "call_model"]
 
 # torch's functional dropout family; droplab's functional ops are recognized by their module
 TORCH_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
                            F.feature_alpha_dropout, torch.dropout, torch.alpha_dropout, torch.feature_dropout,
                            torch.feature_alpha_dropout}
-_DROPLAB_HELPERS = {"check_probability", "check_scaling", "resolve_noise_shape", "new_seed"}
 
 # layers a dropout effect passes through unchanged in kind (linear maps, shape changes, pointwise maps)
 _WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
@@ -60,12 +59,24 @@ def is_dropout_module(module: nn.Module | None) -> bool:
     return isinstance(module, (StochasticModule, nn.modules.dropout._DropoutNd))
 
 
+def _parameters(target: object) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def is_droplab_function(target: object) -> bool:
+    module = getattr(target, "__module__", "") or ""
+    return module.startswith("droplab.functional") and callable(target)
+
+
 def is_dropout_function(target: object) -> bool:
-    """torch's functional dropout or one of droplab's functional ops."""
+    """torch's functional dropout, or a droplab functional dropout op (a ``*dropout*`` with ``training``)."""
     if target in TORCH_DROPOUT_FUNCTIONS:
         return True
-    module = getattr(target, "__module__", "") or ""
-    return module.startswith("droplab.functional") and getattr(target, "__name__", "") not in _DROPLAB_HELPERS
+    return is_droplab_function(target) and "dropout" in getattr(target, "__name__", "") \
+        and "training" in _parameters(target)
 
 
 def is_pointwise_module(module: nn.Module | None) -> bool:
@@ -343,16 +354,17 @@ def model_graph(model: nn.Module, example_input: object = None, *, training: boo
     return graph
 
 
-def call_argument(node: GraphNode, name: str, position: int, default: object) -> object:
+def call_argument(node: GraphNode, name: str, position: int | None = None, default: object = None) -> object:
     """An argument of a recorded call, by keyword or position, or the function's default."""
     if name in node.kwargs:
         return node.kwargs[name]
-    if len(node.args) > position:
+    parameters = _parameters(node.target)
+    if name in parameters:
+        parameter = parameters[name]
+        names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if name in names and len(node.args) > names.index(name):
+            return node.args[names.index(name)]
+        return parameter.default if parameter.default is not inspect.Parameter.empty else default
+    if position is not None and len(node.args) > position:
         return node.args[position]
-    try:
-        parameter = inspect.signature(node.target).parameters.get(name)
-    except (TypeError, ValueError):
-        parameter = None
-    if parameter is not None and parameter.default is not inspect.Parameter.empty:
-        return parameter.default
     return default

@@ -19,8 +19,9 @@ functional-dropout-always-on    error    in a trace of the model in **eval** mod
                                          droplab's functional dropout whose ``training`` is ``True``
                                          (hard-coded, or left at its default) (torch.fx trace only)
 attention-dropout-always-on     error    in the eval-mode trace, ``F.scaled_dot_product_attention`` with a
-                                         constant ``dropout_p > 0``, or ``F.multi_head_attention_forward``
-                                         with ``training=True`` and ``dropout_p > 0`` (torch.fx trace only)
+                                         constant ``dropout_p > 0``, or ``F.multi_head_attention_forward`` /
+                                         droplab's ``scaled_dot_product_attention`` with ``training=True``
+                                         and ``dropout_p > 0`` (torch.fx trace only)
 dropout-site-in-train-mode      warning  the model is in eval mode but a dropout site (a dropout module,
                                          an RNN's or a ``torch.nn.MultiheadAttention``'s ``dropout=``) is in
                                          train mode, so it keeps dropping at inference
@@ -64,11 +65,20 @@ from torch import nn
 
 from ..convert import sites
 from ..nn import StochasticModule
-from ._graph import GraphNode, ModelGraph, call_argument, call_model, is_dropout_function, model_graph
+from ._graph import (
+    GraphNode,
+    ModelGraph,
+    call_argument,
+    call_model,
+    is_droplab_function,
+    is_dropout_function,
+    model_graph,
+)
 
 __all__ = ["Finding", "Findings", "RULES", "SEVERITIES", "lint"]
 
 SEVERITIES = ("error", "warning", "info")
+_TORCH_TRAIN_ARG = (torch.dropout, torch.alpha_dropout, torch.feature_dropout, torch.feature_alpha_dropout)
 
 #: rule -> (severity, why it matters, the fix)
 RULES: dict[str, tuple[str, str, str]] = {
@@ -332,9 +342,8 @@ def _always_on_rules(eval_graph: ModelGraph) -> list[Finding]:
         if node.kind != "function":
             continue
         if is_dropout_function(node.target):
-            name = "train" if node.target in (torch.dropout, torch.alpha_dropout, torch.feature_dropout,
-                                              torch.feature_alpha_dropout) else "training"
-            training = call_argument(node, name, 2, None)
+            name = "train" if node.target in _TORCH_TRAIN_ARG else "training"
+            training = call_argument(node, name, 2)
             p = _number(call_argument(node, "p", 1, 0.5))
             if training is True and (p is None or p > 0):
                 found.append(_finding("functional-dropout-always-on", node.path,
@@ -344,7 +353,9 @@ def _always_on_rules(eval_graph: ModelGraph) -> list[Finding]:
             if p is not None and p > 0:
                 found.append(_finding("attention-dropout-always-on", node.path,
                                       f"{node.describe()} has dropout_p = {p:g} when the model is in eval mode"))
-        elif node.target is F.multi_head_attention_forward:
+        elif node.target is F.multi_head_attention_forward or (
+                is_droplab_function(node.target) and getattr(node.target, "__name__", "") ==
+                "scaled_dot_product_attention"):
             p = _number(call_argument(node, "dropout_p", 10, 0.0))
             training = call_argument(node, "training", 13, True)
             if training is True and (p is None or p > 0):
