@@ -1,0 +1,199 @@
+"""``droplab inspect MODEL``: the dropout sites of a model and what :func:`droplab.diagnostics.lint` finds.
+
+``MODEL`` is ``package.module:factory``, ``path/to/file.py:factory`` or a checkpoint saved by the lab
+(``droplab compare --save``). A factory is called without arguments and returns the model, or
+``(model, example_input)``; ``--input-shape`` gives a random example input instead. With an example
+input the runtime checks run too (missing test-time scale, stochastic at eval); a lab checkpoint uses
+a batch of its own test data.
+
+Exit status: 0 when no finding has severity ``error``, 1 when one does (so CI pipelines can gate on
+it), 2 when the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["configure", "run", "load_model", "inspect_model"]
+
+HELP = "list a model's dropout sites and lint them (exit 1 on an error finding)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL",
+                        help="package.module:factory, path/to/file.py:factory, or a lab checkpoint (.pt)")
+    parser.add_argument("--input-shape", default=None, metavar="N,D,...",
+                        help="shape of a random example input (enables the runtime checks)")
+    parser.add_argument("--for-inference", action="store_true",
+                        help="the model is meant for deterministic inference: train mode is an error")
+    parser.add_argument("--probe-samples", type=int, default=200,
+                        help="training passes per custom module in the test-time-scale probe (default: 200)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--plain", action="store_true", help="plain text even when rich is installed")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"--input-shape must be positive integers separated by commas (e.g. 8,40), but got {text!r}")
+    return shape
+
+
+def _load_factory(spec: str) -> object:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(f"MODEL must be package.module:factory, path/to/file.py:factory or a checkpoint file, "
+                         f"but got {spec!r}")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        module_spec = importlib.util.spec_from_file_location(f"_droplab_inspect_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"{target} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    return factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, torch.Tensor]:
+    from .config import ExperimentConfig
+    from .data import load_dataset
+    from .models import build_model
+    from .train import load_checkpoint
+
+    state = load_checkpoint(path)
+    config = ExperimentConfig.from_dict(state["config"]).replace(device="cpu")
+    splits = load_dataset(config)
+    model = build_model(config, splits.n_features, splits.n_classes)
+    model.load_state_dict(state["model"])
+    return model.eval(), splits.test.x[:64]
+
+
+def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, object, str]:
+    """``(model, example_input or None, description)`` for a MODEL argument."""
+    path = Path(spec)
+    if path.is_file() and ":" not in spec.replace("\\", "/").split("/")[-1]:
+        model, example = _load_checkpoint(path)
+        how = f"lab checkpoint {path}"
+    else:
+        loaded = _load_factory(spec)
+        example = None
+        if isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], nn.Module):
+            loaded, example = loaded
+        if not isinstance(loaded, nn.Module):
+            raise TypeError(f"{spec} must give a torch.nn.Module (or a (model, example_input) pair), "
+                            f"but gave {type(loaded).__name__}")
+        model = loaded
+        example = example if example is not None else getattr(model, "example_input", None)
+        how = f"factory {spec}"
+    if input_shape is not None:
+        example = torch.randn(_parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
+    return model, example, how
+
+
+def inspect_model(model: nn.Module, example_input: object = None, *, for_inference: bool = False,
+                  probe_samples: int = 200) -> dict:
+    """Sites and lint findings of ``model`` as plain data (what ``--json`` prints)."""
+    from ..convert import sites
+    from ..diagnostics import lint
+
+    findings = lint(model, example_input, for_inference=for_inference, probe_samples=probe_samples)
+    return {"model": type(model).__name__, "training": model.training,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sites": [site.as_row() for site in sites(model)],
+            "findings": [f.as_row() for f in findings],
+            "errors": len(findings.errors), "traced_with": findings.traced_with, "note": findings.note,
+            "skipped": findings.skipped, "example_input": example_input is not None}
+
+
+def _print_plain(report: dict, source: str, out) -> None:
+    print(f"{report['model']} from {source}: {report['parameters']:,} parameters, "
+          f"{'train' if report['training'] else 'eval'} mode, analysed with {report['traced_with']}", file=out)
+    print(f"\ndropout sites ({len(report['sites'])}):", file=out)
+    if report["sites"]:
+        columns = ["name", "kind", "p", "scaling", "library", "training"]
+        rows = [[str(site[c]) for c in columns] for site in report["sites"]]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)), file=out)
+        for row in rows:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
+    else:
+        print("  none", file=out)
+    print(f"\nfindings ({len(report['findings'])}):", file=out)
+    for f in report["findings"]:
+        print(f"  [{f['severity']}] {f['rule']} at {f['path']}: {f['message']}", file=out)
+        print(f"      why: {f['why']}", file=out)
+        print(f"      fix: {f['fix']}", file=out)
+    if not report["findings"]:
+        print("  none", file=out)
+    _print_notes(report, out)
+
+
+def _print_notes(report: dict, out) -> None:
+    if report["note"]:
+        print(f"\nnote: {report['note']}", file=out)
+    for skipped in report["skipped"]:
+        print(f"not checked: {skipped}", file=out)
+
+
+def _print_rich(report: dict, source: str, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out)
+    console.print(f"[bold]{report['model']}[/] from {source}: {report['parameters']:,} parameters, "
+                  f"{'train' if report['training'] else 'eval'} mode, analysed with {report['traced_with']}")
+    sites_table = Table(title=f"dropout sites ({len(report['sites'])})", title_justify="left")
+    for column in ("name", "kind", "p", "scaling", "library", "training"):
+        sites_table.add_column(column)
+    for site in report["sites"]:
+        sites_table.add_row(*(str(site[c]) for c in ("name", "kind", "p", "scaling", "library", "training")))
+    console.print(sites_table)
+    colours = {"error": "red", "warning": "yellow", "info": "cyan"}
+    findings = Table(title=f"findings ({len(report['findings'])})", title_justify="left", show_lines=True)
+    for column in ("severity", "rule", "path"):
+        findings.add_column(column, no_wrap=True)
+    for column in ("message", "fix"):
+        findings.add_column(column, overflow="fold")
+    for f in report["findings"]:
+        findings.add_row(f"[{colours[f['severity']]}]{f['severity']}[/]", f["rule"], f["path"], f["message"],
+                         f["fix"])
+    console.print(findings)
+    _print_notes(report, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model, example, source = load_model(args.model, args.input_shape)
+    except (ImportError, OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError) as error:
+        print(f"droplab inspect: cannot load {args.model}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    report = inspect_model(model, example, for_inference=args.for_inference, probe_samples=args.probe_samples)
+    if args.json:
+        print(json.dumps({"source": source, **report}, indent=2, default=str))
+    else:
+        try:
+            if args.plain:
+                raise ModuleNotFoundError
+            _print_rich(report, source, sys.stdout)
+        except ModuleNotFoundError:
+            _print_plain(report, source, sys.stdout)
+    return 1 if report["errors"] else 0

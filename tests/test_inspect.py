@@ -1,0 +1,155 @@
+"""``droplab inspect``: loading MODEL specs, output formats and exit codes through droplab.cli.main."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from droplab.cli import main
+
+MODELS = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import droplab as dl
+
+
+    def clean():
+        return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), dl.nn.Dropout(0.3, seed=0),
+                             nn.Linear(16, 2))
+
+
+    def before_bn():  # a warning only
+        return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.BatchNorm1d(16))
+
+
+    class AlwaysOn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return F.dropout(self.fc(x), 0.5, training=True)
+
+
+    def always_on():  # an error
+        return AlwaysOn()
+
+
+    class Unscaled(nn.Module):
+        def forward(self, x):
+            return dl.functional.dropout(x, 0.5, self.training, seed=None, scaling="classic") \\
+                if self.training else x
+
+
+    def unscaled_with_input():  # an error only the runtime probe can see
+        return nn.Sequential(nn.Linear(8, 8), Unscaled()), torch.randn(4, 8)
+
+
+    def not_a_model():
+        return 42
+''')
+
+
+@pytest.fixture()
+def models(tmp_path):
+    path = tmp_path / "zoo.py"
+    path.write_text(MODELS)
+    return str(path)
+
+
+def test_clean_model_exits_zero_and_lists_sites(models, capsys):
+    assert main(["inspect", f"{models}:clean", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "dropout sites (1)" in out and "findings (0)" in out and "Dropout" in out
+
+
+def test_warning_only_exits_zero(models, capsys):
+    assert main(["inspect", f"{models}:before_bn", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [f["rule"] for f in report["findings"]] == ["dropout-before-batchnorm"]
+    assert report["errors"] == 0 and report["traced_with"] == "fx" and report["sites"][0]["kind"] == "torch.nn.Dropout"
+
+
+def test_error_finding_exits_one(models, capsys):
+    assert main(["inspect", f"{models}:always_on", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 1 and report["findings"][0]["rule"] == "functional-dropout-always-on"
+
+
+def test_runtime_probe_uses_the_factory_example(models, capsys):
+    assert main(["inspect", f"{models}:unscaled_with_input", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [f["rule"] for f in report["findings"]] == ["missing-test-time-scale"] and report["example_input"]
+
+
+def test_for_inference_and_input_shape(models, capsys):
+    assert main(["inspect", f"{models}:clean", "--for-inference", "--input-shape", "4,8", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [f["rule"] for f in report["findings"]] == ["train-mode-at-inference"] and report["example_input"]
+
+
+def test_rich_output(models, capsys):
+    pytest.importorskip("rich")
+    assert main(["inspect", f"{models}:always_on"]) == 1
+    out = capsys.readouterr().out
+    assert "functional-dropout-always-on" in out and "findings (1)" in out
+
+
+def test_package_module_factory(capsys):
+    assert main(["inspect", "torch.nn:Identity", "--plain"]) == 0
+    assert "none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_such_package_xyz:f", "cannot load"),
+    ("torch.nn:NoSuchThing", "has no attribute"),
+    ("nofile_here.py:f", "no such file"),
+    ("justaname", "MODEL must be"),
+])
+def test_load_errors_exit_two(spec, message, capsys):
+    assert main(["inspect", spec]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_module_and_bad_shape(models, capsys):
+    assert main(["inspect", f"{models}:not_a_model"]) == 2
+    assert "must give a torch.nn.Module" in capsys.readouterr().err
+    assert main(["inspect", f"{models}:clean", "--input-shape", "a,b"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_lab_checkpoint(tmp_path, capsys):
+    from droplab.lab.config import ExperimentConfig
+    from droplab.lab.data import Split, Splits
+    from droplab.lab.train import train
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(64, 10, generator=g), torch.randint(0, 3, (64,), generator=g))
+    splits = Splits(split, split, split, n_features=10, n_classes=3, name="toy")
+    config = ExperimentConfig(epochs=1)
+    result = train(config, splits=splits, save=tmp_path, progress=False)
+    import droplab.lab.inspect as inspect_cmd
+
+    original = inspect_cmd._load_checkpoint
+
+    def toy_checkpoint(path):  # the checkpoint's own data is MNIST-1D; use the toy split instead
+        from droplab.lab.models import build_model
+        from droplab.lab.train import load_checkpoint
+
+        state = load_checkpoint(path)
+        model = build_model(ExperimentConfig.from_dict(state["config"]), 10, 3)
+        model.load_state_dict(state["model"])
+        return model.eval(), split.x[:8]
+
+    inspect_cmd._load_checkpoint = toy_checkpoint
+    try:
+        code = main(["inspect", result.checkpoint, "--json"])
+    finally:
+        inspect_cmd._load_checkpoint = original
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["source"].startswith("lab checkpoint") and report["sites"]
