@@ -44,6 +44,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
@@ -185,7 +186,28 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                    grace_period=grace_period or 3 * heartbeat_interval,
-                                   **{callback_kw: retry_cls(max_retry=max_retry)})
+                                   **{callback_kw: _StaleTrial(retry_cls(max_retry=max_retry))})
+
+
+class _StaleTrial:
+    """On a dead worker's trial: re-queue its parameters, and mark its lab run failed (SIGKILL left it running)."""
+
+    def __init__(self, retry) -> None:
+        self.retry = retry
+
+    def __call__(self, study, trial) -> None:
+        self.retry(study, trial)
+        text = study.user_attrs.get(_SPEC_ATTR)
+        db = SweepSpec.from_json(text).db if text else None
+        if not db or not os.path.isfile(db):  # the run lives in another machine's store
+            return
+        from .store import RunStore
+
+        with RunStore(db) as store:
+            for run in store.list_runs(study=study.study_name, status="running"):
+                if run["name"] == f"{study.study_name}#{trial.number}":
+                    store.finish_run(run["id"], status="failed",
+                                     error="the worker stopped beating its heartbeat (killed?); trial retried")
 
 
 def create_study(spec: SweepSpec, storage):
@@ -280,10 +302,8 @@ def _objective(spec: SweepSpec, store):
                 raise optuna.TrialPruned(f"validation loss {metrics['val_loss']:.4f} at epoch {epoch} is worse than "
                                          "the median of earlier trials")
 
-        try:
-            result = train(config, store=store, name=config.name, group=spec.name, on_epoch=on_epoch, progress=False)
-        except optuna.TrialPruned:
-            raise
+        # train() stores a pruned run as "pruned" and re-raises TrialPruned, which Optuna records
+        result = train(config, store=store, name=config.name, study=spec.name, on_epoch=on_epoch, progress=False)
         final = {k: v for k, v in result.final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         trial.set_user_attr("run_id", result.run_id)
         trial.set_user_attr("final", final)
@@ -370,8 +390,12 @@ def spawn_workers(name: str, storage: str | None, workers: int, *, threads: int 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads or max(1, cores // workers)
     url = storage_url(storage)
-    return [subprocess.Popen(_worker_command(name, url, i, threads, heartbeat_interval, grace_period), **popen_kwargs)
-            for i in range(workers)]
+    # the workers import this droplab, installed or not
+    env = dict(popen_kwargs.pop("env", None) or os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return [subprocess.Popen(_worker_command(name, url, i, threads, heartbeat_interval, grace_period), env=env,
+                             **popen_kwargs) for i in range(workers)]
 
 
 def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: int = 1, resume: str | None = None,
@@ -383,6 +407,7 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, but got {workers!r}")
+    _optuna().logging.set_verbosity(_optuna().logging.WARNING)
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     if resume:
         study, spec = load_spec(resume, rdb)
@@ -456,7 +481,7 @@ def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
     name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     return SweepSpec(name=name, base=base.to_dict(), search=list(args.search), trials=args.trials or 20,
                      sampler=args.sampler, seed=args.seed, max_rate=args.max_rate, grid_rates=list(args.grid_rates),
-                     pruning=not args.no_pruning, db=args.db)
+                     pruning=not args.no_pruning, db=os.path.abspath(args.db))
 
 
 def run(args: argparse.Namespace) -> int:

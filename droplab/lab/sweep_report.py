@@ -19,7 +19,8 @@ __all__ = ["trial_rows", "summarize", "rate_curve", "importances", "write_report
 _METRIC_KEYS = {
     "val_loss": ("val_loss",),
     "val_acc": ("val_acc", "val_accuracy"),
-    "test_acc": ("test_acc", "test_accuracy"),
+    # the objective is the best epoch's validation loss, so the matching test accuracy is the best epoch's
+    "test_acc": ("test_acc_at_best", "test_acc", "test_accuracy"),
     "train_acc": ("train_acc", "train_accuracy"),
     "gap": ("gap", "generalization_gap"),
 }
