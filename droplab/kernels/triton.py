@@ -115,6 +115,15 @@ if triton is not None:
             return scale_bits.to(tl.uint32).to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _widen(x, scale):
+        """``x`` in the compute type of ``scale``, exactly."""
+        if x.dtype == tl.bfloat16:
+            # by hand (the bits shifted up): the interpreter flushes bfloat16 subnormals to zero
+            return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            return x.to(scale.dtype)
+
+    @triton.jit
     def _to_output(y, out_ptr):
         """Round the compute value once to the output dtype, to nearest even."""
         if out_ptr.dtype.element_ty == tl.bfloat16:
@@ -144,7 +153,7 @@ if triton is not None:
         inside = offs < n
         x = tl.load(x_ptr + offs, mask=inside, eviction_policy="evict_first")
         scale = _scale_value(scale_bits, COMPUTE_F64)
-        y = tl.where(keep, x.to(scale.dtype) * scale, 0.0)
+        y = tl.where(keep, _widen(x, scale) * scale, 0.0)
         tl.store(out_ptr + offs, _to_output(y, out_ptr), mask=inside, eviction_policy="evict_first")
 
     @triton.jit(do_not_specialize=_DYNAMIC)
@@ -181,7 +190,7 @@ if triton is not None:
         keep = tl.load(keep_ptr + m, mask=inside, other=0) != 0
         x = tl.load(x_ptr + offs, mask=inside, eviction_policy="evict_first")
         scale = _scale_value(scale_bits, COMPUTE_F64)
-        y = tl.where(keep, x.to(scale.dtype) * scale, 0.0)
+        y = tl.where(keep, _widen(x, scale) * scale, 0.0)
         tl.store(out_ptr + offs, _to_output(y, out_ptr), mask=inside, eviction_policy="evict_first")
 
 
