@@ -1,0 +1,209 @@
+"""Mode guards: make sure no dropout is stochastic where a prediction must be deterministic.
+
+Dropout left on at inference is a silent bug: predictions jitter, saliency maps and attributions
+are noise-dependent, and quantization observers calibrate on thinned activations. Two tools:
+
+* :func:`inference_mode` (context manager): the model in eval mode, every ``torch.nn.functional``
+  dropout call inside it forced to ``training=False``, and a droplab mask drawn anyway (a functional
+  ``droplab.functional.dropout(..., training=True)`` in a forward, or MC sampling) raises
+  :class:`InferenceModeError`. Train/eval flags are restored on exit.
+* :func:`assert_inference`: raises :class:`InferenceModeError` listing every offending site: a
+  dropout module in train mode and, given an example input, every stochastic dropout call made
+  while running the model (named by the module that made it) and outputs that differ between two
+  runs. The model's buffers (step counters, BatchNorm statistics) and torch's generator are left
+  as they were.
+
+Recipe: post-training quantization calibrated with dropout guaranteed off::
+
+    import torch.ao.quantization as tq
+    model.qconfig = tq.get_default_qconfig("fbgemm")
+    prepared = tq.prepare(model)                  # model with QuantStub/DeQuantStub, as usual
+    with droplab.inference_mode(prepared):        # eval, and any stray dropout call is off or fails
+        for x in calibration_batches:
+            prepared(x)
+    quantized = tq.convert(prepared)
+
+.. warning::
+    ``inference_mode`` does not make ``torch.no_grad`` implicit: attribution methods need gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as TF
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .convert import sites
+
+__all__ = ["InferenceModeError", "inference_mode", "assert_inference"]
+
+_TORCH_DROPOUTS = {TF.dropout, TF.dropout1d, TF.dropout2d, TF.dropout3d, TF.alpha_dropout,
+                   TF.feature_alpha_dropout}
+
+
+class InferenceModeError(RuntimeError):
+    """A dropout site would be stochastic during a prediction meant to be deterministic."""
+
+
+def _droplab_op(func) -> bool:
+    return getattr(func, "namespace", None) == "droplab" or str(func).startswith("droplab.")
+
+
+def _training_arg(args: tuple, kwargs: dict) -> bool:
+    if "training" in kwargs:
+        return bool(kwargs["training"])
+    return bool(args[2]) if len(args) > 2 else True
+
+
+def _p_arg(args: tuple, kwargs: dict) -> float:
+    return float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
+
+
+class _ModuleStack:
+    """The dotted name of the module whose forward is running (hooks on every submodule)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        self.handles = []
+        for name, module in model.named_modules():
+            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self.handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, name: str):
+        def hook(module, args):
+            self.stack.append(name or "<model>")
+        return hook
+
+    def _leave(self, module, args, output):
+        self.stack.pop()
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1] if self.stack else "<model>"
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class _Deterministic(TorchFunctionMode):
+    """torch dropout calls forced off; a droplab mask draw is an error (or, recording, an entry)."""
+
+    def __init__(self, where: _ModuleStack | None = None, record: list[str] | None = None) -> None:
+        super().__init__()
+        self.where = where
+        self.record = record
+
+    def _offend(self, message: str) -> None:
+        place = self.where.current if self.where is not None else "the model"
+        if self.record is None:
+            raise InferenceModeError(f"stochastic dropout inside inference_mode: {message} in {place}")
+        self.record.append(f"{place}: {message}")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _TORCH_DROPOUTS and _training_arg(args, kwargs) and _p_arg(args, kwargs) > 0:
+            if self.record is not None:  # recording: report it and let it run as it would
+                self._offend(f"torch.nn.functional.{func.__name__}(training=True)")
+            else:
+                kwargs.update(zip(("p", "training", "inplace"), args[1:4]))
+                args = args[:1]
+                kwargs["training"] = False
+        elif _droplab_op(func):
+            self._offend("a droplab dropout mask was drawn (droplab.functional call with training=True, "
+                         "a module forced stochastic, or MC sampling)")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` deterministically inside the block: eval mode, no dropout; restored on exit.
+
+    ``torch.nn.functional`` dropout calls are forced to ``training=False``; a droplab mask draw raises
+    :class:`InferenceModeError`. Yields the model.
+
+    Example::
+
+        >>> with inference_mode(model):
+        ...     y = model(x)          # same as model.eval()(x), whatever the model's mode was
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    flags = [(m, m.training) for m in model.modules()]
+    where = _ModuleStack(model)
+    try:
+        model.eval()
+        with _Deterministic(where):
+            yield model
+    finally:
+        where.remove()
+        for m, training in flags:
+            m.training = training
+
+
+def assert_inference(model: nn.Module, example_input=None) -> None:
+    """Raise :class:`InferenceModeError` if any dropout site of ``model`` would be stochastic.
+
+    Checks every site reported by :func:`droplab.sites` (modules in train mode, ``dropout=`` of RNNs
+    and attention in train mode); with ``example_input`` (a tensor or a tuple of arguments) it also
+    runs the model twice, recording every stochastic dropout call by the module that made it
+    (``torch.nn.functional.dropout(training=True)``, a droplab mask draw) and comparing the outputs.
+    Buffers and torch's generator are restored afterwards.
+
+    Example::
+
+        >>> model.train()
+        >>> assert_inference(model)
+        Traceback (most recent call last):
+        ...
+        InferenceModeError: 1 dropout site(s) would be stochastic: ...
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    offenders = [f"{s.name or '<model>'} ({s.kind}, p={s.p:g}) is in train mode" for s in sites(model) if s.training]
+    if example_input is not None:
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        offenders += _run_twice(model, args)
+    if offenders:
+        raise InferenceModeError(f"{len(offenders)} dropout site(s) would be stochastic:\n  " + "\n  ".join(offenders))
+
+
+def _run_twice(model: nn.Module, args: tuple) -> list[str]:
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    issued = {m: list(m._issued) for m in model.modules() if hasattr(m, "_issued")}
+    record: list[str] = []
+    where = _ModuleStack(model)
+    outputs = []
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for _ in range(2):
+                calls: list[str] = []
+                with _Deterministic(where, calls):
+                    outputs.append(model(*args))
+                record = record or calls
+    finally:
+        where.remove()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        for m, steps in issued.items():
+            m._issued.clear()
+            m._issued.extend(steps)
+    found = sorted(set(record), key=record.index)
+    if not _same(outputs[0], outputs[1]):
+        found.append("the model's output differs between two runs on the example input")
+    return found
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b if not isinstance(a, torch.Tensor) else False
