@@ -14,10 +14,12 @@ from .convert import Site, convert, set_rate, sites
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "diagnostics", "lab")
-_LAZY_ATTRS: dict[str, str] = {"DropoutScheduler": "schedules"}
+_LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "guards", "diagnostics", "lab")
+_LAZY_ATTRS: dict[str, str] = {"inference_mode": "guards", "assert_inference": "guards",
+                               "DropoutScheduler": "schedules"}
 
 __all__ = ["__version__", "functional", "nn", "rng", "Site", "convert", "set_rate", "sites", "DropoutScheduler",
+           "inference_mode", "assert_inference",
            *_LAZY_MODULES]
 
 
