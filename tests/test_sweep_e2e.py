@@ -1,0 +1,53 @@
+"""``droplab sweep`` end to end on real training runs: 2 worker processes on a SQLite study, resume, show."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from droplab.cli import main
+from droplab.lab import sweep as S
+from droplab.lab.store import RunStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_workers_resume_and_show(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--storage", "sweeps.db"]
+    argv = ["sweep", "--name", "e2e", "--trials", "3", "--workers", "2", "--db", "runs.db", "--no-pruning",
+            "--search", "dropout,batch_size", "--heartbeat", "2",
+            "--set", "dataset=digits", "--set", "width=32", "--set", "epochs=2"] + common
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "study e2e:" in out and "best: trial" in out
+
+    study, spec = S.load_spec("e2e", S.open_storage("sweeps.db"))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) >= 3
+    # every trial is a finished run in the lab store, linked to its study, with the trial's rate
+    with RunStore(tmp_path / "runs.db") as store:
+        runs = {r["id"]: r for r in store.list_runs(study="e2e")}
+        for t in complete:
+            run = runs[t.user_attrs["run_id"]]
+            assert run["status"] == "finished" and run["name"] == f"e2e#{t.number}"
+            assert run["config"]["dropout"] == pytest.approx(t.params["dropout"])
+            assert run["config"]["batch_size"] == t.params["batch_size"]
+            assert t.value == pytest.approx(run["final"]["best_val_loss"])
+
+    # a new sweep under the same name is refused; --resume continues it with its stored definition
+    with pytest.raises(ValueError, match="already exists"):
+        main(argv)
+    assert main(["sweep", "--resume", "e2e", "--trials", "4"] + common) == 0
+    study, spec = S.load_spec("e2e", S.open_storage("sweeps.db"))
+    assert spec.trials == 4 and spec.search == ["dropout", "batch_size"]
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 4
+    capsys.readouterr()
+
+    assert main(["sweep", "show", "e2e", "--storage", "sweeps.db", "--out", "reports"]) == 0
+    out = capsys.readouterr().out
+    assert "best: trial" in out and "validation loss by rate" in out
+    page = tmp_path / "reports" / "sweep-e2e" / "index.html"
+    html = page.read_text()
+    for png in ("rate.png", "layers.png", "batch_rate.png"):
+        assert f'src="{png}"' in html and (page.parent / png).is_file()
