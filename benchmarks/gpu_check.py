@@ -122,12 +122,17 @@ def check_bit_equality(device: str, backend: str | None = None, cases=CASES, dty
     return failures
 
 
-def check_large(device: str) -> list[str]:
-    """Past 2**31 elements (int64 offsets, block counters above 2**29): tails against the spec's words."""
+def check_large(device: str, start: int = 2**31, backend: str | None = None) -> list[str]:
+    """Past ``start`` = 2**31 elements (int64 offsets): the tails against the spec's words at that offset."""
+    with _forced(backend):
+        return _check_large(device, start)
+
+
+def _check_large(device: str, start: int) -> list[str]:
     failures = []
     seed, step, p = 2**40 + 11, 3, 0.25
     key, t = (seed & 0xFFFFFFFF, seed >> 32), drop_threshold(p)
-    numel = 2**31 + 4101
+    numel = start + 4101
     keep = kernels.keep_mask(numel, key, step, 0, 0, t, device)
     tail = 4101 + 64
     want = random_words(tail, seed, step, offset=numel - tail) >= t
@@ -140,7 +145,7 @@ def check_large(device: str) -> list[str]:
     if not same_bits(y[-tail:], expect):
         failures.append("element-wise masked_scale past 2**31: tail differs from the spec")
     del x, y
-    rows, cols = 2**21 + 3, 1024  # channel-style mask (rows, 1) over > 2**31 elements
+    rows, cols = start // 1024 + 3, 1024  # a mask of shape (rows, 1) over more than `start` elements
     x = torch.ones(rows, cols, dtype=torch.float16, device=device)
     y = dl.functional.dropout(x, p, seed=seed, step=step, noise_shape=(None, 1))
     row_keep = random_words(8, seed, step, offset=rows - 8) >= t

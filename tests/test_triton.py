@@ -42,7 +42,7 @@ KEY, STEP, REPLICA, STREAM = (0x9E3779B9, 0xFFFFFFFF), 12, 1, 2
 CHECKS = (
     [f"kernel-{sid}-{dtype}" for sid, _, _ in SHAPES for dtype in DTYPES]
     + ["small-block", "index64", "counters", "keep-mask", "special-values", "non-contiguous", "empty",
-       "dispatch", "functional-autograd", "gradcheck"]
+       "dispatch", "functional-autograd", "gradcheck", "large-logic"]
 )
 
 
@@ -219,6 +219,18 @@ def _check_gradcheck() -> list[str]:
     return gpu_check.check_gradcheck("cpu", "triton", cases=(((3, 2), None), ((2, 2, 1, 2), (None, None, 1, 1))))
 
 
+def _check_large_logic() -> list[str]:
+    # gpu_check's > 2**31-element check, scaled down to 2**13 with the int64-offset kernels forced
+    from droplab.kernels import triton as kt
+
+    index64_from = kt.INDEX64_FROM
+    kt.INDEX64_FROM = 0
+    try:
+        return _load_gpu_check().check_large("cpu", start=2**13, backend="triton")
+    finally:
+        kt.INDEX64_FROM = index64_from
+
+
 def _load_gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
     module = importlib.util.module_from_spec(spec)
@@ -235,6 +247,7 @@ def _worker() -> None:
         "keep-mask": _check_keep_mask, "special-values": _check_special_values,
         "non-contiguous": _check_non_contiguous, "empty": _check_empty, "dispatch": _check_dispatch,
         "functional-autograd": _check_functional_autograd, "gradcheck": _check_gradcheck,
+        "large-logic": _check_large_logic,
     }
     results = {}
     for check in CHECKS:

@@ -169,7 +169,8 @@ if triton is not None:
     def _mask_term(offs, x_stride, size, mask_stride):
         return ((offs // x_stride) % size) * mask_stride
 
-    @triton.jit(do_not_specialize=["scale_bits"])
+    # the index map's sizes and strides only feed integer math: one compiled variant serves all shapes
+    @triton.jit(do_not_specialize=["scale_bits"] + [f"{v}{g}" for v in ("xs", "sz", "ms") for g in range(4)])
     def _broadcast_kernel(x_ptr, keep_ptr, out_ptr, n, scale_bits,
                           xs0, sz0, ms0, xs1, sz1, ms1, xs2, sz2, ms2, xs3, sz3, ms3,
                           GROUPS: tl.constexpr, BLOCK: tl.constexpr, INDEX64: tl.constexpr,
