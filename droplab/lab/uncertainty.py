@@ -1,0 +1,399 @@
+"""``droplab uncertainty``: what Monte-Carlo dropout buys over the weight-scaled pass, on real data.
+
+Trains a lab model (or loads a lab checkpoint) and reports, in an HTML page with PNG figures:
+
+* calibration: ECE (15 bins), NLL, Brier score and the reliability diagram of the MC-dropout average
+  against the single weight-scaled (eval-mode) pass;
+* the MC-vs-weight-scaling curve: accuracy and NLL of MC averaging over k samples (Srivastava et al.
+  2014 found MC averaging matches weight scaling at about k = 50);
+* out-of-distribution detection: AUROC of predictive entropy and of mutual information (BALD), with
+  in-distribution test data against shifted data (translated, scaled, noised) and scikit-learn's
+  8x8 digits read as sequences (when the in-distribution data is not digits itself);
+* FGSM accuracy with and without test-time dropout, and for a model trained without dropout.
+
+Dropout alone is no defence against adversarial examples; the report says so next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["configure", "run", "ood_sets", "auroc", "fgsm", "uncertainty_report", "NO_DEFENCE"]
+
+HELP = "MC dropout: calibration, MC vs weight scaling, OOD detection AUROC, FGSM, as an HTML report"
+
+NO_DEFENCE = ("Dropout alone is no defence against adversarial examples: FGSM perturbations crafted on the "
+              "weight-scaled network fool it whether or not dropout stays on at test time, and whatever accuracy "
+              "test-time dropout seems to keep comes from randomizing the prediction (gradient masking), which an "
+              "attacker who averages over masks removes. Use adversarial training or certified defences.")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="an experiment .toml (defaults: MLP on MNIST-1D, p = 0.5)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--checkpoint", default=None, help="load this lab checkpoint instead of training")
+    parser.add_argument("--samples", type=int, default=50, help="MC samples for calibration, OOD and FGSM (50)")
+    parser.add_argument("--curve", default="1,2,5,10,20,50,100", help="k values of the MC-vs-weight-scaling curve")
+    parser.add_argument("--eps", default="0.05,0.1,0.2", help="FGSM step sizes, in units of the input's std")
+    parser.add_argument("--no-baseline", action="store_true", help="skip training the p = 0 model for FGSM")
+    parser.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MC samples and the OOD noise (0)")
+    parser.add_argument("--out", default="reports", help="report directory root (default: reports)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while training")
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{name} must be positive integers separated by commas, but got {text!r}")
+    return values
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not v >= 0 for v in values):
+        raise ValueError(f"{name} must be non-negative numbers separated by commas, but got {text!r}")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    """Area under the ROC curve for telling ``out`` (positive, higher score) from ``in``: the Mann-Whitney U
+    statistic with ties counted half."""
+    scores = torch.cat([in_scores, out_scores]).double()
+    ranks = torch.empty_like(scores)
+    order = torch.argsort(scores, stable=True)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    unique, inverse = torch.unique(scores, return_inverse=True)  # average ranks over ties
+    sums = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    ranks = (sums / counts)[inverse]
+    n_in, n_out = len(in_scores), len(out_scores)
+    u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2
+    return float(u / (n_in * n_out))
+
+
+def _digits_as_sequences(like: torch.Tensor) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    pixels = torch.tensor(load_digits().data, dtype=torch.float32)  # (1797, 64), row-major 8x8
+    length = like.shape[-1]
+    seq = F.interpolate(pixels[:, None, :], size=length, mode="linear", align_corners=True)[:, 0]
+    seq = (seq - seq.mean()) / seq.std() * like.std() + like.mean()
+    return seq.reshape(len(seq), *like.shape[1:])
+
+
+def ood_sets(x: torch.Tensor, *, seed: int = 0, digits: bool = True) -> dict[str, torch.Tensor]:
+    """Shifted versions of in-distribution inputs ``x`` (``(N, ..., L)``), plus digits read as sequences."""
+    generator = torch.Generator().manual_seed(seed)
+    length = x.shape[-1]
+    sets = {
+        "translated": torch.roll(x, shifts=length // 4, dims=-1),
+        "scaled": x * 3.0,
+        "noised": x + x.std() * torch.randn(x.shape, generator=generator),
+    }
+    if digits:
+        sets["digits"] = _digits_as_sequences(x)[: len(x)]
+    return sets
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fast gradient sign examples, :math:`x + \\epsilon\\,\\mathrm{sign}(\\nabla_x \\mathcal{L})`, against the
+    model in eval mode (the weight-scaled network)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x_adv = x.detach().clone().requires_grad_(True)
+        F.cross_entropy(model(x_adv), y).backward()
+        return (x + eps * x_adv.grad.sign()).detach()
+    finally:
+        model.train(was_training)
+
+
+def _eval_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)]).float().softmax(-1)
+    finally:
+        model.train(was_training)
+
+
+def _mc_probs(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+    from .. import mc
+
+    with torch.no_grad():
+        return mc.predict(model, x, samples=samples, seed=seed).samples.float().softmax(-1)  # (T, N, C)
+
+
+def _scores(probs: torch.Tensor, y: torch.Tensor) -> dict:
+    from .. import mc
+    from .metrics import calibration
+
+    mean = probs.mean(0) if probs.dim() == 3 else probs
+    calib = calibration(mean.clamp_min(1e-12).log(), y)
+    return {"accuracy": float((mean.argmax(-1) == y).double().mean()), "ece": calib["ece"],
+            "nll": float(mc.nll(mean, y)), "brier": float(mc.brier_score(mean, y)),
+            "reliability": {k: calib[k] for k in ("edges", "confidence", "accuracy", "count")}}
+
+
+def uncertainty_report(model: nn.Module, test_x: torch.Tensor, test_y: torch.Tensor, *, samples: int = 50,
+                       curve: list[int] = (1, 2, 5, 10, 20, 50, 100), eps: list[float] = (0.05, 0.1, 0.2),
+                       baseline: nn.Module | None = None, digits: bool = True, seed: int = 0) -> dict:
+    """Every number of the report, as plain data (the command adds training and the HTML page)."""
+    from .. import mc
+
+    weight_scaled = _eval_probs(model, test_x)
+    mc_probs = _mc_probs(model, test_x, samples, seed)
+    results: dict = {"samples": samples, "n_test": len(test_y),
+                     "calibration": {"weight_scaling": _scores(weight_scaled, test_y), "mc": _scores(mc_probs, test_y)}}
+    results["curve"] = mc.compare_to_weight_scaling(model, [(test_x, test_y)], samples=list(curve), seed=seed)
+
+    in_entropy = mc.predictive_entropy(mc_probs)
+    in_mi = mc.mutual_information(mc_probs)
+    in_ws_entropy = mc.predictive_entropy(weight_scaled[None])
+    ood, histograms = {}, {"in-distribution": {"entropy": in_entropy.tolist(), "mi": in_mi.tolist()}}
+    for name, shifted in ood_sets(test_x, seed=seed, digits=digits).items():
+        probs = _mc_probs(model, shifted, samples, seed)
+        entropy, mi = mc.predictive_entropy(probs), mc.mutual_information(probs)
+        ws_entropy = mc.predictive_entropy(_eval_probs(model, shifted)[None])
+        ood[name] = {"n": len(shifted), "auroc_entropy": auroc(in_entropy, entropy), "auroc_mi": auroc(in_mi, mi),
+                     "auroc_entropy_weight_scaling": auroc(in_ws_entropy, ws_entropy)}
+        histograms[name] = {"entropy": entropy.tolist(), "mi": mi.tolist()}
+    results["ood"], results["ood_scores"] = ood, histograms
+
+    std = float(test_x.std())
+    rows = []
+    for e in [0.0, *eps]:
+        x_adv = fgsm(model, test_x, test_y, e * std) if e > 0 else test_x
+        row = {"eps": e, "deterministic": _scores(_eval_probs(model, x_adv), test_y)["accuracy"],
+               "mc_dropout": _scores(_mc_probs(model, x_adv, samples, seed), test_y)["accuracy"]}
+        if baseline is not None:
+            b_adv = fgsm(baseline, test_x, test_y, e * std) if e > 0 else test_x
+            row["no_dropout_model"] = _scores(_eval_probs(baseline, b_adv), test_y)["accuracy"]
+        rows.append(row)
+    results["fgsm"] = rows
+    results["fgsm_note"] = NO_DEFENCE
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError('droplab uncertainty needs matplotlib: pip install "droplab[lab]"') from error
+    figures = []
+
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for key, label, colour in (("weight_scaling", "weight scaling", "tab:blue"), ("mc", "MC dropout", "tab:orange")):
+        rel = results["calibration"][key]["reliability"]
+        pts = [(c, a) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n > 0]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour,
+                label=f"{label} (ECE {results['calibration'][key]['ece']:.3f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram (test)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    figures.append(("reliability.png", "Reliability diagram: MC dropout vs the weight-scaled pass"))
+    fig.tight_layout()
+    fig.savefig(out / figures[-1][0], dpi=110)
+    plt.close(fig)
+
+    curve = results["curve"]
+    ws = next(r for r in curve if r["method"] == "weight_scaling")
+    mc_rows = [r for r in curve if r["method"] == "mc"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, metric in zip(axes, ("accuracy", "nll")):
+        ax.plot([r["samples"] for r in mc_rows], [r[metric] for r in mc_rows], "o-", color="tab:orange",
+                label="MC average of k samples")
+        ax.axhline(ws[metric], color="tab:blue", ls="--", label="weight scaling")
+        ax.set(xscale="log", xlabel="k (MC samples)", ylabel=metric, title=f"test {metric}")
+        ax.legend(fontsize=8)
+    figures.append(("mc_curve.png", "MC averaging over k samples against the weight-scaled pass"))
+    fig.tight_layout()
+    fig.savefig(out / figures[-1][0], dpi=110)
+    plt.close(fig)
+
+    scores = results["ood_scores"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, title in zip(axes, ("entropy", "mi"), ("predictive entropy", "mutual information")):
+        top = max(max(v[key]) for v in scores.values()) or 1.0
+        for name, values in scores.items():
+            ax.hist(values[key], bins=30, range=(0, top), histtype="step", density=True, label=name,
+                    lw=2 if name == "in-distribution" else 1)
+        ax.set(xlabel=title, ylabel="density", title=f"{title}: in vs shifted")
+        ax.legend(fontsize=7)
+    figures.append(("ood.png", "Uncertainty of in-distribution vs shifted inputs"))
+    fig.tight_layout()
+    fig.savefig(out / figures[-1][0], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    rows = results["fgsm"]
+    for key, label in (("deterministic", "dropout model, weight scaling"), ("mc_dropout", "dropout model, MC"),
+                       ("no_dropout_model", "model trained without dropout")):
+        if key in rows[0]:
+            ax.plot([r["eps"] for r in rows], [r[key] for r in rows], "o-", label=label)
+    ax.set(xlabel="FGSM epsilon (x input std)", ylabel="test accuracy", title="FGSM", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    figures.append(("fgsm.png", "FGSM accuracy with and without dropout"))
+    fig.tight_layout()
+    fig.savefig(out / figures[-1][0], dpi=110)
+    plt.close(fig)
+    return figures
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if math.isfinite(value) else "-"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
+    cal = results["calibration"]
+    tables = {
+        "calibration": (["pass", "accuracy", "ECE", "NLL", "Brier"],
+                        [[name, cal[key]["accuracy"], cal[key]["ece"], cal[key]["nll"], cal[key]["brier"]]
+                         for key, name in (("weight_scaling", "weight scaling"),
+                                           ("mc", f"MC dropout ({results['samples']} samples)"))]),
+        "curve": (["method", "k", "accuracy", "NLL"],
+                  [[r["method"], r["samples"] if r["samples"] is not None else "-", r["accuracy"], r["nll"]]
+                   for r in results["curve"]]),
+        "ood": (["shifted set", "n", "AUROC entropy (MC)", "AUROC mutual information (MC)",
+                 "AUROC entropy (weight scaling)"],
+                [[name, v["n"], v["auroc_entropy"], v["auroc_mi"], v["auroc_entropy_weight_scaling"]]
+                 for name, v in results["ood"].items()]),
+    }
+    fgsm_keys = [k for k in ("deterministic", "mc_dropout", "no_dropout_model") if k in results["fgsm"][0]]
+    tables["fgsm"] = (["eps (x std)", *fgsm_keys], [[r["eps"], *(r[k] for k in fgsm_keys)] for r in results["fgsm"]])
+    return tables
+
+
+def write_report(results: dict, out: Path, title: str) -> Path:
+    """``out/index.html`` with the tables and figures, plus ``results.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(results, out)
+    tables = _tables(results)
+    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "ood_scores"}, indent=2))
+    sections = [
+        ("Calibration: MC dropout vs weight scaling", tables["calibration"], figures[0]),
+        ("MC averaging over k samples vs weight scaling", tables["curve"], figures[1]),
+        ("Out-of-distribution detection", tables["ood"], figures[2]),
+        ("Adversarial (FGSM)", tables["fgsm"], figures[3]),
+    ]
+    body = []
+    for heading, (headers, rows), (png, alt) in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>{_table(headers, rows)}"
+                    f'<img src="{html.escape(png)}" alt="{html.escape(alt)}">')
+        if heading.startswith("Adversarial"):
+            body.append(f'<p class="warn"><strong>{html.escape(NO_DEFENCE)}</strong></p>')
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
+th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%;display:block;margin:.6em 0}}
+.warn{{background:#fff4e5;border-left:4px solid #f0a020;padding:.6em}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>{results['n_test']} test examples; MC dropout with {results['samples']} samples.</p>
+{''.join(body)}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def _load(args: argparse.Namespace):
+    from .config import ExperimentConfig
+    from .data import load_dataset
+    from .models import build_model
+    from .train import load_checkpoint, train
+
+    if args.checkpoint:
+        state = load_checkpoint(args.checkpoint)
+        config = ExperimentConfig.from_dict(state["config"]).with_overrides(args.set)
+        splits = load_dataset(config)
+        model = build_model(config, splits.n_features, splits.n_classes)
+        model.load_state_dict(state["model"])
+        return config, splits, model, None
+    config = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    config = config.with_overrides(args.set)
+    splits = load_dataset(config)
+    model = train(config, splits=splits, progress=not args.no_progress).model
+    baseline = None
+    if not args.no_baseline and any(p > 0 for p in config.hidden_rates()):
+        baseline = train(config.replace(dropout=0.0, layer_rates=None, input_dropout=0.0, name="p=0"),
+                         splits=splits, progress=not args.no_progress).model
+    return config, splits, model, baseline
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        curve = _ints(args.curve, "--curve")
+        eps = _floats(args.eps, "--eps")
+        if args.samples < 2:
+            raise ValueError(f"--samples must be at least 2, but got {args.samples}")
+        if args.max_test is not None and args.max_test < 2:
+            raise ValueError(f"--max-test must be at least 2, but got {args.max_test}")
+        config, splits, model, baseline = _load(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"droplab uncertainty: {error}", file=sys.stderr)
+        return 2
+    model.eval()
+    x, y = splits.test.x, splits.test.y
+    if args.max_test is not None:
+        x, y = x[:args.max_test], y[:args.max_test]
+    from ..convert import sites
+
+    if not any(s.p > 0 for s in sites(model)):
+        print("droplab uncertainty: the model has no dropout site with p > 0, so MC dropout has nothing to sample",
+              file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    results = uncertainty_report(model, x, y, samples=args.samples, curve=curve, eps=eps, baseline=baseline,
+                                 digits=config.dataset != "digits", seed=args.seed)
+    results["config"] = config.to_dict()
+    out = Path(args.out) / f"uncertainty-{time.strftime('%Y%m%d-%H%M%S')}-{config.label()}"
+    out = out.with_name("".join(c if c.isalnum() or c in "-_.=" else "_" for c in out.name))
+    index = write_report(results, out, f"droplab uncertainty: {config.label()} on {config.dataset}")
+    for name, (headers, rows) in _tables(results).items():
+        print(f"\n{name}")
+        print("  " + " | ".join(headers))
+        for row in rows:
+            print("  " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    print(f"\n{NO_DEFENCE}")
+    print(f"\nreport: {index}  ({time.perf_counter() - started:.1f} s of analysis)")
+    return 0
