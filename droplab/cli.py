@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("droplab.lab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
     "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
     "inspect": ("droplab.lab.inspect", "list a model's dropout sites and lint them (exit 1 on an error finding)"),
+    "uncertainty": ("droplab.lab.uncertainty", "MC dropout: calibration, MC vs weight scaling, OOD AUROC, FGSM report"),
 }
 
 
