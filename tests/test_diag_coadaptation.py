@@ -14,6 +14,7 @@ from droplab.diagnostics import (
     ablation_sensitivity,
     capture_activations,
     coadaptation,
+    coadaptation_summary,
     effective_rank,
     grad_norms,
     hidden_layers,
@@ -107,6 +108,8 @@ def test_coadaptation_rows():
     assert 1 <= row["effective_rank"] <= 16 and 0 <= row["near_zero"] <= 1 and "drop_50pct" in row
     (no_ablation,) = coadaptation(model, [x for x, _ in loader], ablation=False)
     assert no_ablation.ablation is None and no_ablation.correlation == pytest.approx(layer.correlation)
+    summary = coadaptation_summary(model, loader, max_units=4, fractions=(0.5,), subsets=2)
+    assert summary["correlation"] == pytest.approx(layer.correlation) and "drop_50pct" in summary
 
 
 # ---------------------------------------------------------------------------------------------- health

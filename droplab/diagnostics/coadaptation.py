@@ -31,7 +31,7 @@ from ..rng import random_words
 from ._data import batches, model_device
 
 __all__ = ["capture_activations", "hidden_layers", "pairwise_correlation", "effective_rank", "sparsity",
-           "ablation_sensitivity", "Ablation", "LayerCoadaptation", "coadaptation"]
+           "ablation_sensitivity", "Ablation", "LayerCoadaptation", "coadaptation", "coadaptation_summary"]
 
 _NOT_HIDDEN = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.MultiheadAttention)
 
@@ -307,3 +307,16 @@ def coadaptation(model: nn.Module, loader: Iterable, layers: Sequence[str] | Non
         results.append(LayerCoadaptation(name, matrix.shape[1], corr, dead, effective_rank(matrix),
                                          sparse["mean_activation"], sparse["near_zero"], ablated))
     return results
+
+
+def coadaptation_summary(model: nn.Module, loader: Iterable, layers: Sequence[str] | None = None,
+                         **kwargs) -> dict[str, float]:
+    """One row for a comparison table: each measure averaged over the hidden layers.
+
+    Keys: ``correlation``, ``effective_rank``, ``mean_activation``, ``near_zero`` and, with ablation
+    (the default), ``single_unit_drop`` and ``drop_<k>pct`` per subset fraction. ``kwargs`` go to
+    :func:`coadaptation`.
+    """
+    rows = [layer.as_row() for layer in coadaptation(model, loader, layers, **kwargs)]
+    keys = [k for k, v in rows[0].items() if isinstance(v, float) and k not in ("accuracy", "single_unit_max_drop")]
+    return {k: sum(row[k] for row in rows) / len(rows) for k in keys}
