@@ -69,6 +69,20 @@ def _train_ddp(ctx: D.DistContext, share: bool, noise_shape) -> dict:
     return {"grads": grads, "params": params, "step": int(D.unwrap(model)[2].step)}
 
 
+def _lab_train(out_dir: str) -> dict:
+    """The lab's train() under the process group: DDP inside, only rank 0 writes the store."""
+    from droplab.lab.config import ExperimentConfig
+    from droplab.lab.store import RunStore
+    from droplab.lab.train import train
+
+    config = ExperimentConfig().replace(dataset="digits", width=32, epochs=2, batch_size=64, threads=1)
+    with RunStore(os.path.join(out_dir, "runs.db")) as store:
+        result = train(config, store=store, name="ddp", progress=False)
+    return {"params": [p.detach().clone() for p in result.model.parameters()], "run_id": result.run_id,
+            "batch_loss": [m["batch_loss"] for m in result.history],
+            "drop_steps": [int(m.step) for m in result.model.modules() if isinstance(m, Dropout)]}
+
+
 def _rank_main(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
@@ -84,18 +98,24 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         result["matched"] = _train_ddp(ctx, share=True, noise_shape=(1, None))
         # metric reduction weighs uneven shards by their example counts
         result["reduced"] = D.all_reduce_mean({"loss": 10.0 * (rank + 1)}, count=5 * (rank + 1), ctx=ctx)
+        result["train"] = _lab_train(out_dir)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.cleanup(ctx)
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def spawned(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
     mp.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(spawned):
+    return [torch.load(spawned / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def _reference(per_half_replica: bool, share: bool = False, noise_shape=None) -> dict:
@@ -206,3 +226,16 @@ def test_single_process_context_without_torchrun(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "x")
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         D.setup("cpu")
+
+
+def test_lab_train_under_the_process_group_keeps_ranks_in_sync_and_only_rank0_writes(ranks, spawned):
+    from droplab.lab.store import RunStore
+
+    t0, t1 = ranks[0]["train"], ranks[1]["train"]
+    # DDP averaged the gradients, so both ranks end with bit-identical parameters
+    assert all(torch.equal(a, b) for a, b in zip(t0["params"], t1["params"]))
+    assert t0["batch_loss"] == t1["batch_loss"]  # all-reduced over the ranks' shards
+    assert t0["drop_steps"] == t1["drop_steps"] and min(t0["drop_steps"]) > 0
+    assert isinstance(t0["run_id"], int) and t1["run_id"] is None
+    with RunStore(spawned / "runs.db") as store:
+        assert [r["name"] for r in store.list_runs()] == ["ddp"]
