@@ -206,3 +206,24 @@ def test_warmup_reports_first_call_seconds():
     seconds = cpu.warmup((torch.float32,))
     assert seconds["masked_scale[float32]"] >= 0.0
     assert seconds["masked_scale_broadcast[float32]"] >= 0.0
+
+
+@pytest.mark.slow
+def test_bench_kernel_quick_smoke(tmp_path, capsys):
+    import json
+
+    from droplab.cli import main
+
+    path = tmp_path / "kernel.json"
+    assert main(["bench", "kernel", "--quick", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 2^14 | droplab dropout |" in out and "droplab Dropout(0.5) x2" in out
+    result = json.loads(path.read_text())
+    rows = {(r["elements"], r["op"]): r for r in result["kernel"]}
+    for n in (2**10, 2**14):
+        # droplab regenerates its mask in backward: autograd holds no tensor of it
+        assert rows[n, "droplab dropout"]["saved_bytes_per_element"] == 0.0
+        assert rows[n, "torch F.dropout"]["saved_bytes_per_element"] >= 1.0
+        assert rows[n, "droplab dropout"]["fwdbwd_ms"] > 0.0
+    assert [r["variant"] for r in result["mlp"]][0] == "no dropout"
+    assert result["startup"]["backend"] == "cpu" and result["startup"]["import_droplab_s"] > 0.0

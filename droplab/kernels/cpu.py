@@ -37,7 +37,7 @@ __all__ = ["available", "supports", "keep_mask", "masked_scale", "jit_seconds", 
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CHUNK_BLOCKS = 1024  # Philox blocks (4 elements each) per scratch chunk: 16 KiB of words, L1-resident
-_MIN_PER_THREAD = 1 << 15  # below this many elements per thread, fewer threads are faster
+_MIN_PER_THREAD = 1 << 16  # below this many elements per thread, fewer threads are faster
 _MASK32 = 0xFFFFFFFF
 _jit_seconds: dict[str, float] = {}
 
@@ -194,6 +194,7 @@ if numba is not None:
         Packing pairs into 64-bit lanes (little-endian: the low half is the lower element) turns the
         4-way interleaved store into a 2-way one, which keeps the Philox loop vectorized.
         """
+        k0, k1, c1, c2, c3 = np.uint64(k0), np.uint64(k1), np.uint64(c1), np.uint64(c2), np.uint64(c3)
         for j in range(nblocks):
             w0, w1, w2, w3 = _philox(np.uint64(first_block + j), c1, c2, c3, k0, k1)
             words64[2 * j] = w0 | (w1 << _S32)
@@ -289,10 +290,15 @@ if numba is not None:
                 pos += stop
 
 
+_NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if numba is not None else 1
+_BITS_VIEW = {torch.float16: torch.uint16, torch.bfloat16: torch.int16}
+_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
 def _threads(n: int) -> int:
     """Threads for ``n`` elements: torch's count, clamped to numba's pool and to the work available."""
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    wanted = max(1, min(wanted, -(-n // _MIN_PER_THREAD)))
+    wanted = min(torch.get_num_threads(), _NUMBA_THREADS, -(-n // _MIN_PER_THREAD))
+    wanted = max(wanted, 1)
     # numba's thread count is per calling thread and settable at any time: follow torch on every call
     numba.set_num_threads(wanted)
     return wanted
@@ -308,16 +314,11 @@ def _timed(name: str, fn, *args) -> None:
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
-    """The tensor's memory as a numpy array numba can take (half types as 16-bit integer bits)."""
-    if t.dtype == torch.float16:
-        t = t.view(torch.uint16)
-    elif t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return t.detach().reshape(-1).numpy()
-
-
-def _counters(key: tuple[int, int], step: int, replica: int, stream: int) -> tuple[np.uint64, ...]:
-    return tuple(np.uint64(int(v) & _MASK32) for v in (key[0], key[1], step, replica, stream))
+    """A contiguous tensor's memory as a flat numpy array (half types as 16-bit integer bits)."""
+    view = _BITS_VIEW.get(t.dtype)
+    if view is not None:
+        t = t.view(view)
+    return t.detach().view(-1).numpy()
 
 
 def keep_mask(numel: int, key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
@@ -327,8 +328,8 @@ def keep_mask(numel: int, key: tuple[int, int], step: int, replica: int, stream:
     if threshold >= 2**32 or numel == 0:
         return torch.zeros(numel, dtype=torch.bool, device=device)
     out = np.empty(numel, dtype=np.bool_)
-    k0, k1, c1, c2, c3 = _counters(key, step, replica, stream)
-    _timed("keep_mask", _keep_flat, out, k0, k1, c1, c2, c3, int(threshold), _threads(numel))
+    _timed("keep_mask", _keep_flat, out, key[0] & _MASK32, key[1] & _MASK32, step & _MASK32,
+           replica & _MASK32, stream & _MASK32, int(threshold), _threads(numel))
     return torch.from_numpy(out).to(device) if device is not None else torch.from_numpy(out)
 
 
@@ -351,27 +352,26 @@ def _collapse(shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> tuple[list
 def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int, stream: int,
                  threshold: int, scale: float, mask_shape: tuple[int, ...]) -> torch.Tensor:
     """Dropout's forward (and backward) map: keep by the mask of ``mask_shape``, scale kept values."""
-    mask_shape = tuple(int(s) for s in mask_shape)
-    if len(mask_shape) != x.dim():
-        raise ValueError(f"mask_shape {mask_shape} must have one entry per dimension of x {tuple(x.shape)}")
-    y = torch.empty(x.shape, dtype=x.dtype)
-    n = x.numel()
+    shape = x.shape
+    if len(mask_shape) != len(shape):
+        raise ValueError(f"mask_shape {tuple(mask_shape)} must have one entry per dimension of x {tuple(shape)}")
+    y = torch.empty(shape, dtype=x.dtype)
+    n = y.numel()
     if n == 0:
         return y
     if threshold >= 2**32:  # p = 1: nothing kept, and dropped elements are exactly zero
         return y.zero_()
-    scale_c = np.float64(scale) if x.dtype == torch.float64 else np.float32(scale)
-    xc = x.contiguous()  # the mask index is the logical row-major index, whatever x's strides
-    xa, ya = _as_numpy(xc), _as_numpy(y)
-    sizes, shared = _collapse(tuple(x.shape), mask_shape)
-    k0, k1, c1, c2, c3 = _counters(key, step, replica, stream)
-    name = str(x.dtype).replace("torch.", "")
-    if not any(shared):
-        _timed(f"masked_scale[{name}]", _masked_scale_flat, xa, ya, k0, k1, c1, c2, c3, int(threshold),
-               scale_c, _threads(n))
+    dtype = x.dtype
+    scale_c = np.float64(scale) if dtype == torch.float64 else np.float32(scale)
+    # the mask index is the logical row-major index, whatever x's strides: work on a C-order copy
+    xa, ya = _as_numpy(x if x.is_contiguous() else x.contiguous()), _as_numpy(y)
+    counters = (key[0] & _MASK32, key[1] & _MASK32, step & _MASK32, replica & _MASK32, stream & _MASK32)
+    if all(s == m for s, m in zip(shape, mask_shape)):
+        _timed(f"masked_scale[{_NAMES[dtype]}]", _masked_scale_flat, xa, ya, *counters, int(threshold), scale_c,
+               _threads(n))
         return y
-    mask_numel = math.prod(mask_shape)
-    keep = keep_mask(mask_numel, key, step, replica, stream, threshold).numpy()
+    sizes, shared = _collapse(tuple(shape), tuple(mask_shape))
+    keep = keep_mask(math.prod(mask_shape), key, step, replica, stream, threshold).numpy()
     # mask strides over the collapsed axes: 0 along shared axes, row-major over the mask otherwise
     mstrides = [0] * len(sizes)
     running = 1
@@ -379,7 +379,7 @@ def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int,
         if not shared[axis]:
             mstrides[axis] = running
             running *= sizes[axis]
-    _timed(f"masked_scale_broadcast[{name}]", _masked_scale_broadcast, xa, ya, keep,
+    _timed(f"masked_scale_broadcast[{_NAMES[dtype]}]", _masked_scale_broadcast, xa, ya, keep,
            np.asarray(sizes, dtype=np.int64), np.asarray(mstrides, dtype=np.int64), scale_c, _threads(n))
     return y
 
