@@ -5,7 +5,8 @@
   BatchNorm fed by dropout, and its fix.
 * Co-adaptation measures (:mod:`.coadaptation`): pairwise correlation of hidden units, effective
   rank, activation sparsity, unit-ablation sensitivity.
-* Training-health monitors (:mod:`.health`): per-layer gradient norms, early-epoch loss slope.
+* Training-health monitors (:mod:`.health`): per-layer gradient norms, early-epoch loss slope, and
+  :func:`three_run_verdict` (baseline / intended / reduced, from :mod:`.verdict`).
 """
 
 from .coadaptation import (
@@ -23,6 +24,7 @@ from .coadaptation import (
 from .health import EpochHealth, HealthMonitor, grad_norms, loss_slope
 from .lint import RULES, Finding, Findings, lint
 from .variance_shift import VarianceShift, recalibrate_bn, variance_shift
+from .verdict import OUTCOMES, Verdict, three_run_verdict
 
 __all__ = [
     "RULES",
@@ -46,4 +48,7 @@ __all__ = [
     "loss_slope",
     "EpochHealth",
     "HealthMonitor",
+    "Verdict",
+    "OUTCOMES",
+    "three_run_verdict",
 ]
