@@ -284,21 +284,33 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
     return changes
 
 
-def _objective(spec: SweepSpec, store):
+def _objective(spec: SweepSpec, store, ctx=None):
+    """Train the trial's config and return its best validation loss; under torchrun, lead the other ranks.
+
+    With several ranks (``ctx``), rank 0 runs Optuna and broadcasts each trial's config and each epoch's
+    pruning decision; :func:`_follow` on the other ranks trains the same config in lockstep.
+    """
     optuna = _optuna()
+    from .distributed import broadcast_object
     from .train import train
 
     base = spec.config()
+    lead = ctx is not None and ctx.distributed
 
     def objective(trial) -> float:
         trial.set_user_attr("pid", os.getpid())
         changes = suggest(trial, spec)
         config = base.replace(**changes, name=f"{spec.name}#{trial.number}")
         trial.set_user_attr("config", config.to_dict())
+        if lead:
+            broadcast_object(config.to_dict(), ctx)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             trial.report(float(metrics["val_loss"]), epoch)
-            if trial.should_prune():
+            prune = trial.should_prune()
+            if lead:
+                broadcast_object(prune, ctx)
+            if prune:
                 raise optuna.TrialPruned(f"validation loss {metrics['val_loss']:.4f} at epoch {epoch} is worse than "
                                          "the median of earlier trials")
 
@@ -312,6 +324,28 @@ def _objective(spec: SweepSpec, store):
         return float(final.get("best_val_loss", final["val_loss"]))
 
     return objective
+
+
+def _follow(ctx) -> int:
+    """A non-zero rank under torchrun: train each config rank 0 broadcasts until it sends ``None``."""
+    optuna = _optuna()
+    from .config import ExperimentConfig
+    from .distributed import broadcast_object
+    from .train import train
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        if broadcast_object(None, ctx):
+            raise optuna.TrialPruned()
+
+    ran = 0
+    while (message := broadcast_object(None, ctx)) is not None:
+        config = ExperimentConfig.from_dict(message)
+        try:
+            train(config, store=None, name=config.name, on_epoch=on_epoch, progress=False)
+        except optuna.TrialPruned:
+            pass
+        ran += 1
+    return ran
 
 
 def _counts(study) -> dict[str, int]:
@@ -328,20 +362,39 @@ def _finished(study) -> int:
 
 def run_worker(name: str, storage: str | None = None, *, worker_index: int = 0, threads: int | None = None,
                heartbeat_interval: int = 10, grace_period: int | None = None, objective=None) -> int:
-    """Run trials of study ``name`` until it has ``spec.trials`` finished trials; returns how many this worker ran.
+    """Run trials of study ``name`` until it has ``spec.trials`` finished trials.
+
+    Returns the number of trials the study gained while this worker optimized (0 if it was done).
 
     Before leaving, the worker waits for trials still running elsewhere: a live worker finishes its
     trial; a dead one's trial goes stale, is failed by the heartbeat check and re-queued, and this
     worker runs the retry. So the study is complete when the last worker returns.
     """
-    optuna = _optuna()
     import torch
+
+    from .distributed import broadcast_object, launched_by_torchrun, setup
+
+    _optuna()
+
+    if threads:
+        torch.set_num_threads(threads)
+    # under torchrun every trial trains data-parallel: rank 0 drives Optuna, the other ranks follow it
+    ctx = setup() if launched_by_torchrun() else None
+    if ctx is not None and not ctx.is_main:
+        return _follow(ctx)
+    try:
+        return _lead(name, storage, worker_index, heartbeat_interval, grace_period, objective, ctx)
+    finally:
+        if ctx is not None:
+            broadcast_object(None, ctx)  # releases the followers
+
+
+def _lead(name, storage, worker_index, heartbeat_interval, grace_period, objective, ctx) -> int:
+    optuna = _optuna()
     from optuna.storages import fail_stale_trials
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    if threads:
-        torch.set_num_threads(threads)
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     _, spec = load_spec(name, rdb)
     study = optuna.load_study(study_name=name, storage=rdb, sampler=_sampler(spec, worker_index),
@@ -349,7 +402,7 @@ def run_worker(name: str, storage: str | None = None, *, worker_index: int = 0, 
     if objective is None:
         from .store import RunStore
 
-        objective = _objective(spec, RunStore(spec.db))
+        objective = _objective(spec, RunStore(spec.db), ctx)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     ran = 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -407,15 +460,34 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, but got {workers!r}")
+    from .distributed import broadcast_object, launched_by_torchrun, setup
+
+    ctx = setup() if launched_by_torchrun() else None
+    if ctx is not None and workers != 1:
+        raise ValueError("--workers starts processes on this machine; under torchrun the ranks are one "
+                         "data-parallel worker: use --workers 1 (start more torchrun jobs to add workers)")
+    if ctx is not None and not ctx.is_main:
+        error = broadcast_object(None, ctx)  # rank 0 creates or loads the study
+        if error:
+            raise ValueError(error)
+        run_worker("", storage)
+        return None
     _optuna().logging.set_verbosity(_optuna().logging.WARNING)
-    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    if resume:
-        study, spec = load_spec(resume, rdb)
-        if trials is not None and trials != spec.trials:
-            spec.trials = trials
-            study.set_user_attr(_SPEC_ATTR, spec.to_json())
-    else:
-        study = create_study(spec, rdb)
+    try:
+        rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        if resume:
+            study, spec = load_spec(resume, rdb)
+            if trials is not None and trials != spec.trials:
+                spec.trials = trials
+                study.set_user_attr(_SPEC_ATTR, spec.to_json())
+        else:
+            study = create_study(spec, rdb)
+    except ValueError as error:
+        if ctx is not None:
+            broadcast_object(str(error), ctx)
+        raise
+    if ctx is not None:
+        broadcast_object("", ctx)
     if workers == 1:
         run_worker(spec.name, storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                    objective=objective)
@@ -499,6 +571,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
                       heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    if study is None:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     counts = _counts(study)
     elapsed = time.perf_counter() - start
     print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
