@@ -1,0 +1,264 @@
+"""The typed configuration of one lab experiment: every knob has a default and a one-line reason.
+
+A config comes from defaults, a dict (``from_dict``), a TOML file (``from_toml``) and ``key=value``
+overrides (``with_overrides``); unknown keys are an error, so a typo never silently runs the default.
+The resolved config (``to_dict``) is stored with every run.
+
+Example::
+
+    >>> cfg = ExperimentConfig().with_overrides(["dropout=0.3", "layer_rates=[0.1,0.5]"])
+    >>> cfg.dropout, cfg.layer_rates
+    (0.3, [0.1, 0.5])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..functional import check_probability
+
+__all__ = ["ExperimentConfig", "MODELS", "ACTIVATIONS", "BATCHNORM", "OPTIMIZERS", "VARIANTS", "SCHEDULES",
+           "parse_schedule"]
+
+MODELS = ("mlp", "cnn1d", "gru", "transformer")
+ACTIVATIONS = ("relu", "gelu", "tanh", "selu", "silu")
+BATCHNORM = ("none", "before_dropout", "after_dropout")
+OPTIMIZERS = ("adamw", "sgd")
+VARIANTS = ("dropout", "channel", "dropblock", "locked", "gaussian", "alpha", "concrete")
+SCHEDULES = ("ramp", "early", "late")
+
+
+def _help(default: Any, text: str, factory: bool = False) -> Any:
+    if factory:
+        return field(default_factory=default, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run's configuration (the lab's single source of truth for its knobs)."""
+
+    name: str = _help("", "a label for the run in tables and reports (escaped in HTML)")
+    dataset: str = _help("mnist1d", "mnist1d (generated offline, cached), digits (sklearn 8x8), or a .npz/.csv path")
+    label_column: str = _help("label", "the label column of a .csv file, or the label array's key in a .npz")
+    val_fraction: float = _help(0.1, "share of the training data held out for validation and early stopping")
+    test_fraction: float = _help(0.2, "share held out for test when the dataset has no test split of its own")
+    model: str = _help("mlp", "mlp, cnn1d, gru or transformer")
+    width: int = _help(512, "hidden units (mlp), channels (cnn1d), hidden size (gru) or model dim (transformer)")
+    depth: int = _help(2, "hidden layers / conv blocks / recurrent layers / transformer blocks")
+    activation: str = _help("relu", "nonlinearity of the hidden layers")
+    batchnorm: str = _help("none", "none, or BatchNorm placed before or after each hidden dropout site")
+    dropout: float = _help(0.5, "drop rate of every hidden dropout site unless layer_rates is given")
+    layer_rates: list[float] | None = _help(None, "per-layer drop rates, one per hidden site (overrides dropout)")
+    input_dropout: float = _help(0.0, "drop rate on the inputs (the original paper used 0.2 on pixels)")
+    variant: str = _help("dropout", "which droplab dropout module fills the sites: " + ", ".join(VARIANTS))
+    schedule: str | None = _help(None, "rate schedule over epochs: ramp:N (curriculum), early:N or late:N")
+    epochs: int = _help(60, "training epochs (upper bound when early stopping is on)")
+    batch_size: int = _help(100, "examples per optimizer step")
+    optimizer: str = _help("adamw", "adamw, or sgd with momentum")
+    lr: float = _help(2e-3, "learning rate")
+    momentum: float = _help(0.9, "SGD momentum (ignored by adamw)")
+    weight_decay: float = _help(0.0, "decoupled weight decay (adamw) or L2 penalty (sgd); 0 isolates dropout")
+    max_norm: float | None = _help(None, "cap each hidden unit's incoming weight norm (the paper pairs it with dropout)")
+    early_stopping_patience: int | None = _help(None, "stop after this many epochs without a val-loss improvement")
+    augment: bool = _help(False, "random shift and noise on MNIST-1D-like sequences during training")
+    seed: int = _help(0, "seeds initialization, data order, split and every dropout mask")
+    device: str = _help("cpu", "torch device to train on")
+    threads: int | None = _help(None, "torch intra-op threads (None leaves torch's default)")
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("batchnorm", self.batchnorm, BATCHNORM)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("variant", self.variant, VARIANTS)
+        for name in ("width", "depth", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, but got {getattr(self, name)}")
+        check_probability(self.dropout)
+        check_probability(self.input_dropout)
+        if self.layer_rates is not None:
+            if len(self.layer_rates) != self.depth:
+                raise ValueError(f"layer_rates must give one rate per hidden layer (depth={self.depth}), "
+                                 f"but got {len(self.layer_rates)}: {self.layer_rates}")
+            for rate in self.layer_rates:
+                check_probability(rate)
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be between 0 and 1 (exclusive), but got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, but got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1), "
+                             f"but got weight_decay={self.weight_decay}, momentum={self.momentum}")
+        if self.max_norm is not None and self.max_norm <= 0:
+            raise ValueError(f"max_norm must be positive or None, but got {self.max_norm}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be a positive integer or None, "
+                             f"but got {self.early_stopping_patience}")
+        if self.schedule is not None:
+            parse_schedule(self.schedule)
+
+    # rates ----------------------------------------------------------------------------------------
+    def hidden_rates(self) -> list[float]:
+        """The drop rate of each hidden site, in order."""
+        return list(self.layer_rates) if self.layer_rates is not None else [self.dropout] * self.depth
+
+    def label(self) -> str:
+        """A short human label: the name, or the rates."""
+        if self.name:
+            return self.name
+        rates = self.layer_rates if self.layer_rates is not None else self.dropout
+        label = f"p={rates}"
+        if self.input_dropout:
+            label += f", in={self.input_dropout}"
+        if self.variant != "dropout":
+            label += f", {self.variant}"
+        return label
+
+    # (de)serialization ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from a mapping; unknown keys raise ``ValueError`` naming the key and the nearest known one."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"config must be a mapping, but got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [key for key in data if key not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown config key(s): {', '.join(hints)}; known keys: {', '.join(known)}")
+        hints = typing.get_type_hints(cls)
+        values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+        """Read a TOML file of ``key = value`` lines (an optional ``[experiment]`` table is unwrapped)."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        with path.open("rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as error:
+                raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+        if set(data) == {"experiment"} and isinstance(data["experiment"], dict):
+            data = data["experiment"]
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def with_overrides(self, overrides: Iterable[str]) -> ExperimentConfig:
+        """Apply ``key=value`` strings; values parse as JSON (numbers, true/false, null, lists) or stay strings."""
+        changes: dict[str, Any] = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override must look like key=value, but got {item!r}")
+            key, raw = item.split("=", 1)
+            changes[key.strip()] = _parse_value(raw.strip())
+        return self.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def parse_schedule(spec: str) -> tuple[str, int]:
+    """``"ramp:10"`` -> ``("ramp", 10)``; raises ``ValueError`` naming the allowed forms."""
+    kind, _, arg = str(spec).partition(":")
+    try:
+        epochs = int(arg)
+    except ValueError:
+        epochs = -1
+    if kind not in SCHEDULES or epochs < 1:
+        raise ValueError(f"schedule must be one of ramp:N (rate grows linearly from 0 over N epochs), "
+                         f"early:N (dropout for the first N epochs only) or late:N (dropout from epoch N on), "
+                         f"with N a positive integer, but got {spec!r}")
+    return kind, epochs
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, but got {value!r}")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        if raw.lower() in ("none", "null"):
+            return None
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        if "," in raw:  # a bare comma list: 0.1,0.5
+            return [_parse_value(part.strip()) for part in raw.split(",")]
+        return raw
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's annotation, converting int->float and str->number where lossless."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(key, value, option)
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+        raise TypeError(errors[0])
+    if origin is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise TypeError(f"{key} must be a list, but got {value!r}")
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key} must be a list, but got {type(value).__name__} {value!r}")
+        return [_coerce(key, item, args[0]) for item in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{key} must be true or false, but got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise TypeError(f"{key} must be a number, but got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be {'an integer' if hint is int else 'a number'}, but got {value!r}")
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError(f"{key} must be an integer, but got {value!r}")
+            return int(value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a string, but got {value!r}")
+        return value
+    return value

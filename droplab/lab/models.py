@@ -1,0 +1,204 @@
+"""The lab's models, each with one droplab dropout site per hidden layer (rates from the config).
+
+* ``mlp``: ``[input dropout] -> (Linear -> [BN] -> act -> dropout [-> BN]) x depth -> Linear``.
+  ``batchnorm="before_dropout"`` normalizes before the site (the safe order); ``"after_dropout"``
+  puts BN after the site, the order that suffers the train/test variance shift.
+* ``cnn1d``: ``(Conv1d(k=5) -> [BN] -> act -> dropout -> MaxPool(2)) x depth -> global average -> Linear``;
+  ``variant="channel"`` drops whole channels, ``"dropblock"`` contiguous blocks.
+* ``gru``: stacked single-layer GRUs over the sequence with variational dropout between them (one mask
+  per sequence, shared over time: Gal & Ghahramani 2016), then dropout on the last state and a Linear.
+* ``transformer``: each scalar of the sequence embedded to ``width`` plus a learned position, ``depth``
+  droplab :class:`~droplab.nn.transformer.TransformerBlock` s (each block's rate is its layer rate),
+  mean pooling, Linear.
+
+Every site's seed derives from the config seed, so a run's masks are a function of its config.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from .. import nn as dnn
+
+__all__ = ["build_model", "dropout_modules", "max_norm_"]
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "selu": nn.SELU, "silu": nn.SiLU}
+
+# variant -> droplab.nn class name (None: the built-in Dropout / Dropout1d)
+_VARIANT_CLASSES = {"dropout": None, "channel": "Dropout1d", "dropblock": "DropBlock1d", "locked": "LockedDropout",
+                    "gaussian": "GaussianDropout", "alpha": "AlphaDropout", "concrete": "ConcreteDropout"}
+
+
+def _site_seed(config, index: int) -> int:
+    # distinct, reproducible seeds per site: the config seed in the high bits, the site index below
+    return (int(config.seed) * 1_000_003 + 7919 * (index + 1)) % 2**63
+
+
+def _variant_class(variant: str) -> type[nn.Module]:
+    name = _VARIANT_CLASSES[variant]
+    cls = getattr(dnn, name, None)
+    if cls is None:
+        for module_name in ("droplab.nn.dropblock", "droplab.nn.recurrent", "droplab.nn.noise", "droplab.nn.concrete"):
+            try:
+                cls = getattr(importlib.import_module(module_name), name, None)
+            except ModuleNotFoundError:
+                cls = None
+            if cls is not None:
+                break
+    if cls is None:
+        raise ValueError(f"variant {variant!r} is not available: droplab.nn.{name} is not in this install")
+    return cls
+
+
+def _site(config, p: float, index: int, kind: str) -> nn.Module:
+    """A dropout module of ``config.variant`` for an input of ``kind``: features (N, F), channels (N, C, L)
+    or sequence (N, T, H)."""
+    seed = _site_seed(config, index)
+    variant = config.variant
+    if variant == "dropout" or (variant == "locked" and kind == "sequence" and config.model == "gru"):
+        if kind == "sequence" and config.model == "gru":
+            # variational dropout: one mask per sequence, shared over time steps
+            return dnn.Dropout(p, seed=seed, noise_shape=(None, 1, None))
+        return dnn.Dropout(p, seed=seed)
+    if variant in ("channel", "dropblock") and kind != "channels":
+        raise ValueError(f"variant {variant!r} drops channels or blocks of a (N, C, L) signal: use model='cnn1d' "
+                         f"(got model={config.model!r})")
+    if variant == "locked" and kind != "sequence":
+        raise ValueError(f"variant 'locked' shares one mask over time steps: use model='gru' or 'transformer' "
+                         f"(got model={config.model!r})")
+    if variant == "channel":
+        return dnn.Dropout1d(p, seed=seed)
+    cls = _variant_class(variant)
+    if variant == "dropblock":
+        return cls(p, block_size=3, seed=seed)
+    return cls(p, seed=seed)
+
+
+class MLP(nn.Module):
+    def __init__(self, config, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        rates = config.hidden_rates()
+        act = _ACTIVATIONS[config.activation]
+        layers: list[nn.Module] = [nn.Flatten()]
+        if config.input_dropout > 0:
+            layers.append(_site(config, config.input_dropout, 0, "features"))
+        width_in = n_features
+        for i, rate in enumerate(rates):
+            layers.append(nn.Linear(width_in, config.width))
+            if config.batchnorm == "before_dropout":
+                layers.append(nn.BatchNorm1d(config.width))
+            layers += [act(), _site(config, rate, i + 1, "features")]
+            if config.batchnorm == "after_dropout":
+                layers.append(nn.BatchNorm1d(config.width))
+            width_in = config.width
+        layers.append(nn.Linear(width_in, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN1d(nn.Module):
+    def __init__(self, config, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        rates = config.hidden_rates()
+        act = _ACTIVATIONS[config.activation]
+        self.input_drop = _site(config, config.input_dropout, 0, "channels") if config.input_dropout > 0 else None
+        blocks: list[nn.Module] = []
+        channels_in = 1
+        for i, rate in enumerate(rates):
+            blocks.append(nn.Conv1d(channels_in, config.width, kernel_size=5, padding=2))
+            if config.batchnorm == "before_dropout":
+                blocks.append(nn.BatchNorm1d(config.width))
+            blocks += [act(), _site(config, rate, i + 1, "channels")]
+            if config.batchnorm == "after_dropout":
+                blocks.append(nn.BatchNorm1d(config.width))
+            blocks.append(nn.MaxPool1d(2, ceil_mode=True))
+            channels_in = config.width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels_in, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, -1) if x.dim() == 2 else x
+        if self.input_drop is not None:
+            x = self.input_drop(x)
+        return self.head(self.blocks(x).mean(dim=-1))
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self, config, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        rates = config.hidden_rates()
+        self.input_drop = _site(config, config.input_dropout, 0, "sequence") if config.input_dropout > 0 else None
+        self.grus = nn.ModuleList()
+        self.drops = nn.ModuleList()
+        size_in = 1
+        for i, rate in enumerate(rates):
+            self.grus.append(nn.GRU(size_in, config.width, batch_first=True))
+            self.drops.append(_site(config, rate, i + 1, "sequence"))
+            size_in = config.width
+        self.head = nn.Linear(size_in, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], -1, 1) if x.dim() == 2 else x.transpose(1, 2)
+        if self.input_drop is not None:
+            h = self.input_drop(h)
+        for gru, drop in zip(self.grus, self.drops):
+            h = drop(gru(h)[0])
+        return self.head(h[:, -1])
+
+
+class TransformerClassifier(nn.Module):
+    def __init__(self, config, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        try:
+            from ..nn.transformer import TransformerBlock
+        except ModuleNotFoundError:
+            raise ValueError("model 'transformer' is not available: droplab.nn.transformer is not in this install") \
+                from None
+        rates = config.hidden_rates()
+        d = config.width
+        heads = next(h for h in (4, 2, 1) if d % h == 0)
+        self.embed = nn.Linear(1, d)
+        self.position = nn.Parameter(torch.zeros(1, n_features, d))
+        nn.init.normal_(self.position, std=0.02)
+        self.input_drop = _site(config, config.input_dropout, 0, "sequence") if config.input_dropout > 0 else None
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, heads, 2 * d, dropout=rate, activation="gelu" if config.activation == "gelu" else "relu",
+                             seed=_site_seed(config, 4 * (i + 1)))
+            for i, rate in enumerate(rates))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(x.shape[0], -1, 1)) + self.position
+        if self.input_drop is not None:
+            h = self.input_drop(h)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(dim=1))
+
+
+_MODELS = {"mlp": MLP, "cnn1d": CNN1d, "gru": GRUClassifier, "transformer": TransformerClassifier}
+
+
+def build_model(config, n_features: int, n_classes: int) -> nn.Module:
+    """The model named by ``config.model``; initialization draws from torch's generator seeded by the caller."""
+    return _MODELS[config.model](config, n_features, n_classes)
+
+
+def dropout_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every droplab dropout module in ``model`` with a settable rate, in registration order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, dnn.StochasticModule)]
+
+
+@torch.no_grad()
+def max_norm_(model: nn.Module, max_norm: float) -> None:
+    """Rescale each unit's incoming weight vector to norm at most ``max_norm`` (Srivastava et al. 2014, sec. 5.1)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            weight = module.weight.view(module.weight.shape[0], -1)
+            weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))

@@ -1,0 +1,240 @@
+"""The run store: every run, its per-epoch metrics and final metrics, in one SQLite file.
+
+Stdlib ``sqlite3`` in WAL mode with a busy timeout, so several worker processes (a sweep, a data-parallel
+job's rank 0 beside another comparison) can write to one file at once. Each epoch is committed as it
+finishes, so a crash leaves the finished epochs stored; the trainer marks the run ``failed``.
+
+Schema versions live in ``meta(schema_version)``; :data:`MIGRATIONS` upgrades an older file in place
+on open. Run ``status`` is one of ``running``, ``finished``, ``failed``, ``pruned``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunStore", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "versions"]
+
+STATUSES = ("running", "finished", "failed", "pruned")
+
+# version n is reached by running MIGRATIONS[n - 1] on a version n - 1 file
+MIGRATIONS: list[str] = [
+    # 1: runs and their epochs
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'pruned')),
+        config TEXT NOT NULL,
+        seed INTEGER,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        wall_time_s REAL,
+        final TEXT,
+        error TEXT
+    );
+    CREATE TABLE epochs (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch)
+    );
+    """,
+    # 2: provenance (host, versions), grouping into comparisons and studies, checkpoints
+    """
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    ALTER TABLE runs ADD COLUMN versions TEXT;
+    ALTER TABLE runs ADD COLUMN group_id TEXT;
+    ALTER TABLE runs ADD COLUMN study TEXT;
+    ALTER TABLE runs ADD COLUMN checkpoint TEXT;
+    CREATE INDEX runs_group ON runs(group_id);
+    CREATE INDEX runs_study ON runs(study);
+    CREATE TABLE comparisons (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        config TEXT NOT NULL,
+        verdict TEXT,
+        report TEXT
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software a run depends on (stored with every run)."""
+    import platform
+
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    return {"droplab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+class RunStore:
+    """Runs in a SQLite file (created, or migrated to :data:`SCHEMA_VERSION`, on open).
+
+    Args:
+        path: the database file. Default: ``"droplab.db"`` in the working directory.
+        busy_timeout_s: how long a writer waits for another process's lock. Default: 30.
+
+    Example::
+
+        >>> store = RunStore(":memory:")
+        >>> run_id = store.start_run({"dropout": 0.5}, name="p=0.5", seed=0)
+        >>> store.log_epoch(run_id, 1, {"val_acc": 0.7})
+        >>> store.finish_run(run_id, {"test_acc": 0.7})
+        >>> store.get_run(run_id)["status"]
+        'finished'
+    """
+
+    def __init__(self, path: str | Path = "droplab.db", *, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self.migrate()
+
+    # schema --------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        exists = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not exists:
+            return 0
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row["value"]) if row else 0
+
+    def migrate(self, target: int = SCHEMA_VERSION) -> int:
+        """Apply the missing migrations up to ``target``; returns the resulting version."""
+        with self._transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} has schema version {current}, newer than this droplab supports "
+                                   f"({SCHEMA_VERSION}); upgrade droplab")
+            for version in range(current + 1, target + 1):
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),))
+            return max(current, target)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # writing -------------------------------------------------------------------------------------
+    def start_run(self, config: dict, *, name: str = "", seed: int | None = None, group: str | None = None,
+                  study: str | None = None, checkpoint: str | None = None) -> int:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (name, status, config, seed, started_at, host, versions, group_id, study, checkpoint)"
+                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, json.dumps(config), seed, time.time(), socket.gethostname(), json.dumps(versions()), group,
+                 study, checkpoint))
+            return int(cursor.lastrowid)
+
+    def resume_run(self, run_id: int) -> None:
+        """Mark a run ``running`` again (``--resume``)."""
+        self._update(run_id, status="running", finished_at=None, error=None)
+
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                         (run_id, int(epoch), json.dumps(metrics)))
+
+    def finish_run(self, run_id: int, final: dict | None = None, *, status: str = "finished",
+                   error: str | None = None, wall_time_s: float | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, but got {status!r}")
+        fields: dict[str, Any] = {"status": status, "finished_at": time.time(), "error": error}
+        if final is not None:
+            fields["final"] = json.dumps(final)
+        if wall_time_s is not None:
+            fields["wall_time_s"] = float(wall_time_s)
+        self._update(run_id, **fields)
+
+    def set_checkpoint(self, run_id: int, path: str) -> None:
+        self._update(run_id, checkpoint=path)
+
+    def _update(self, run_id: int, **fields: Any) -> None:
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        with self._transaction() as conn:
+            cursor = conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*fields.values(), run_id))
+            if cursor.rowcount == 0:
+                raise KeyError(f"no run with id {run_id} in {self.path}")
+
+    def save_comparison(self, comparison_id: str, config: dict, verdict: dict | None = None,
+                        report: str | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO comparisons (id, created_at, config, verdict, report) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (comparison_id, time.time(), json.dumps(config), json.dumps(verdict), report))
+
+    # reading -------------------------------------------------------------------------------------
+    @staticmethod
+    def _run_dict(row: sqlite3.Row) -> dict:
+        run = dict(row)
+        for key in ("config", "final", "versions"):
+            run[key] = json.loads(run[key]) if run.get(key) else None
+        return run
+
+    def get_run(self, run_id: int) -> dict:
+        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no run with id {run_id} in {self.path}")
+        return self._run_dict(row)
+
+    def epochs(self, run_id: int) -> list[dict]:
+        rows = self._conn.execute("SELECT epoch, metrics FROM epochs WHERE run_id = ? ORDER BY epoch", (int(run_id),))
+        return [{"epoch": row["epoch"], **json.loads(row["metrics"])} for row in rows]
+
+    def list_runs(self, *, group: str | None = None, study: str | None = None, status: str | None = None,
+                  limit: int | None = None) -> list[dict]:
+        clauses, params = [], []
+        for column, value in (("group_id", group), ("study", study), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._run_dict(row) for row in self._conn.execute(sql, params)]
+
+    def get_comparison(self, comparison_id: str) -> dict:
+        row = self._conn.execute("SELECT * FROM comparisons WHERE id = ?", (comparison_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no comparison {comparison_id!r} in {self.path}")
+        result = dict(row)
+        result["config"] = json.loads(result["config"])
+        result["verdict"] = json.loads(result["verdict"]) if result["verdict"] else None
+        return result
