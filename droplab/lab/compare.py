@@ -167,8 +167,8 @@ def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--rates", default=None,
-                        help=f"comma-separated rates to compare; '/' separates per-layer rates (default {DEFAULT_RATES}, "
-                             "or the config's rate beside 0 and half of it)")
+                        help=f"comma-separated rates to compare; '/' separates per-layer rates "
+                             f"(default {DEFAULT_RATES}, or the config's rate beside 0 and half of it)")
     parser.add_argument("--config", metavar="TOML", help="experiment config file (unknown keys are an error)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
     parser.add_argument("--model", choices=("mlp", "cnn1d", "gru", "transformer"), help="model (default mlp)")

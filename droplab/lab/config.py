@@ -67,7 +67,7 @@ class ExperimentConfig:
     lr: float = _help(2e-3, "learning rate")
     momentum: float = _help(0.9, "SGD momentum (ignored by adamw)")
     weight_decay: float = _help(0.0, "decoupled weight decay (adamw) or L2 penalty (sgd); 0 isolates dropout")
-    max_norm: float | None = _help(None, "cap each hidden unit's incoming weight norm (the paper pairs it with dropout)")
+    max_norm: float | None = _help(None, "cap each unit's incoming weight norm (the paper pairs it with dropout)")
     early_stopping_patience: int | None = _help(None, "stop after this many epochs without a val-loss improvement")
     augment: bool = _help(False, "random shift and noise on MNIST-1D-like sequences during training")
     seed: int = _help(0, "seeds initialization, data order, split and every dropout mask")

@@ -58,7 +58,8 @@ def mnist1d_arrays() -> dict[str, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ModuleNotFoundError:
-        raise ModuleNotFoundError('the MNIST-1D dataset needs the mnist1d package: pip install "droplab[lab]"') from None
+        raise ModuleNotFoundError('the MNIST-1D dataset needs the mnist1d package: '
+                                  'pip install "droplab[lab]"') from None
     raw = make_dataset(get_dataset_args())  # generated locally from templates; no download
     arrays = {"x": raw["x"], "y": raw["y"], "x_test": raw["x_test"], "y_test": raw["y_test"]}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,8 @@ def load_dataset(config) -> Splits:
             path = Path(name).expanduser()
             source = str(path)
             if path.suffix.lower() not in (".npz", ".csv"):
-                raise ValueError(f"dataset must be 'mnist1d', 'digits' or a path to a .npz or .csv file, but got {name!r}")
+                raise ValueError(f"dataset must be 'mnist1d', 'digits' or a path to a .npz or .csv file, "
+                                 f"but got {name!r}")
             if not path.is_file():
                 raise FileNotFoundError(f"dataset file not found: {path}")
             x, y = _load_npz(path, config.label_column) if path.suffix.lower() == ".npz" else \

@@ -167,7 +167,8 @@ class TransformerClassifier(nn.Module):
         nn.init.normal_(self.position, std=0.02)
         self.input_drop = _site(config, config.input_dropout, 0, "sequence") if config.input_dropout > 0 else None
         self.blocks = nn.ModuleList(
-            TransformerBlock(d, heads, 2 * d, dropout=rate, activation="gelu" if config.activation == "gelu" else "relu",
+            TransformerBlock(d, heads, 2 * d, dropout=rate,
+                             activation="gelu" if config.activation == "gelu" else "relu",
                              seed=_site_seed(config, 4 * (i + 1)))
             for i, rate in enumerate(rates))
         self.norm = nn.LayerNorm(d)
