@@ -63,7 +63,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import functional as DF
 from ..convert import CONVERSIONS, _replace, sites
-from ..nn._base import _MC, MCSampling, StochasticModule, mc_activate, mc_sampling, mc_seed
+from ..nn._base import _MC, MCBatchingError, MCSampling, StochasticModule, mc_activate, mc_sampling, mc_seed
 
 __all__ = ["MCResult", "predict", "sample_loop", "METHODS"]
 
@@ -343,32 +343,50 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int = 100, *, seed: int 
     """
     _check_args(model, x, samples, max_batch, method)
     seed = DF.new_seed() if seed is None else int(seed) % 2**64
-    rows = x.shape[0]
-    batch_rows = min(rows, max_batch)
-    functional = _FunctionalSites()
     with torch.no_grad(), _prepared(model) as (root, droplab_sites, torch_sites):
         loop = method == "loop" or bool(torch_sites)
         if method in ("fx", "hooks") and loop:
             raise ValueError(f"method={method!r} cannot sample the torch sites {torch_sites}; use 'loop' or 'auto'")
-        plan, path = (None, "loop") if loop else _plan(root, {id(m) for m in droplab_sites}, method, cache_prefix)
-        out_samples = None
         with mc_activate(droplab_sites), _torch_train(torch_sites):
-            for k, n0 in enumerate(range(0, rows, batch_rows)):
-                xb = x[n0:n0 + batch_rows]
-                n = xb.shape[0]
-                if loop:
-                    for t in range(samples):
-                        with mc_sampling(MCSampling(seed, t, 1, k, consistent)), _torch_rng(seed, t, k, x.device), \
-                                _fresh(functional):
-                            out_samples = _store(out_samples, root(xb), samples, rows, t, 1, n0, n)
-                    continue
-                state = plan.prefix(xb)
-                chunk = max(1, max_batch // n)
-                for t0 in range(0, samples, chunk):
-                    count = min(chunk, samples - t0)
-                    with mc_sampling(MCSampling(seed, t0, count, k, consistent)), _fresh(functional):
-                        out_samples = _store(out_samples, plan.suffix(state, count), samples, rows, t0, count, n0, n)
-    return MCResult(out_samples, path, seed)
+            if not loop:
+                plan, path = _plan(root, {id(m) for m in droplab_sites}, method, cache_prefix)
+                try:
+                    return MCResult(_batched(plan, x, samples, seed, max_batch, consistent), path, seed)
+                except MCBatchingError:
+                    if method != "auto":
+                        raise
+            try:
+                return MCResult(_looped(root, x, samples, seed, max_batch, consistent), "loop", seed)
+            except MCBatchingError as error:
+                raise ValueError(f"consistent=True is not supported for this model: {error}") from error
+
+
+def _batched(plan, x: torch.Tensor, samples: int, seed: int, max_batch: int, consistent: bool) -> torch.Tensor:
+    functional = _FunctionalSites()
+    out, rows = None, x.shape[0]
+    for k, n0 in enumerate(range(0, rows, max_batch)):
+        xb = x[n0:n0 + max_batch]
+        n = xb.shape[0]
+        state = plan.prefix(xb)
+        chunk = max(1, max_batch // n)
+        for t0 in range(0, samples, chunk):
+            count = min(chunk, samples - t0)
+            with mc_sampling(MCSampling(seed, t0, count, k, consistent)), _fresh(functional):
+                out = _store(out, plan.suffix(state, count), samples, rows, t0, count, n0, n)
+    return out
+
+
+def _looped(model: nn.Module, x: torch.Tensor, samples: int, seed: int, max_batch: int,
+            consistent: bool) -> torch.Tensor:
+    functional = _FunctionalSites()
+    out, rows = None, x.shape[0]
+    for k, n0 in enumerate(range(0, rows, max_batch)):
+        xb = x[n0:n0 + max_batch]
+        for t in range(samples):
+            with mc_sampling(MCSampling(seed, t, 1, k, consistent)), _torch_rng(seed, t, k, x.device), \
+                    _fresh(functional):
+                out = _store(out, model(xb), samples, rows, t, 1, n0, xb.shape[0])
+    return out
 
 
 @contextlib.contextmanager

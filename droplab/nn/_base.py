@@ -33,7 +33,7 @@ from ..functional import check_probability, check_scaling, new_seed
 from ..rng import philox4x32_scalar, split_seed
 
 __all__ = ["StochasticModule", "current_replica", "in_recomputation", "MCSampling", "mc_sampling", "mc_seed",
-           "mc_activate"]
+           "mc_activate", "MCBatchingError"]
 
 _COUNTERS = ("seed", "step")
 
@@ -62,6 +62,10 @@ class MCSampling:
     count: int = 1
     batch: int = 0
     consistent: bool = False
+
+
+class MCBatchingError(RuntimeError):
+    """A site cannot draw several stacked samples (or per-row masks) in one pass; sample it in a loop."""
 
 
 _MC = threading.local()  # .spec: the active MCSampling; .sample: the sample index being drawn
@@ -111,24 +115,41 @@ def mc_activate(modules: Iterable[StochasticModule]) -> Iterator[None]:
                 sub.training = training
 
 
+def _axis(value: torch.Tensor, dim: int, size: int) -> int | None:
+    """The batch axis of ``value``: ``dim`` if it has ``size`` rows there, else the first axis that does.
+
+    The fallback serves sites whose arguments or outputs put the batch elsewhere, e.g. the ``(L, N, H)``
+    state of a batch-first RNN.
+    """
+    if value.dim() > dim and value.shape[dim] == size:
+        return dim
+    return next((axis for axis, n in enumerate(value.shape) if n == size), None)
+
+
 def _narrow(value, dim: int, rows: int, start: int, length: int):
-    if isinstance(value, torch.Tensor) and value.dim() > dim and value.shape[dim] == rows:
-        return value.narrow(dim, start, length)
+    if isinstance(value, torch.Tensor):
+        axis = _axis(value, dim, rows)
+        return value if axis is None else value.narrow(axis, start, length)
     if isinstance(value, (tuple, list)):
         return type(value)(_narrow(v, dim, rows, start, length) for v in value)
     return value
 
 
-def _cat(parts: list, dim: int):
+def _cat(parts: list, dim: int, rows: int):
     first = parts[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(parts, dim)
+        axis = _axis(first, dim, rows)
+        if axis is None:
+            raise ValueError(f"MC sampling cannot find the batch axis (size {rows}) of an output of shape "
+                             f"{tuple(first.shape)}")
+        return torch.cat(parts, axis)
     if isinstance(first, (tuple, list)):
-        return type(first)(_cat([p[i] for p in parts], dim) for i in range(len(first)))
+        return type(first)(_cat([p[i] for p in parts], dim, rows) for i in range(len(first)))
     return first
 
 
 def _batch_rows(args: Sequence, dim: int) -> int:
+    """Rows along ``dim`` of the first tensor argument (searching tuples), -1 if there is none."""
     for value in args:
         if isinstance(value, torch.Tensor) and value.dim() > dim:
             return value.shape[dim]
@@ -154,9 +175,13 @@ class StochasticModule(nn.Module):
     """
 
     _replay_depth = 64  # steps remembered for checkpoint recomputation
-    #: the batch axis of this module's input (and output) under MC sampling; a sequence site
-    #: taking ``(T, N, F)`` inputs sets 1
-    mc_batch_dim = 0
+    @property
+    def mc_batch_dim(self) -> int:
+        """The batch axis of this module's input and output under MC sampling.
+
+        0, or 1 for a sequence site whose ``batch_first`` attribute is False (``(T, N, *)`` inputs).
+        """
+        return 0 if getattr(self, "batch_first", True) else 1
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None, scaling: str = "inverted",
                  share_across_ranks: bool = False) -> None:
@@ -191,9 +216,14 @@ class StochasticModule(nn.Module):
 
         Under MC sampling (:meth:`mc_forward`) it returns the sample's counters and advances nothing.
         """
-        sample = getattr(_MC, "sample", None)
-        if sample is not None:
-            spec = _MC.spec
+        spec = getattr(_MC, "spec", None)
+        if spec is not None:
+            sample = getattr(_MC, "sample", None)
+            if sample is None:  # a mask drawn outside forward (e.g. a recurrent mask drawn by its owner)
+                if spec.count != 1 or spec.consistent:
+                    raise MCBatchingError(f"{type(self).__name__} draws a mask outside its forward, so MC "
+                                          "sampling cannot split stacked samples or rows for it")
+                sample = spec.first
             seed = mc_seed(int(self.seed), spec.seed, 0 if spec.consistent else spec.batch)
             return (torch.tensor(seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64),
                     torch.tensor(sample, dtype=torch.int64))
@@ -236,7 +266,7 @@ class StochasticModule(nn.Module):
                             for start in starts]
         finally:
             _MC.sample = None
-        return outputs[0] if len(outputs) == 1 else _cat(outputs, dim)
+        return outputs[0] if len(outputs) == 1 else _cat(outputs, dim, length)
 
     def reseed(self, seed: int, step: int = 0) -> None:
         """Set the seed (and step) in place, e.g. to make two modules draw the same masks."""
