@@ -178,6 +178,18 @@ def keep_mask(shape: int | tuple[int, ...] | torch.Size, p: float, seed: int, st
     return (words >= threshold).reshape(shape)
 
 
+def _words_on_device(numel: int, seed: int, step: int, replica: int, stream: int,
+                     device: torch.device | str | None) -> torch.Tensor:
+    """``random_words(numel, ...)`` with every counter tensor on ``device`` (no host-device mixing)."""
+    _check_counter(step, replica, stream)
+    if numel < 0 or numel > MAX_INDEX:
+        raise ValueError(f"mask indices must lie in [0, {MAX_INDEX}), got numel={numel}")
+    k0, k1 = split_seed(seed)
+    blocks = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+    counters = (torch.full((), v, dtype=torch.int64, device=device) for v in (step, replica, stream))
+    return torch.stack(philox4x32(blocks, *counters, k0, k1), dim=1).reshape(-1)[:numel]
+
+
 def uniform_from_words(words: torch.Tensor, dtype: torch.dtype = torch.float32, *,
                        open_low: bool = False) -> torch.Tensor:
     r"""Turn 32-bit generator words into uniform floats: :math:`u = \lfloor w / 2^8 \rfloor \cdot 2^{-24}`.
@@ -203,7 +215,7 @@ def random_uniform(shape: int | tuple[int, ...] | torch.Size, seed: int, step: i
     different ``stream`` values.
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    words = random_words(math.prod(shape), seed, step, replica, stream, device=device)
+    words = _words_on_device(math.prod(shape), seed, step, replica, stream, device)
     return uniform_from_words(words, dtype, open_low=open_low).reshape(shape)
 
 
@@ -221,7 +233,7 @@ def random_normal(shape: int | tuple[int, ...] | torch.Size, seed: int, step: in
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     numel = math.prod(shape)
-    words = random_words(2 * numel, seed, step, replica, stream, device=device).reshape(numel, 2)
+    words = _words_on_device(2 * numel, seed, step, replica, stream, device).reshape(numel, 2)
     u1 = uniform_from_words(words[:, 0], torch.float64, open_low=True)
     u2 = uniform_from_words(words[:, 1], torch.float64)
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
