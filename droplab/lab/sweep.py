@@ -213,6 +213,7 @@ class _StaleTrial:
 def create_study(spec: SweepSpec, storage):
     """Create the study for ``spec`` (an error if the name is taken: use ``--resume``)."""
     optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
                                     load_if_exists=False)
