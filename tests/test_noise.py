@@ -183,3 +183,19 @@ def test_sites_report_noise_variants():
     assert rows == [("InputDropout", 0.2, "inverted", "droplab"), ("GaussianDropout", 0.3, "noise", "droplab"),
                     ("torch.nn.AlphaDropout", 0.1, "noise", "torch"),
                     ("FeatureAlphaDropout", 0.2, "noise", "droplab")]
+
+
+def test_variants_compile_fullgraph_and_match_eager():
+    # the noise ops are torch.library custom ops with fake kernels: one graph, same values and gradients
+    torch.manual_seed(0)
+    model = nn.Sequential(dnn.GaussianDropout(0.3, seed=1), dnn.ConcreteDropout(nn.Linear(6, 6), 0.2, seed=3)).train()
+    x = torch.randn(4, 6, requires_grad=True)
+    torch._dynamo.reset()
+    y = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    for m in model:
+        m.reseed(int(m.seed), 0)
+    y_eager = model(x)
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), x)
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(g, g_eager)
