@@ -224,7 +224,9 @@ class DropoutScheduler:
         schedule: one schedule for every site, or ``{pattern: schedule}`` for named groups (patterns
             as :func:`droplab.set_rate`: a module path or prefix, a glob, a regex; the last match
             wins; sites no pattern matches keep their rate). Learned rates
-            (:class:`droplab.nn.ConcreteDropout`) are driven only by a pattern that names them.
+            (:class:`droplab.nn.ConcreteDropout`) are driven only by a pattern that names them. The
+            ``dropout=`` arguments of ``torch.nn.RNN``/``LSTM``/``GRU``/``MultiheadAttention`` are not
+            modules with a rate ``p`` and are not driven: convert those layers to droplab's first.
         unit: ``"step"`` or ``"epoch"``: what one :meth:`step` call counts; it only sets the
             default of ``late_after`` and is recorded in the state. Default: ``"step"``.
         max_jump: the largest rise of a site's rate in one :meth:`step` not warned about. Default: 0.1.
