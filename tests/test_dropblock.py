@@ -1,0 +1,122 @@
+"""DropBlock: contract, contiguous blocks of the given size, realized rate ~ p for H != W."""
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from contract import Case, install
+
+import droplab.functional as F
+import droplab.nn as dnn
+from droplab.functional.dropblock import _expand, dropblock_gamma, dropblock_mask
+
+_BORDER = ("positions near the border lie in fewer possible blocks, so DropBlock preserves the mean of the "
+           "map as a whole (tested in test_constant_input_mean_preserved), not every element's expectation")
+
+CASES = [
+    Case("DropBlock2d", lambda p, s: dnn.DropBlock2d(p, 3, seed=s), (2, 3, 7, 9), expectation=False,
+         repr_args=("p", "block_size", "per_channel", "seed", "scaling"), notes={"expectation": _BORDER}),
+    Case("DropBlock2d-shared", lambda p, s: dnn.DropBlock2d(p, (2, 3), per_channel=False, seed=s), (2, 3, 6, 5),
+         expectation=False, notes={"expectation": _BORDER}),
+    Case("DropBlock2d-classic", lambda p, s: dnn.DropBlock2d(p, 3, seed=s, scaling="classic"), (2, 2, 6, 7),
+         eval_rule="scale", expectation=False, notes={"expectation": _BORDER}),
+    Case("DropBlock1d", lambda p, s: dnn.DropBlock1d(p, 3, seed=s), (2, 3, 11), expectation=False,
+         notes={"expectation": _BORDER}),
+    Case("DropBlock3d", lambda p, s: dnn.DropBlock3d(p, 2, seed=s), (1, 2, 4, 5, 3), expectation=False,
+         notes={"expectation": _BORDER}),
+]
+
+install(globals(), CASES)
+
+
+def _windows_fully_dropped(dropped: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    """Origins whose whole block is dropped (a min-pool over the dropped map, via max-pool of kept)."""
+    pool = {1: TF.max_pool1d, 2: TF.max_pool2d, 3: TF.max_pool3d}[len(block)]
+    return pool((~dropped).float(), block, 1) == 0
+
+
+@pytest.mark.parametrize("shape,block", [((2, 3, 13, 29), (5, 5)), ((2, 2, 16, 9), (3, 4)), ((3, 2, 31), (7,)),
+                                         ((1, 2, 6, 9, 7), (3, 2, 3))])
+def test_drops_whole_contiguous_blocks(shape, block):
+    """Every dropped position belongs to a fully dropped block of exactly block_size inside the map."""
+    for seed in range(5):
+        keep = dropblock_mask(shape, 0.2, block, len(block), seed=seed)
+        dropped = ~keep
+        assert dropped.any()
+        origins = _windows_fully_dropped(dropped, block)
+        assert torch.equal(_expand(origins, block, tuple(shape[-len(block):])), dropped)
+
+
+def test_expand_matches_maxpool_reference():
+    g = torch.Generator().manual_seed(0)
+    origins = torch.rand(4, 3, 12, 20, generator=g) < 0.05
+    expected = TF.max_pool2d(TF.pad(origins.float(), (6, 6, 4, 4)), (5, 7), 1) > 0
+    assert torch.equal(_expand(origins, (5, 7), (16, 26)), expected)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+@pytest.mark.parametrize("hw,block", [((20, 33), 5), ((9, 31), 7), ((32, 17), (3, 6))])
+def test_realized_rate_within_10_percent_for_non_square_maps(p, hw, block):
+    rates = []
+    for seed in range(20):
+        keep = dropblock_mask((8, 4) + hw, p, block, 2, seed=seed, step=seed)
+        rates.append(1.0 - keep.float().mean().item())
+    mean = sum(rates) / len(rates)
+    assert abs(mean - p) / p < 0.10, f"realized rate {mean:.4f} for p={p}"
+
+
+def test_gamma_is_exact_and_beats_the_paper_approximation():
+    # the expected dropped fraction under the solved gamma is exactly p
+    spatial, block = (20, 33), (7, 7)
+    gamma = dropblock_gamma(0.4, spatial, block)
+    cov = [torch.minimum(torch.arange(s).double(), torch.tensor(s - b).double())
+           - torch.clamp(torch.arange(s).double() - b + 1, min=0) + 1 for s, b in zip(spatial, block)]
+    counts = cov[0][:, None] * cov[1][None, :]
+    assert abs(float((1 - (1 - gamma) ** counts).mean()) - 0.4) < 1e-12
+    paper = 0.4 / 49 * (20 * 33) / (14 * 27)
+    assert float((1 - (1 - paper) ** counts).mean()) < 0.36  # the approximation undershoots at large p
+    assert dropblock_gamma(0.0, spatial, block) == 0.0 and dropblock_gamma(1.0, spatial, block) == 1.0
+
+
+def test_constant_input_mean_preserved():
+    x = torch.full((4, 3, 10, 13), 2.5)
+    for step in range(5):
+        y = F.dropblock2d(x, 0.3, 3, seed=11, step=step)
+        assert 0 < torch.count_nonzero(y) < y.numel()
+        torch.testing.assert_close(y.mean(), x.mean(), rtol=1e-6, atol=0)
+
+
+def test_shared_pattern_is_constant_over_channels():
+    y = dnn.DropBlock2d(0.3, 3, per_channel=False, seed=1)(torch.ones(3, 5, 12, 11))
+    assert torch.equal(y == 0, (y[:, :1] == 0).expand_as(y))
+    y = dnn.DropBlock2d(0.3, 3, seed=1)(torch.ones(3, 5, 12, 11))
+    assert not torch.equal(y == 0, (y[:, :1] == 0).expand_as(y))  # per-channel blocks differ (p < 1e-9 otherwise)
+
+
+def test_reproducible_and_new_mask_per_step():
+    m = dnn.DropBlock2d(0.2, 3, seed=5)
+    x = torch.ones(2, 2, 10, 10)
+    a, b = m(x), m(x)
+    m.reseed(5)
+    assert torch.equal(m(x), a)
+    # independent steps: agreement of the two dropped maps is far below identity
+    assert (a == 0).logical_xor(b == 0).any()
+
+
+def test_block_larger_than_map_is_clipped_and_bad_arguments():
+    y = F.dropblock2d(torch.ones(1, 1, 3, 4), 1.0, 7, seed=0)
+    assert torch.count_nonzero(y) == 0
+    with pytest.raises(ValueError, match="block_size"):
+        dnn.DropBlock2d(0.1, 0)
+    with pytest.raises(ValueError, match="block_size"):
+        dnn.DropBlock2d(0.1, (3, 3, 3))
+    with pytest.raises(ValueError, match="dropblock2d expects"):
+        F.dropblock2d(torch.ones(4, 5), 0.1, 3, seed=0)
+
+
+def test_gradient_is_the_mask_times_scale():
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    y = F.dropblock2d(x, 0.3, 3, seed=2)
+    y.sum().backward()
+    keep = dropblock_mask(x.shape, 0.3, 3, 2, seed=2)
+    scale = keep.numel() / keep.sum().item()
+    torch.testing.assert_close(x.grad, keep.float() * scale)
