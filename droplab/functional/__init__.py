@@ -38,6 +38,10 @@ from .dropout import (
     resolve_noise_shape,
 )
 from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
+from .dropblock import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
+from .dropconnect import dropconnect_linear, dropconnect_weights
+from .droppath import drop_path, drop_path_rates
+from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
 
 __all__ = [
     "SCALINGS",
@@ -60,4 +64,18 @@ __all__ = [
     "concrete_dropout",
     "concrete_keep",
     "concrete_regularization",
+    "dropblock",
+    "dropblock1d",
+    "dropblock2d",
+    "dropblock3d",
+    "dropblock_mask",
+    "drop_path",
+    "drop_path_rates",
+    "dropconnect_weights",
+    "dropconnect_linear",
+    "locked_dropout",
+    "variational_mask",
+    "embedding_dropout",
+    "lstm_recurrence",
+    "gru_recurrence",
 ]
