@@ -140,13 +140,9 @@ def summarize(study) -> str:
 
 def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str, str]]:
     """Write the PNGs; returns (file name, caption) pairs."""
-    try:
-        import matplotlib
+    from .report import _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(f"the sweep report needs {error.name}: pip install \"droplab[lab]\"") from None
+    plt = _pyplot()
 
     figures = []
     done = [r for r in rows if r["rate"] is not None]
@@ -216,6 +212,8 @@ def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str
 
 def write_report(study, out_dir: str | os.PathLike = "reports") -> Path:
     """Write ``<out_dir>/sweep-<name>/index.html`` and its PNGs; returns the page's path."""
+    from .report import _STYLE
+
     rows = trial_rows(study)
     imp = importances(study)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study.study_name)
@@ -234,15 +232,13 @@ def write_report(study, out_dir: str | os.PathLike = "reports") -> Path:
         body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
     images = "\n".join(f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption>'
                        "</figure>" for name, caption in figures)
+    # the look of compare's report page
+    style = _STYLE + "pre { background: #f4f7fb; padding: 1em; overflow-x: auto; }"
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>droplab sweep {e(study.study_name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-</style></head><body>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
+<title>droplab sweep {e(study.study_name)}</title>
+<style>{style}</style></head><body>
 <h1>Sweep {e(study.study_name)}</h1>
 <pre>{e(summary)}</pre>
 {images}
