@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as TF
-from contract import Case, install
 
 import droplab.functional as F
 import droplab.nn as dnn
+from contract import Case, install
 from droplab.functional.dropblock import _expand, dropblock_gamma, dropblock_mask
 
 _BORDER = ("positions near the border lie in fewer possible blocks, so DropBlock preserves the mean of the "

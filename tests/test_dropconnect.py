@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from contract import Case, install
 from scipy.stats import binomtest
 from torch import nn
 
 import droplab.functional as F
 import droplab.nn as dnn
+from contract import Case, install
 
 
 def _linear(p, s, **kw):

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from contract import Case, install
 from scipy.stats import binomtest
 from torch import nn
 
 import droplab
 import droplab.functional as F
 import droplab.nn as dnn
+from contract import Case, install
 
 CASES = [
     Case("DropPath", lambda p, s: dnn.DropPath(p, seed=s), (40, 3, 2), expectation_steps=800,

@@ -4,11 +4,11 @@ import warnings
 
 import pytest
 import torch
-from contract import Case, install
 from torch import nn
 
 import droplab.functional as F
 import droplab.nn as dnn
+from contract import Case, install
 
 
 class _Output(nn.Module):
