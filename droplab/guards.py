@@ -21,7 +21,7 @@ Recipe: post-training quantization calibrated with dropout guaranteed off::
     with droplab.inference_mode(prepared):        # eval, and any stray dropout call is off or fails
         for x in calibration_batches:
             prepared(x)
-    quantized = tq.convert(prepared)
+    quantized = tq.convert(droplab.deploy.strip(prepared))  # no dropout module in the integer model
 
 .. warning::
     ``inference_mode`` does not make ``torch.no_grad`` implicit: attribution methods need gradients.

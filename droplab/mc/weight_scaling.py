@@ -25,7 +25,7 @@ def _as_probs(outputs: torch.Tensor, output: str) -> torch.Tensor:
 
 
 def compare_to_weight_scaling(model: nn.Module, loader: Iterable, samples: Sequence[int] = (1, 2, 5, 10, 20, 50, 100),
-                              *, seed: int = 0, output: str = "logits", max_batch: int = 16384) -> list[dict]:
+                              *, seed: int = 0, output: str = "logits", max_batch: int = 1024) -> list[dict]:
     r"""Accuracy and NLL of MC averaging over ``k`` samples versus the single weight-scaled pass.
 
     MC probabilities for ``k`` samples are :math:`\frac1k\sum_{t<k} \mathrm{softmax}(f(x; m_t))`, the
@@ -38,7 +38,7 @@ def compare_to_weight_scaling(model: nn.Module, loader: Iterable, samples: Seque
         samples: the ``k`` to report. Default: ``(1, 2, 5, 10, 20, 50, 100)``.
         seed: MC seed; batch ``b`` uses ``seed + b``. Default: 0.
         output: ``"logits"`` or ``"probs"``. Default: ``"logits"``.
-        max_batch: passed to :func:`~droplab.mc.predict`. Default: 16384.
+        max_batch: passed to :func:`~droplab.mc.predict`. Default: 1024.
 
     Returns:
         A list of rows ``{"method": "weight_scaling" | "mc", "samples": k (None for weight
