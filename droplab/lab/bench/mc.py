@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per approach (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-replicate", action="store_true", help="leave out the replicate-in-memory approach")
-    parser.add_argument("--quick", action="store_true", help="smoke run: T=10, N=200, one repeat")
+    parser.add_argument("--quick", action="store_true", help="smoke run: T=8, N=100, one repeat")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the rows and conditions as JSON")
 
 
 def _mlp(head_only: bool):
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    samples, inputs, repeats = (10, 200, 1) if args.quick else (args.samples, args.inputs, args.repeats)
+    samples, inputs, repeats = (8, 100, 1) if args.quick else (args.samples, args.inputs, args.repeats)
     for name, value in (("--samples", samples), ("--inputs", inputs), ("--repeats", repeats)):
         if value < 1:
             raise SystemExit(f"droplab bench mc: {name} must be a positive int, but got {value}")
@@ -159,4 +161,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"MC dropout, T={samples} samples, N={inputs} inputs, 40-512-512-10 MLP, p=0.5, "
           f"{torch.get_num_threads()} torch threads, median of {repeats}")
     print(format_table(rows))
+    if args.json:
+        import json
+        import platform
+
+        conditions = {"samples": samples, "inputs": inputs, "repeats": repeats, "max_batch": args.max_batch,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+                      "cpus": os.cpu_count()}
+        with open(args.json, "w") as f:
+            json.dump({"conditions": conditions, "rows": rows}, f, indent=2)
     return 0
