@@ -1,0 +1,61 @@
+import pytest
+
+from droplab.lab.config import ExperimentConfig
+
+
+def test_every_field_has_a_default_and_a_reason():
+    help_ = ExperimentConfig.field_help()
+    assert {"dataset", "label_column", "model", "width", "depth", "activation", "batchnorm", "dropout", "layer_rates",
+            "input_dropout", "variant", "schedule", "epochs", "batch_size", "optimizer", "lr", "momentum",
+            "weight_decay", "max_norm", "early_stopping_patience", "augment", "seed"} <= set(help_)
+    assert all(text.strip() for text in help_.values())
+    ExperimentConfig()  # every field has a default
+
+
+def test_round_trip_through_dict():
+    cfg = ExperimentConfig(dropout=0.3, layer_rates=[0.1, 0.2], max_norm=3.0)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_key_is_an_error_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'dropuot' \(did you mean 'dropout'\?\)"):
+        ExperimentConfig.from_dict({"dropuot": 0.5})
+
+
+def test_overrides_are_typed():
+    cfg = ExperimentConfig().with_overrides(["dropout=0.3", "epochs=5", "layer_rates=[0.1,0.5]", "augment=true",
+                                             "max_norm=null", "model=cnn1d", "lr=1e-3", "schedule=ramp:3"])
+    assert cfg.dropout == 0.3 and cfg.epochs == 5 and cfg.layer_rates == [0.1, 0.5] and cfg.augment is True
+    assert cfg.max_norm is None and cfg.model == "cnn1d" and cfg.lr == 1e-3 and cfg.schedule == "ramp:3"
+    assert ExperimentConfig().with_overrides(["layer_rates=0.2,0.4"]).layer_rates == [0.2, 0.4]
+    assert isinstance(ExperimentConfig().with_overrides(["dropout=0"]).dropout, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dropout=1.5", "dropout probability has to be between 0 and 1, but got 1.5"),
+    ("epochs=2.5", "epochs must be an integer"),
+    ("epochs=many", "epochs must be a number"),
+    ("augment=1", "augment must be true or false"),
+    ("model=resnet", "model must be one of mlp, cnn1d, gru, transformer, but got 'resnet'"),
+    ("layer_rates=[0.1]", "layer_rates must give one rate per hidden layer"),
+    ("schedule=linear", "schedule must be one of ramp:N"),
+    ("variant=magic", "variant must be one of"),
+    ("nope", "override must look like key=value"),
+])
+def test_bad_values_are_rejected(override, message):
+    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        ExperimentConfig().with_overrides([override])
+
+
+def test_from_toml(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('model = "cnn1d"\nwidth = 32\nlayer_rates = [0.1, 0.3]\n')
+    cfg = ExperimentConfig.from_toml(path)
+    assert (cfg.model, cfg.width, cfg.layer_rates) == ("cnn1d", 32, [0.1, 0.3])
+    path.write_text("[experiment]\nepochs = 3\n")
+    assert ExperimentConfig.from_toml(path).epochs == 3
+    path.write_text("widht = 3\n")
+    with pytest.raises(ValueError, match="did you mean 'width'"):
+        ExperimentConfig.from_toml(path)
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        ExperimentConfig.from_toml(tmp_path / "missing.toml")

@@ -1,0 +1,125 @@
+import sqlite3
+
+import pytest
+import torch
+from lab_fixtures import write_npz
+
+from droplab.cli import main
+from droplab.lab.config import ExperimentConfig
+from droplab.lab.store import MIGRATIONS, SCHEMA_VERSION, RunStore
+from droplab.lab.train import train
+
+
+def test_new_store_is_at_the_latest_schema(tmp_path):
+    with RunStore(tmp_path / "r.db") as store:
+        assert store.schema_version() == SCHEMA_VERSION >= 2
+        mode = store._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+def test_migration_from_version_1_keeps_the_data(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO runs (name, status, config, seed, started_at) VALUES ('old', 'finished', '{}', 3, 0)")
+    conn.execute("INSERT INTO epochs VALUES (1, 1, '{\"val_acc\": 0.5}')")
+    conn.commit()
+    conn.close()
+    with RunStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        run = store.get_run(1)
+        assert run["name"] == "old" and run["seed"] == 3 and run["group_id"] is None and run["host"] is None
+        assert store.epochs(1) == [{"epoch": 1, "val_acc": 0.5}]
+        store.save_comparison("c1", {"runs": []})  # the table migration 2 added
+        assert store.get_comparison("c1")["config"] == {"runs": []}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    RunStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 999, newer than this droplab supports"):
+        RunStore(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "d.npz", n=100, features=12)
+
+
+def tiny(data, **kw):
+    return ExperimentConfig(**{**dict(dataset=str(data), width=8, epochs=3, batch_size=25), **kw})
+
+
+def test_crash_mid_run_keeps_finished_epochs_and_marks_failed(tmp_path, data):
+    store = RunStore(tmp_path / "r.db")
+
+    def crash(epoch, metrics):
+        if epoch == 2:
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(tiny(data), store=store, name="crashy", on_epoch=crash, progress=False)
+    (run,) = store.list_runs()
+    assert run["status"] == "failed" and "disk on fire" in run["error"]
+    assert [m["epoch"] for m in store.epochs(run["id"])] == [1, 2]
+    assert run["config"]["width"] == 8 and run["versions"]["torch"] == torch.__version__ and run["host"]
+
+
+def test_optuna_pruning_marks_pruned(tmp_path, data):
+    optuna = pytest.importorskip("optuna")
+    store = RunStore(tmp_path / "r.db")
+
+    def prune(epoch, metrics):
+        raise optuna.TrialPruned()
+
+    with pytest.raises(optuna.TrialPruned):
+        train(tiny(data), store=store, study="s1", on_epoch=prune, progress=False)
+    (run,) = store.list_runs(study="s1")
+    assert run["status"] == "pruned" and len(store.epochs(run["id"])) == 1
+
+
+def test_two_processes_write_at_once(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "r.db"
+    RunStore(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), i)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with RunStore(path) as store:
+        runs = store.list_runs()
+        assert len(runs) == 2 and all(len(store.epochs(r["id"])) == 20 for r in runs)
+
+
+def _writer(path: str, worker: int) -> None:
+    store = RunStore(path)
+    run_id = store.start_run({"worker": worker}, name=f"w{worker}")
+    for epoch in range(1, 21):
+        store.log_epoch(run_id, epoch, {"val_acc": epoch / 20})
+    store.finish_run(run_id, {"val_acc": 1.0})
+    store.close()
+
+
+def test_runs_command_lists_and_shows(tmp_path, data, capsys):
+    db = tmp_path / "r.db"
+    with RunStore(db) as store:
+        result = train(tiny(data, epochs=2), store=store, name="<b>tiny</b>", group="g1", progress=False)
+    assert main(["runs", "--db", str(db)]) == 0
+    listing = capsys.readouterr().out
+    assert "<b>tiny</b>" in listing and "finished" in listing and "g1" in listing
+    assert main(["runs", "show", str(result.run_id), "--db", str(db)]) == 0
+    shown = capsys.readouterr().out
+    assert "width = 8" in shown and "epochs:" in shown and "test_acc" in shown
+    assert main(["runs", "show", "99", "--db", str(db)]) == 1
+    assert "no run with id 99" in capsys.readouterr().err
+    assert main(["runs", "--db", str(tmp_path / "missing.db")]) == 1

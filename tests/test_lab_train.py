@@ -1,0 +1,75 @@
+import pytest
+import torch
+from lab_fixtures import write_npz
+
+from droplab.lab.config import ExperimentConfig
+from droplab.lab.models import dropout_modules
+from droplab.lab.store import RunStore
+from droplab.lab.train import load_checkpoint, resume, schedule_factor, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "d.npz", n=120, features=16)
+
+
+def tiny(data, **kw):
+    base = dict(dataset=str(data), width=16, epochs=4, batch_size=20, dropout=0.5, input_dropout=0.2)
+    return ExperimentConfig(**{**base, **kw})
+
+
+def test_same_config_same_run(data):
+    a, b = train(tiny(data, epochs=2), progress=False), train(tiny(data, epochs=2), progress=False)
+    assert [m["train_loss"] for m in a.history] == [m["train_loss"] for m in b.history]
+
+
+@pytest.mark.parametrize("extra", [{}, {"optimizer": "sgd", "lr": 0.05, "batchnorm": "before_dropout"}])
+def test_resume_is_bit_identical(tmp_path, data, extra):
+    full = train(tiny(data, **extra), progress=False)
+    store = RunStore(tmp_path / "r.db")
+    half = train(tiny(data, epochs=2, **extra), store=store, save=tmp_path / "ckpt", progress=False)
+    state = load_checkpoint(half.checkpoint)  # weights_only=True load
+    assert state["epoch"] == 2 and int(next(v for k, v in state["model"].items() if k.endswith(".step"))) > 0
+    resumed = resume(half.run_id, store=store, epochs=4, progress=False)
+    assert resumed.run_id == half.run_id
+    for (name, p), (_, q) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), name
+    strip = [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in full.history]
+    assert [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in resumed.history] == strip
+    assert [m["epoch"] for m in store.epochs(half.run_id)] == [1, 2, 3, 4]
+    assert store.get_run(half.run_id)["status"] == "finished"
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, data):
+    store = RunStore(tmp_path / "r.db")
+    run = train(tiny(data, epochs=1), store=store, progress=False)
+    with pytest.raises(ValueError, match="has no checkpoint to resume from"):
+        resume(run.run_id, store=store, progress=False)
+
+
+def test_early_stopping_on_validation_loss(data):
+    result = train(tiny(data, epochs=40, lr=0.05, dropout=0.0, input_dropout=0.0, early_stopping_patience=2),
+                   progress=False)
+    losses = [m["val_loss"] for m in result.history]
+    best = losses.index(min(losses))
+    assert len(losses) == best + 3 < 40 and result.final["stopped_early"]
+
+
+def test_schedules():
+    assert [schedule_factor("ramp:4", e) for e in range(1, 6)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [schedule_factor("early:2", e) for e in range(1, 5)] == [1.0, 1.0, 0.0, 0.0]
+    assert [schedule_factor("late:3", e) for e in range(1, 5)] == [0.0, 0.0, 1.0, 1.0]
+    assert schedule_factor(None, 7) == 1.0
+
+
+def test_schedule_sets_the_site_rates(data):
+    result = train(tiny(data, epochs=2, schedule="ramp:4"), progress=False)
+    assert [m["rate_factor"] for m in result.history] == [0.25, 0.5]
+    assert sorted(m.p for _, m in dropout_modules(result.model)) == [0.1, 0.25, 0.25]
+
+
+def test_max_norm_caps_incoming_weights(data):
+    result = train(tiny(data, epochs=2, max_norm=0.5, lr=0.05), progress=False)
+    for module in result.model.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.norm(dim=1).max() <= 0.5 + 1e-5
