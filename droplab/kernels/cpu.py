@@ -176,16 +176,38 @@ if numba is not None:
         return lambda v: _ZERO32
 
     # ------------------------------------------------------------------ Philox4x32-10 (spec: droplab.rng)
-    @njit
+    # Philox is inlined at numba-IR level: left to LLVM's inliner, the call stays in the block loop and
+    # the loop is not vectorized
+    @njit(inline="always")
+    def _round(c0, c1, c2, c3, k0, k1):
+        # the masks tell LLVM that both factors fit 32 bits: one vpmuludq per lane
+        p0 = _M0 * (c0 & _LO)
+        p1 = _M1 * (c2 & _LO)
+        return (p1 >> _S32) ^ c1 ^ k0, p1 & _LO, (p0 >> _S32) ^ c3 ^ k1, p0 & _LO
+
+    @njit(inline="always")
     def _philox(c0, c1, c2, c3, k0, k1):
-        """Philox4x32-10 on uint64 lanes holding 32-bit words (a 32x32->64 multiply per half-round)."""
-        for _ in range(10):
-            p0 = _M0 * c0
-            p1 = _M1 * c2
-            c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LO, (p0 >> _S32) ^ c3 ^ k1, p0 & _LO
-            k0 = (k0 + _W0) & _LO
-            k1 = (k1 + _W1) & _LO
-        return c0, c1, c2, c3
+        """Philox4x32-10 on uint64 lanes holding 32-bit words (rounds written out: no inner loop left
+        for LLVM to unroll before it can vectorize the loop over blocks)."""
+        k0b, k1b = (k0 + _W0) & _LO, (k1 + _W1) & _LO
+        k0c, k1c = (k0b + _W0) & _LO, (k1b + _W1) & _LO
+        k0d, k1d = (k0c + _W0) & _LO, (k1c + _W1) & _LO
+        k0e, k1e = (k0d + _W0) & _LO, (k1d + _W1) & _LO
+        k0f, k1f = (k0e + _W0) & _LO, (k1e + _W1) & _LO
+        k0g, k1g = (k0f + _W0) & _LO, (k1f + _W1) & _LO
+        k0h, k1h = (k0g + _W0) & _LO, (k1g + _W1) & _LO
+        k0i, k1i = (k0h + _W0) & _LO, (k1h + _W1) & _LO
+        k0j, k1j = (k0i + _W0) & _LO, (k1i + _W1) & _LO
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0b, k1b)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0c, k1c)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0d, k1d)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0e, k1e)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0f, k1f)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0g, k1g)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0h, k1h)
+        c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0i, k1i)
+        return _round(c0, c1, c2, c3, k0j, k1j)
 
     @njit
     def _fill_words(words64, first_block, nblocks, k0, k1, c1, c2, c3):
