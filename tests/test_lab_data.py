@@ -58,7 +58,7 @@ def test_wrong_extension(tmp_path):
 
 def test_wrong_label_column(tmp_path):
     path = write_npz(tmp_path / "d.npz")
-    with pytest.raises(ValueError, match=r"label_column 'target' is not an array in .*arrays present: \['x', 'label'\]"):
+    with pytest.raises(ValueError, match=r"label_column 'target' is not an array in .*present: \['x', 'label'\]"):
         load_dataset(cfg(path, label_column="target"))
     csv = tmp_path / "d.csv"
     csv.write_text("a,b,y\n1,2,0\n")
