@@ -36,8 +36,10 @@ def test_two_workers_resume_and_show(tmp_path, capsys, monkeypatch):
             assert t.value == pytest.approx(run["final"]["best_val_loss"])
 
     # a new sweep under the same name is refused; --resume continues it with its stored definition
-    with pytest.raises(ValueError, match="already exists"):
-        main(argv)
+    assert main(argv) == 2
+    assert "a study named 'e2e' already exists" in capsys.readouterr().err
+    assert main(["sweep", "--search", "rate", "--storage", "x.db"]) == 2
+    assert "search must name one or more of dropout" in capsys.readouterr().err
     assert main(["sweep", "--resume", "e2e", "--trials", "4"] + common) == 0
     study, spec = S.load_spec("e2e", S.open_storage("sweeps.db"))
     assert spec.trials == 4 and spec.search == ["dropout", "batch_size"]

@@ -448,6 +448,7 @@ def spawn_workers(name: str, storage: str | None, workers: int, *, threads: int 
     env = dict(popen_kwargs.pop("env", None) or os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["OMP_NUM_THREADS"] = str(threads)  # BLAS pools too, not only torch's intra-op threads
     return [subprocess.Popen(_worker_command(name, url, i, threads, heartbeat_interval, grace_period), env=env,
                              **popen_kwargs) for i in range(workers)]
 
@@ -568,10 +569,14 @@ def run(args: argparse.Namespace) -> int:
         run_worker(args.name, args.storage, worker_index=args.worker_index, threads=args.threads,
                    heartbeat_interval=args.heartbeat, grace_period=args.grace)
         return 0
-    spec = None if args.resume else _spec_from_args(args)
     start = time.perf_counter()
-    study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
-                      heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    try:
+        spec = None if args.resume else _spec_from_args(args)
+        study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
+                          heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"droplab sweep: error: {error}", file=sys.stderr)
+        return 2
     if study is None:  # a non-zero torchrun rank: rank 0 reports
         return 0
     counts = _counts(study)
