@@ -120,3 +120,21 @@ def test_gradient_is_the_mask_times_scale():
     keep = dropblock_mask(x.shape, 0.3, 3, 2, seed=2)
     scale = keep.numel() / keep.sum().item()
     torch.testing.assert_close(x.grad, keep.float() * scale)
+
+
+@pytest.mark.slow
+def test_bench_variants_quick_smoke(tmp_path, capsys):
+    """``droplab bench variants --quick`` runs end to end and reports every row (timings are not asserted)."""
+    from droplab.cli import main
+
+    out = tmp_path / "variants.json"
+    assert main(["bench", "variants", "--quick", "--repeats", "1", "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    cases = [r["case"] for r in result["rows"]]
+    assert len(cases) == 5 and any("DropBlock2d" in c for c in cases) and any("VariationalLSTM" in c for c in cases)
+    assert all(r["droplab_ms"] > 0 and r["torch_ms"] > 0 for r in result["rows"])
+    rate = next(r["rate"] for r in result["rows"] if "rate" in r)
+    assert 0 < rate["droplab_mean"] < 1 and 0 < rate["torch_mean"] < 1
+    assert "| case | shape |" in capsys.readouterr().out

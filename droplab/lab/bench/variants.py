@@ -1,0 +1,232 @@
+"""``droplab bench variants``: structured and sequence dropout variants against torch-op equivalents.
+
+Every row times droplab and the same mask built from torch ops on the same input, round-robin in one
+run (medians), so the ratios hold on a busy machine even where absolute times do not:
+
+* channel dropout, ``droplab.nn.Dropout2d`` vs ``torch.nn.Dropout2d``, forward+backward at 2^24 fp32;
+* locked dropout (one mask per sequence), ``droplab.nn.LockedDropout`` vs ``bernoulli`` of a
+  ``(1, N, F)`` mask times the input;
+* a generic noise-shaped mask (one value per pixel shared by the channels, noise shape
+  ``(N, 1, H, W)``), ``droplab.functional.dropout`` vs ``bernoulli`` + multiply;
+* ``DropBlock2d`` on (64, 64, 32, 32) vs the max-pool implementation of the same algorithm
+  (torchvision/timm style: Bernoulli block origins on the valid grid, ``max_pool2d`` to grow them,
+  rescale by numel / kept) with the same :math:`\\gamma`, and the realized drop-rate statistics of both;
+* ``VariationalLSTM`` (input, recurrent and output dropout 0.25) vs ``torch.nn.LSTM(num_layers=2,
+  dropout=0.25)``: time per training step (forward, backward, SGD update), batch 64, 50 steps, hidden 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as TF
+
+SUITE_HELP = "channel/locked/noise-shaped dropout, DropBlock2d and VariationalLSTM vs torch-op equivalents"
+
+P = 0.5
+
+
+@dataclass
+class Config:
+    """One run's sizes (``--quick`` shrinks everything to a smoke test of seconds)."""
+
+    mask_shapes: dict = field(default_factory=lambda: {
+        "channel": (64, 256, 32, 32),   # 2^24: Dropout2d, one value per (n, c)
+        "locked": (64, 256, 1024),      # 2^24: (T, N, F), one mask per sequence
+        "noise": (16, 64, 128, 128),    # 2^24: noise shape (N, 1, H, W)
+    })
+    dropblock_shape: tuple[int, ...] = (64, 64, 32, 32)
+    dropblock_p: float = 0.1
+    block_size: int = 7
+    rate_draws: int = 20  # masks drawn per implementation for the drop-rate statistics
+    lstm: tuple[int, int, int] = (64, 50, 256)  # batch, sequence length, hidden (= input) size
+    lstm_p: float = 0.25
+    repeats: int = 7  # timing samples per candidate; medians reported
+    min_sample_s: float = 0.05
+    threads: int = field(default_factory=torch.get_num_threads)
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(mask_shapes={"channel": (4, 8, 8, 8), "locked": (8, 4, 16), "noise": (2, 4, 8, 8)},
+                   dropblock_shape=(2, 4, 12, 10), block_size=3, rate_draws=3, lstm=(4, 5, 8), repeats=2,
+                   min_sample_s=0.001)
+
+
+# --------------------------------------------------------------------------- torch-op baselines
+def torch_locked(x: torch.Tensor, p: float) -> torch.Tensor:
+    mask = torch.bernoulli(torch.full((1,) + tuple(x.shape[1:]), 1 - p, dtype=x.dtype)) / (1 - p)
+    return x * mask
+
+
+def torch_noise_shaped(x: torch.Tensor, p: float) -> torch.Tensor:
+    mask = torch.bernoulli(torch.full((x.shape[0], 1) + tuple(x.shape[2:]), 1 - p, dtype=x.dtype)) / (1 - p)
+    return x * mask
+
+
+def torch_dropblock2d(x: torch.Tensor, gamma: float, block_size: int) -> torch.Tensor:
+    """The max-pool DropBlock of torchvision/timm for the same algorithm (origins where a block fits)."""
+    n, c, h, w = x.shape
+    bh, bw = min(block_size, h), min(block_size, w)
+    origins = torch.bernoulli(torch.full((n, c, h - bh + 1, w - bw + 1), gamma, dtype=x.dtype))
+    dropped = TF.max_pool2d(TF.pad(origins, (bw - 1, bw - 1, bh - 1, bh - 1)), (bh, bw), stride=1)
+    mask = 1 - dropped
+    return x * mask * (mask.numel() / mask.sum().clamp(min=1))
+
+
+# --------------------------------------------------------------------------- measurements
+def _fwd_bwd(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> Callable[[], object]:
+    return lambda: torch.autograd.grad(op(x), x, grad)
+
+
+def _pair_row(name: str, shape, droplab_op, torch_op, torch_name: str, config: Config, target: float) -> dict:
+    from .kernel import time_round_robin
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).requires_grad_(True)
+    grad = torch.randn(shape, generator=g)
+    t = time_round_robin({"droplab": _fwd_bwd(droplab_op, x, grad), "torch": _fwd_bwd(torch_op, x, grad)},
+                         config.repeats, config.min_sample_s)
+    speedup = t["torch"] / t["droplab"]
+    return {"case": name, "shape": list(shape), "baseline": torch_name, "droplab_ms": 1e3 * t["droplab"],
+            "torch_ms": 1e3 * t["torch"], "speedup": speedup, "target": f">= {target:g}x",
+            "met": speedup >= target}
+
+
+def mask_rows(config: Config) -> list[dict]:
+    import droplab.functional as F
+    import droplab.nn as dnn
+
+    channel = dnn.Dropout2d(P, seed=0)
+    locked = dnn.LockedDropout(P, seed=0)
+    torch_channel = torch.nn.Dropout2d(P)
+    counter = iter(range(10**9))
+    rows = [
+        _pair_row("channel dropout (Dropout2d)", config.mask_shapes["channel"], channel, torch_channel,
+                  "torch.nn.Dropout2d", config, 3.0),
+        _pair_row("locked dropout (T, N, F)", config.mask_shapes["locked"], locked,
+                  lambda x: torch_locked(x, P), "bernoulli (1, N, F) * x", config, 3.0),
+        _pair_row("noise shape (N, 1, H, W)", config.mask_shapes["noise"],
+                  lambda x: F.dropout(x, P, seed=0, step=next(counter), noise_shape=(None, 1, None, None)),
+                  lambda x: torch_noise_shaped(x, P), "bernoulli (N, 1, H, W) * x", config, 3.0),
+    ]
+    return rows
+
+
+def dropblock_row(config: Config) -> dict:
+    import droplab.functional as F
+    import droplab.nn as dnn
+    from droplab.functional.dropblock import dropblock_gamma
+
+    shape, p, b = config.dropblock_shape, config.dropblock_p, config.block_size
+    block = (min(b, shape[2]), min(b, shape[3]))
+    gamma = dropblock_gamma(p, tuple(shape[2:]), block)
+    module = dnn.DropBlock2d(p, b, seed=0)
+    row = _pair_row(f"DropBlock2d p={p} block={b}", shape, module, lambda x: torch_dropblock2d(x, gamma, b),
+                    "max-pool DropBlock (same gamma)", config, 1.0)
+    x = torch.ones(shape)
+    ours = [1 - F.dropblock_mask(shape, p, b, 2, seed=1, step=s).float().mean().item()
+            for s in range(config.rate_draws)]
+    torch.manual_seed(1)
+    theirs = [(torch_dropblock2d(x, gamma, b) == 0).float().mean().item() for _ in range(config.rate_draws)]
+    row["rate"] = {"p": p, "gamma": gamma,
+                   "droplab_mean": statistics.fmean(ours), "droplab_sd": statistics.pstdev(ours),
+                   "torch_mean": statistics.fmean(theirs), "torch_sd": statistics.pstdev(theirs),
+                   "paper_gamma": p / (block[0] * block[1]) * shape[2] * shape[3]
+                   / ((shape[2] - block[0] + 1) * (shape[3] - block[1] + 1))}
+    return row
+
+
+def lstm_row(config: Config) -> dict:
+    import droplab.nn as dnn
+
+    from .kernel import time_round_robin
+
+    batch, steps, hidden = config.lstm
+    p = config.lstm_p
+    torch.manual_seed(0)
+    x = torch.randn(steps, batch, hidden)
+    target = torch.randn(steps, batch, hidden)
+    ours = dnn.VariationalLSTM(hidden, hidden, num_layers=2, input_dropout=p, recurrent_dropout=p, output_dropout=p,
+                               seed=0)
+    theirs = torch.nn.LSTM(hidden, hidden, num_layers=2, dropout=p)
+
+    def train_step(model, optimizer):
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = TF.mse_loss(model(x)[0], target)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    t = time_round_robin({"droplab": train_step(ours, torch.optim.SGD(ours.parameters(), lr=1e-3)),
+                          "torch": train_step(theirs, torch.optim.SGD(theirs.parameters(), lr=1e-3))},
+                         config.repeats, config.min_sample_s)
+    ratio = t["droplab"] / t["torch"]
+    return {"case": f"VariationalLSTM 2 layers, in/rec/out dropout {p}", "shape": [steps, batch, hidden],
+            "baseline": f"torch.nn.LSTM(num_layers=2, dropout={p})", "droplab_ms": 1e3 * t["droplab"],
+            "torch_ms": 1e3 * t["torch"], "speedup": 1 / ratio, "time_ratio": ratio, "target": "<= 2x the time",
+            "met": ratio <= 2.0}
+
+
+# --------------------------------------------------------------------------- report
+def conditions(config: Config) -> dict:
+    from droplab.kernels import backend_for
+
+    from .kernel import Config as KernelConfig
+    from .kernel import conditions as kernel_conditions
+
+    c = kernel_conditions(KernelConfig(threads=config.threads, repeats=config.repeats))
+    c["mask_backend"] = backend_for(torch.ones(4))
+    return c
+
+
+def render(result: dict) -> str:
+    c = result["conditions"]
+    lines = [f"droplab bench variants: {c['date']}, torch {c['torch']}, {c['cpu']}, {c['threads']} threads, "
+             f"mask backend {c['mask_backend']}, medians of {c['repeats']} round-robin samples",
+             "",
+             "| case | shape | baseline | droplab ms | torch ms | droplab speedup | target | met |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for r in result["rows"]:
+        shape = "x".join(str(s) for s in r["shape"])
+        speed = f"{r['speedup']:.2f}x" if "time_ratio" not in r else f"{r['time_ratio']:.2f}x the time"
+        lines.append(f"| {r['case']} | {shape} | {r['baseline']} | {r['droplab_ms']:.1f} | {r['torch_ms']:.1f} | "
+                     f"{speed} | {r['target']} | {'yes' if r['met'] else 'NO'} |")
+    rate = next(r["rate"] for r in result["rows"] if "rate" in r)
+    lines += ["", f"DropBlock2d realized drop rate over {result['config']['rate_draws']} masks (p = {rate['p']}, "
+              f"gamma = {rate['gamma']:.6f}; the paper's approximation would give {rate['paper_gamma']:.6f}): "
+              f"droplab {rate['droplab_mean']:.4f} +- {rate['droplab_sd']:.4f}, "
+              f"max-pool torch {rate['torch_mean']:.4f} +- {rate['torch_sd']:.4f}"]
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test of seconds")
+    parser.add_argument("--json", metavar="PATH", help="also write the results (and conditions) to this JSON file")
+    parser.add_argument("--repeats", type=int, help="timing samples per candidate (default 7, quick 2)")
+    parser.add_argument("--threads", type=int, help="torch (and kernel) threads (default: torch's default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = Config.quick() if args.quick else Config()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, but got {args.threads}")
+        torch.set_num_threads(args.threads)
+        config.threads = args.threads
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be a positive int, but got {args.repeats}")
+        config.repeats = args.repeats
+    rows = mask_rows(config) + [dropblock_row(config), lstm_row(config)]
+    result = {"config": asdict(config), "conditions": conditions(config), "rows": rows}
+    print(render(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
