@@ -177,3 +177,27 @@ def test_cli_show_prints_the_summary(tmp_path, capsys):
     assert "sweep cli: 3 complete" in out and "report:" in out
     assert main(["sweep", "show", "nope", "--storage", db]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().out
+
+
+def test_real_objective_prunes_through_the_epoch_callback_and_links_the_run(tmp_path):
+    from droplab.lab.store import RunStore
+
+    spec = S.SweepSpec(name="prune", base=ExperimentConfig().replace(dataset="digits", width=16, epochs=3).to_dict(),
+                       trials=2, sampler="random", db=str(tmp_path / "runs.db"))
+    storage = S.open_storage(str(tmp_path / "p.db"))
+    S.create_study(spec, storage)
+    with RunStore(spec.db) as store:
+        objective = S._objective(spec, store)
+        # a pruner that prunes any trial whose validation loss exceeds 0 (all of them) after epoch 1
+        always = optuna.pruners.ThresholdPruner(upper=0.0)
+        optuna.load_study(study_name="prune", storage=storage, pruner=always).optimize(objective, n_trials=1)
+        # and one that never prunes
+        optuna.load_study(study_name="prune", storage=storage, pruner=optuna.pruners.NopPruner()).optimize(
+            objective, n_trials=1)
+        t0, t1 = S.load_spec("prune", storage)[0].get_trials()
+        assert t0.state == TrialState.PRUNED and list(t0.intermediate_values) == [1]
+        assert t1.state == TrialState.COMPLETE and list(t1.intermediate_values) == [1, 2, 3]
+        runs = {r["name"]: r for r in store.list_runs(study="prune")}
+        assert runs["prune#0"]["status"] == "pruned" and len(store.epochs(runs["prune#0"]["id"])) == 1
+        assert runs["prune#1"]["status"] == "finished" and runs["prune#1"]["id"] == t1.user_attrs["run_id"]
+        assert t1.value == pytest.approx(runs["prune#1"]["final"]["best_val_loss"])

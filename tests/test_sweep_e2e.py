@@ -53,3 +53,29 @@ def test_two_workers_resume_and_show(tmp_path, capsys, monkeypatch):
     html = page.read_text()
     for png in ("rate.png", "layers.png", "batch_rate.png"):
         assert f'src="{png}"' in html and (page.parent / png).is_file()
+
+
+def test_sweep_under_torchrun_trains_each_trial_data_parallel(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(S.__file__)))
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(root), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "-m", "droplab.cli", "sweep", "--name", "ddp", "--trials", "2",
+               "--storage", "sweeps.db", "--db", "runs.db", "--sampler", "random",
+               "--set", "dataset=digits", "--set", "width=16", "--set", "epochs=2", "--set", "threads=1"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("study ddp:") == 1  # only rank 0 reports
+    study, _ = S.load_spec("ddp", S.open_storage(str(tmp_path / "sweeps.db")))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 2
+    with RunStore(tmp_path / "runs.db") as store:  # only rank 0 writes: one run per trial
+        assert sorted(r["name"] for r in store.list_runs(study="ddp")) == ["ddp#0", "ddp#1"]
