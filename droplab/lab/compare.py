@@ -98,9 +98,13 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
     """Train every config, judge with the three-run rule, write the report; returns a summary dict."""
     from ..diagnostics.verdict import three_run_verdict
     from .data import load_dataset
+    from .distributed import launched_by_torchrun, setup
     from .report import format_table, write_report
     from .train import train
 
+    if configs and launched_by_torchrun() and not setup(configs[0].device).is_main:
+        # under torchrun every rank trains (DDP inside train); only rank 0 writes the store and report, and prints
+        store, report_dir, progress, echo = None, None, False, (lambda *args, **kwargs: None)
     comparison_id = comparison_id or _comparison_id()
     splits = {}
     results = []
@@ -212,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
     from .store import RunStore
 
     with RunStore(args.db) as store:
-        print(f"droplab compare: {len(configs)} runs of {base.model} on {base.dataset}, "
-              f"{base.epochs} epochs each; storing in {args.db}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(f"droplab compare: {len(configs)} runs of {base.model} on {base.dataset}, "
+                  f"{base.epochs} epochs each; storing in {args.db}", file=sys.stderr)
         compare(configs, store=store, report_dir=None if args.no_report else args.report_dir,
                 progress=not args.no_progress, save=args.save)
     return 0
