@@ -54,6 +54,10 @@ def test_spec_validation_names_the_argument_and_allowed_values():
         _spec(trials=0)
     with pytest.raises(ValueError, match="max_rate has to be between 0 and 1, but got 1.5"):
         _spec(max_rate=1.5)
+    with pytest.raises(ValueError, match=r"grid_rates must not exceed max_rate \(0.5\)"):
+        _spec(sampler="grid", max_rate=0.5, grid_rates=[0.0, 0.7])
+    with pytest.raises(ValueError, match="unknown config key"):
+        S.SweepSpec(name="x", base={"widht": 3})
     spec = _spec(search=["layer_rates", "batch_size"], trials=3)
     assert S.SweepSpec.from_json(spec.to_json()) == spec
 

@@ -109,6 +109,9 @@ class SweepSpec:
             check_probability(rate, "grid rate")
         if not self.grid_rates:
             raise ValueError("grid_rates must list at least one rate")
+        if self.sampler == "grid" and max(self.grid_rates) > self.max_rate:
+            raise ValueError(f"grid_rates must not exceed max_rate ({self.max_rate}), but got {self.grid_rates}")
+        self.config()  # the base config is valid (unknown keys, bad values) before any study is created
 
     def config(self):
         from .config import ExperimentConfig
