@@ -73,3 +73,41 @@ def test_max_norm_caps_incoming_weights(data):
     for module in result.model.modules():
         if isinstance(module, torch.nn.Linear):
             assert module.weight.norm(dim=1).max() <= 0.5 + 1e-5
+
+
+class _Terminal:
+    """A text stream that claims to be a terminal, to see what the progress bar draws."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("use_rich", [True, False])
+def test_progress_bar_draws_on_a_terminal_only(monkeypatch, use_rich):
+    import sys
+
+    from droplab.lab.progress import RunProgress
+
+    if not use_rich:
+        monkeypatch.setitem(sys.modules, "rich.progress", None)  # import fails: the plain bar is used
+    term = _Terminal()
+    with RunProgress("p=0.5", 4, stream=term) as bar:
+        bar.update(2, {"train_acc": 0.75, "val_acc": 0.5, "val_loss": 1.25})
+    assert "p=0.5" in term.buffer.getvalue() and "val 0.500" in term.buffer.getvalue()
+    assert "2/4" in term.buffer.getvalue()
+    quiet = _Terminal()
+    quiet.isatty = lambda: False
+    with RunProgress("p=0.5", 4, stream=quiet) as bar:
+        bar.update(1, {})
+    assert quiet.buffer.getvalue() == ""
