@@ -15,8 +15,12 @@ changes nothing. A ``torch.nn`` dropout module is swapped for droplab's counterp
 of the call (seed: CRC-32 of its module path), so it follows the same rule; a
 ``torch.nn.functional.dropout*`` call in a forward is routed to droplab's functional with seed
 ``mc_seed(crc32("F:<i>"), s, k)`` for its ``i``-th call in the pass. Sites that cannot be sampled by
-droplab (``dropout=`` of ``torch.nn`` RNNs and ``MultiheadAttention``, alpha dropout) make the whole
-prediction fall back to the loop below, with torch's generator seeded by ``mc_seed(t, s, k)``.
+droplab (``dropout=`` of multi-layer ``torch.nn`` RNNs and of ``MultiheadAttention``, torch modules
+without a registered conversion) make the whole prediction fall back to the loop below, with torch's
+generator seeded by ``mc_seed(t, s, k)`` inside ``torch.random.fork_rng`` (the caller's generator is
+left as it was). So does a droplab site that draws a mask outside its own forward (the recurrent mask
+of ``VariationalLSTM``/``GRU``, drawn by its owner): it cannot tell stacked samples apart, and
+:class:`~droplab.nn._base.MCBatchingError` sends the call to the loop.
 
 Inputs are split into batches of ``max_batch`` rows (one batch, ``k = 0``, when ``N <= max_batch``:
 then the result does not depend on ``max_batch`` at all). A row's mask depends on its position in its
@@ -45,8 +49,10 @@ Everything that does not depend on a dropout output is computed once per input b
   holds a site; any other model runs whole on the replicated batch (sites still sampled per slice).
 * ``"loop"``: T passes, one sample each (a site droplab cannot sample, or ``method="loop"``).
 
-The model must treat rows independently (no batch statistics in train mode, no mixing of rows),
-as MC dropout itself assumes.
+The model takes one tensor with the batch axis first and returns one tensor with the batch axis
+first, and treats rows independently (no mixing of rows), as MC dropout itself assumes. Inside the
+model a site may see the batch on another axis: :attr:`StochasticModule.mc_batch_dim` (1 for
+``batch_first=False`` sequence sites) says where.
 """
 
 from __future__ import annotations
