@@ -72,7 +72,8 @@ class ExperimentConfig:
     augment: bool = _help(False, "random shift and noise on MNIST-1D-like sequences during training")
     seed: int = _help(0, "seeds initialization, data order, split and every dropout mask")
     device: str = _help("cpu", "torch device to train on")
-    threads: int | None = _help(None, "torch intra-op threads (None leaves torch's default)")
+    threads: int | None = _help(1, "torch intra-op threads: small batches gain little from more, and busy-waiting "
+                                   "thread pools thrash a shared machine (None keeps torch's default)")
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
