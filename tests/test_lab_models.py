@@ -72,3 +72,15 @@ def test_seeded_init_and_masks_are_reproducible():
     b = build_model(cfg, 40, 10)
     x = torch.randn(4, 40)
     assert torch.equal(a.train()(x), b.train()(x))
+
+
+@pytest.mark.parametrize("model, variant, cls", [
+    ("cnn1d", "dropblock", "DropBlock1d"), ("gru", "locked", "LockedDropout"), ("mlp", "gaussian", "GaussianDropout"),
+    ("mlp", "alpha", "AlphaDropout"), ("mlp", "concrete", "ConcreteDropout"),
+])
+def test_variants_fill_the_sites(data, model, variant, cls):
+    cfg = ExperimentConfig(dataset=str(data), model=model, variant=variant, width=8, epochs=1, batch_size=40,
+                           dropout=0.3)
+    result = train(cfg, progress=False)
+    kinds = {type(m).__name__ for _, m in dropout_modules(result.model)}
+    assert kinds == {cls} and result.history[0]["grad_norm"] > 0

@@ -169,7 +169,7 @@ def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description = __doc__.split("\n\n")[0].replace("``", "")
     parser.add_argument("--rates", default=None,
                         help=f"comma-separated rates to compare; '/' separates per-layer rates "
                              f"(default {DEFAULT_RATES}, or the config's rate beside 0 and half of it)")

@@ -7,6 +7,8 @@
   ``variant="channel"`` drops whole channels, ``"dropblock"`` contiguous blocks.
 * ``gru``: stacked single-layer GRUs over the sequence with variational dropout between them (one mask
   per sequence, shared over time: Gal & Ghahramani 2016), then dropout on the last state and a Linear.
+* ``variant="concrete"`` (mlp only) wraps each Linear after a site in a learned-rate
+  :class:`~droplab.nn.ConcreteDropout`; the trainer adds its regularization term to the loss.
 * ``transformer``: each scalar of the sequence embedded to ``width`` plus a learned position, ``depth``
   droplab :class:`~droplab.nn.transformer.TransformerBlock` s (each block's rate is its layer rate),
   mean pooling, Linear.
@@ -58,7 +60,7 @@ def _site(config, p: float, index: int, kind: str) -> nn.Module:
     or sequence (N, T, H)."""
     seed = _site_seed(config, index)
     variant = config.variant
-    if variant == "dropout" or (variant == "locked" and kind == "sequence" and config.model == "gru"):
+    if variant == "dropout":
         if kind == "sequence" and config.model == "gru":
             # variational dropout: one mask per sequence, shared over time steps
             return dnn.Dropout(p, seed=seed, noise_shape=(None, 1, None))
@@ -69,6 +71,11 @@ def _site(config, p: float, index: int, kind: str) -> nn.Module:
     if variant == "locked" and kind != "sequence":
         raise ValueError(f"variant 'locked' shares one mask over time steps: use model='gru' or 'transformer' "
                          f"(got model={config.model!r})")
+    if variant == "concrete":
+        raise ValueError("variant 'concrete' learns the rate of the layer it wraps: the lab supports it on "
+                         f"model='mlp' (got model={config.model!r})")
+    if variant == "locked":
+        return _variant_class("locked")(p, batch_first=True, seed=seed)
     if variant == "channel":
         return dnn.Dropout1d(p, seed=seed)
     cls = _variant_class(variant)
@@ -77,24 +84,36 @@ def _site(config, p: float, index: int, kind: str) -> nn.Module:
     return cls(p, seed=seed)
 
 
+def _concrete(config, layer: nn.Module, index: int, p: float) -> nn.Module:
+    """``layer`` behind a learned-rate Concrete dropout site starting at ``p`` (no site when ``p == 0``)."""
+    if p == 0:
+        return layer
+    return _variant_class("concrete")(layer, p, seed=_site_seed(config, index))
+
+
 class MLP(nn.Module):
     def __init__(self, config, n_features: int, n_classes: int) -> None:
         super().__init__()
         rates = config.hidden_rates()
         act = _ACTIVATIONS[config.activation]
+        # concrete dropout wraps the layer that consumes the dropped activations, so each site's rate
+        # travels to the next Linear
+        concrete = config.variant == "concrete"
         layers: list[nn.Module] = [nn.Flatten()]
-        if config.input_dropout > 0:
+        if config.input_dropout > 0 and not concrete:
             layers.append(_site(config, config.input_dropout, 0, "features"))
-        width_in = n_features
+        width_in, pending = n_features, (0, config.input_dropout)
         for i, rate in enumerate(rates):
-            layers.append(nn.Linear(width_in, config.width))
+            layers.append(_concrete(config, nn.Linear(width_in, config.width), *pending) if concrete
+                          else nn.Linear(width_in, config.width))
             if config.batchnorm == "before_dropout":
                 layers.append(nn.BatchNorm1d(config.width))
-            layers += [act(), _site(config, rate, i + 1, "features")]
+            layers += [act()] if concrete else [act(), _site(config, rate, i + 1, "features")]
             if config.batchnorm == "after_dropout":
                 layers.append(nn.BatchNorm1d(config.width))
-            width_in = config.width
-        layers.append(nn.Linear(width_in, n_classes))
+            width_in, pending = config.width, (i + 1, rate)
+        head = nn.Linear(width_in, n_classes)
+        layers.append(_concrete(config, head, *pending) if concrete else head)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,6 +178,10 @@ class TransformerClassifier(nn.Module):
         except ModuleNotFoundError:
             raise ValueError("model 'transformer' is not available: droplab.nn.transformer is not in this install") \
                 from None
+        if config.variant not in ("dropout", "locked"):
+            raise ValueError(f"model 'transformer' uses TransformerBlock's own attention, feed-forward and residual "
+                             f"sites; variant must be 'dropout' (or 'locked' for the input site), "
+                             f"got {config.variant!r}")
         rates = config.hidden_rates()
         d = config.width
         heads = next(h for h in (4, 2, 1) if d % h == 0)

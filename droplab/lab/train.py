@@ -194,7 +194,9 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
     torch.manual_seed(config.seed)
     splits = splits if splits is not None else load_dataset(config)
     core = build_model(config, splits.n_features, splits.n_classes)
-    base_rates = {key: module.p for key, module in dropout_modules(core)}
+    # learned rates (Concrete dropout) are left to the optimizer: no schedule touches them
+    base_rates = {key: module.p for key, module in dropout_modules(core) if not getattr(module, "rate_is_learned", 0)}
+    regularized = [m for _, m in dropout_modules(core) if callable(getattr(m, "regularization", None))]
     model = wrap_model(core, config, ctx)
     optimizer = _optimizer(config, model)
     history: list[dict] = []
@@ -232,8 +234,10 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
                 if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
                     break
                 factor = schedule_factor(config.schedule, epoch)
-                for key, module in dropout_modules(core):
-                    module.p = base_rates[key] * factor
+                if config.schedule is not None:
+                    for key, module in dropout_modules(core):
+                        if key in base_rates:
+                            module.p = base_rates[key] * factor
                 epoch_start = time.perf_counter()
                 model.train()
                 batch_loss = torch.zeros(())
@@ -241,6 +245,8 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
                 seen = 0
                 for xb, yb in epoch_batches(splits.train, config, epoch, sequence=splits.sequence, ctx=ctx):
                     loss = F.cross_entropy(model(xb), yb)
+                    for module in regularized:  # Concrete dropout's KL term
+                        loss = loss + module.regularization()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     grad_norms.append(_grad_norm(model))
