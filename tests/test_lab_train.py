@@ -111,3 +111,8 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch, use_rich):
     with RunProgress("p=0.5", 4, stream=quiet) as bar:
         bar.update(1, {})
     assert quiet.buffer.getvalue() == ""
+
+
+def test_augmentation_only_for_sequences(data):
+    with pytest.raises(ValueError, match="augment=true shifts and perturbs MNIST-1D-like sequences"):
+        train(tiny(data, augment=True), progress=False)

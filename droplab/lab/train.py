@@ -193,6 +193,9 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
             store, save, progress = None, None, False
     torch.manual_seed(config.seed)
     splits = splits if splits is not None else load_dataset(config)
+    if config.augment and not splits.sequence:
+        raise ValueError(f"augment=true shifts and perturbs MNIST-1D-like sequences; dataset {config.dataset!r} is not "
+                         "one (set augment=false)")
     core = build_model(config, splits.n_features, splits.n_classes)
     # learned rates (Concrete dropout) are left to the optimizer: no schedule touches them
     base_rates = {key: module.p for key, module in dropout_modules(core) if not getattr(module, "rate_is_learned", 0)}
