@@ -295,7 +295,7 @@ def _plan(model: nn.Module, site_ids: set[int], method: str, cache_prefix: bool)
         except Exception:
             if method == "fx":
                 raise
-    if cache_prefix and isinstance(model, nn.Sequential):
+    if cache_prefix and isinstance(model, nn.Sequential) and any(id(m) in site_ids for m in model.modules()):
         return _SequentialPlan(model, site_ids), "hooks"
     return _WholePlan(model), "hooks"
 
