@@ -36,7 +36,7 @@ CASES = [
          repr_args=("p", "drop_bias", "seed", "scaling"), notes={"p01": _P0}),
     Case("DropConnect-Linear-classic", lambda p, s: _linear(p, s, scaling="classic"), (6, 5), eval_rule=_scaled,
          p_zero_identity=False, notes={"p01": _P0}),
-    Case("DropConnect-Conv2d", _conv, (2, 3, 5, 5), eval_rule=_full, p_zero_identity=False, notes={"p01": _P0}),
+    Case("DropConnect-Conv2d", _conv, (1, 3, 4, 4), eval_rule=_full, p_zero_identity=False, notes={"p01": _P0}),
 ]
 
 install(globals(), CASES)

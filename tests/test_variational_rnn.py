@@ -101,26 +101,42 @@ def test_unbatched_and_default_init_match_torch_layout():
 
 
 def test_masks_fixed_per_sequence():
-    """Input and output masks are constant over time; the recurrent mask is one (N, H) draw per layer."""
+    """Input and output masks are one (N, F) draw shared by every time step (layer k: stream k)."""
     torch.manual_seed(0)
-    m = dnn.VariationalLSTM(6, 8, num_layers=2, input_dropout=0.3, recurrent_dropout=0.4, output_dropout=0.5,
-                            seed=2)
-    seen = {}
-
-    def hook(module, inputs, output):
-        seen["input"] = (inputs[0], output)
-
-    m.input_drop.register_forward_hook(hook)
+    m = dnn.VariationalLSTM(6, 8, num_layers=2, input_dropout=0.3, output_dropout=0.5, seed=2)
     x = torch.randn(10, 5, 6)
     out, _ = m(x)
-    inp, dropped = seen["input"]
-    ratio = dropped / inp
-    assert torch.allclose(ratio, ratio[:1].expand_as(ratio))  # same mask at every step
+    in_mask = F.locked_dropout(torch.ones(10, 5, 6), 0.3, seed=2, step=0, stream=0)
+    out_masks = [F.locked_dropout(torch.ones(10, 5, 8), 0.5, seed=4, step=0, stream=k) for k in range(2)]
+    for mask in (in_mask, *out_masks):
+        assert torch.equal(mask, mask[:1].expand_as(mask)) and (mask == 0).any()
+    # the same computation with torch's LSTM layers and the masks applied by hand
+    h = x * in_mask
+    for k in range(2):
+        layer = nn.LSTM(6 if k == 0 else 8, 8)
+        layer.load_state_dict({name.replace(f"_l{k}", "_l0"): v for name, v in m.state_dict().items()
+                               if name.endswith(f"_l{k}")})
+        h = layer(h)[0] * out_masks[k]
+    torch.testing.assert_close(out, h, rtol=0, atol=1e-5)
     zero_out = out == 0
-    assert torch.equal(zero_out, zero_out[:1].expand_as(zero_out))  # output mask constant over time too
-    assert zero_out.any()
-    # steps: one for the input mask, one recurrent and one output draw per layer
-    assert (int(m.input_drop.step), int(m.recurrent_drop.step), int(m.output_drop.step)) == (1, 2, 2)
+    assert torch.equal(zero_out, zero_out[:1].expand_as(zero_out))
+    # one draw per active site and forward (layers are streams of it); the rate-0 recurrent site draws nothing
+    assert (int(m.input_drop.step), int(m.recurrent_drop.step), int(m.output_drop.step)) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("cls", [dnn.VariationalLSTM, dnn.VariationalGRU])
+def test_checkpoint_recomputation_reproduces_masks(cls):
+    """Under activation checkpointing the recomputed forward redraws the same masks: same gradients."""
+    torch.manual_seed(0)
+    m = cls(4, 5, num_layers=2, input_dropout=0.3, recurrent_dropout=0.3, output_dropout=0.3, seed=3)
+    x = torch.randn(6, 2, 4, requires_grad=True)
+    plain = torch.autograd.grad(m(x)[0].square().sum(), [x, *m.parameters()])
+    for site in (m.input_drop, m.recurrent_drop, m.output_drop):
+        site.reseed(int(site.seed))
+    out = torch.utils.checkpoint.checkpoint(lambda v: m(v)[0], x, use_reentrant=False)
+    checkpointed = torch.autograd.grad(out.square().sum(), [x, *m.parameters()])
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 def test_recurrent_mask_is_applied_to_the_hidden_state():
@@ -129,7 +145,7 @@ def test_recurrent_mask_is_applied_to_the_hidden_state():
     m = dnn.VariationalLSTM(3, 4, recurrent_dropout=0.5, seed=5)
     x = torch.randn(6, 2, 3)
     out, _ = m(x)
-    mask = F.variational_mask((2, 4), 0.5, seed=6, step=0)  # recurrent site uses seed + 1
+    mask = F.variational_mask((2, 4), 0.5, seed=6, step=0, stream=0)  # recurrent site: seed + 1, layer 0
     h = c = torch.zeros(2, 4)
     expected = []
     for t in range(6):

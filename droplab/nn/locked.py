@@ -54,19 +54,3 @@ class LockedDropout(StochasticModule):
         seed, step = self._next_counter()
         return F.locked_dropout(input, self.p, True, self.inplace, batch_first=self.batch_first, seed=seed,
                                 step=step, replica=self.replica, scaling=self.scaling)
-
-    def sample_mask(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
-                    device: torch.device | str | None = None) -> torch.Tensor | None:
-        """Draw (and advance the step for) one mask tensor of ``shape``, ``m / (1-p)``; ``None`` when inactive.
-
-        For masks applied many times within one forward, such as a recurrent net's hidden state.
-        Only inverted scaling is defined here (the multiplicative mask must keep the expectation).
-        """
-        if not self.training or self.p == 0.0:
-            return None
-        if self.scaling != "inverted":
-            raise ValueError("sample_mask needs scaling='inverted', but this module has scaling="
-                             f"{self.scaling!r}")
-        seed, step = self._next_counter()
-        return F.variational_mask(tuple(shape), self.p, seed=seed, step=step, replica=self.replica, dtype=dtype,
-                                  device=device)

@@ -112,11 +112,19 @@ class _VariationalRNN(nn.Module):
         if steps == 0:
             raise ValueError(f"{type(self).__name__} expects at least one time step")
         h0, c0 = self._initial_state(hx, n, batched, x)
-        x = self.input_drop(x)
+        # one counter per site and forward, one stream per layer: a checkpointed forward replays each
+        # site's single step, so recomputed masks match (several draws per site would replay out of order)
+        draws = [site._next_counter() if site.training and site.p > 0 else None
+                 for site in (self.input_drop, self.recurrent_drop, self.output_drop)]
+        x = self._locked(self.input_drop, x, draws[0], 0)
         h_n, c_n = [], []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self._layer(k)
-            mask = self.recurrent_drop.sample_mask((n, self.hidden_size), x.dtype, x.device)
+            mask = None
+            if draws[1] is not None:
+                mask = F.variational_mask((n, self.hidden_size), self.recurrent_drop.p, seed=draws[1][0],
+                                          step=draws[1][1], replica=self.recurrent_drop.replica, stream=k,
+                                          dtype=x.dtype, device=x.device)
             if self._mode == "LSTM":
                 b = None if b_ih is None else b_ih + b_hh
                 # input projections of all steps in one matmul; only h @ W_hh stays in the loop
@@ -127,7 +135,7 @@ class _VariationalRNN(nn.Module):
                 gates_x = torch.nn.functional.linear(x, w_ih, b_ih)
                 x, h = F.gru_recurrence(gates_x, h0[k], w_hh, b_hh, mask)
             h_n.append(h)
-            x = self.output_drop(x)
+            x = self._locked(self.output_drop, x, draws[2], k)
         output = x.transpose(0, 1) if self.batch_first else x
         h_n = torch.stack(h_n)
         c_n = torch.stack(c_n) if c_n else None
@@ -136,6 +144,13 @@ class _VariationalRNN(nn.Module):
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
         return (output, (h_n, c_n)) if self._mode == "LSTM" else (output, h_n)
+
+    @staticmethod
+    def _locked(site: LockedDropout, x: torch.Tensor, draw, stream: int) -> torch.Tensor:
+        if draw is None:
+            return F.locked_dropout(x, site.p, False, scaling=site.scaling)
+        return F.locked_dropout(x, site.p, True, seed=draw[0], step=draw[1], replica=site.replica, stream=stream,
+                                scaling=site.scaling)
 
     def _initial_state(self, hx, n: int, batched: bool, x: torch.Tensor):
         shape = (self.num_layers, n, self.hidden_size)
@@ -185,8 +200,9 @@ class VariationalLSTM(_VariationalRNN):
         input_dropout: rate of the mask on the input features. Default: 0.0.
         recurrent_dropout: rate of the mask on :math:`h_{t-1}` in every layer. Default: 0.0.
         output_dropout: rate of the mask on each layer's output. Default: 0.0.
-        seed: 64-bit seed (the three dropout sites use ``seed``, ``seed + 1``, ``seed + 2``); ``None``
-            draws one from torch's global generator. Default: None.
+        seed: 64-bit seed (the three dropout sites use ``seed``, ``seed + 1``, ``seed + 2``; layer
+            ``k``'s recurrent and output masks are stream ``k`` of their site's one draw per forward);
+            ``None`` draws one from torch's global generator. Default: None.
         share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
 
     Shape:
