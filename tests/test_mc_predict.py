@@ -216,15 +216,40 @@ def test_torch_rnn_dropout_falls_back_to_loop_reproducibly():
     (lambda: dl.nn.DropBlock2d(0.3, block_size=3, seed=3), (6, 2, 7, 7)),
     (lambda: dl.nn.LockedDropout(0.3, batch_first=True, seed=1), (6, 5, 4)),
     (lambda: dl.nn.Dropout2d(0.3, seed=1), (6, 3, 4, 4)),
-], ids=["DropPath", "GaussianDropout", "DropBlock2d", "LockedDropout", "Dropout2d"])
+    (lambda: dl.nn.DropConnect(nn.Linear(6, 4), 0.3, seed=1), (5, 6)),
+    (lambda: dl.nn.AttentionDropout(0.3, seed=1), (5, 2, 4, 4)),
+    (lambda: dl.nn.TransformerBlock(8, 2, 16, dropout=0.3, seed=1), (5, 4, 8)),
+], ids=["DropPath", "GaussianDropout", "DropBlock2d", "LockedDropout", "Dropout2d", "DropConnect", "AttentionDropout",
+        "TransformerBlock"])
 def test_variants_sampled_batched_equal_loop(make, shape):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Identity(), make()).to(DT)
     x = torch.randn(*shape, dtype=DT)
     res = predict(model, x, 6, seed=0, max_batch=4 * shape[0])
-    assert res.path == "fx"
+    assert res.path in ("fx", "hooks")
     torch.testing.assert_close(res.samples, sample_loop(model, x, 6, seed=0), rtol=1e-12, atol=1e-12)
     assert res.samples.std(0).max() > 0
+
+
+def test_trace_that_computes_something_else_falls_back_to_hooks():
+    class FirstOfTuple(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(4, 5, batch_first=True)
+            self.drop = dl.nn.Dropout(0.4, seed=2)
+
+        def forward(self, x):
+            y = self.lstm(x)
+            y = y[0] if isinstance(y, tuple) else y  # fx sees a Proxy here and bakes in the else branch
+            return self.drop(y)
+
+    torch.manual_seed(0)
+    model, x = FirstOfTuple().to(DT), torch.randn(6, 3, 4, dtype=DT)
+    res = predict(model, x, 5, seed=1)
+    assert res.path == "hooks"
+    torch.testing.assert_close(res.samples, sample_loop(model, x, 5, seed=1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="computes something else"):
+        predict(model, x, 5, seed=1, method="fx")
 
 
 def test_site_drawing_outside_forward_falls_back_to_loop():

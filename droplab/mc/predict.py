@@ -42,7 +42,9 @@ Prefix caching
 Everything that does not depend on a dropout output is computed once per input batch:
 
 * ``"fx"``: the model is traced by ``torch.fx`` (dropout sites as leaves); nodes that depend on a
-  site are the suffix, the rest the prefix. Prefix values with the batch on axis 0 are replicated for
+  site are the suffix, the rest the prefix. The split graph is checked against the model's own
+  forward on sample 0 of the first rows (a trace can bake in a Python branch taken on a proxy);
+  on a mismatch the call takes the ``"hooks"`` path. Prefix values with the batch on axis 0 are replicated for
   the suffix; values derived from the input without a batch axis (``x.size(0)``, shapes) are
   recomputed in the suffix so reshapes stay right.
 * ``"hooks"``: the model does not trace. An ``nn.Sequential`` is split before its first child that
@@ -359,6 +361,11 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int = 100, *, seed: int 
         with mc_activate(droplab_sites), _torch_train(torch_sites):
             if not loop:
                 plan, path = _plan(root, {id(m) for m in droplab_sites}, method, cache_prefix)
+                if path == "fx" and not _traced_like_eager(plan, root, x, seed, consistent):
+                    if method == "fx":
+                        raise ValueError("the torch.fx trace of the model computes something else than its "
+                                         "forward (Python control flow on traced values); use method='hooks'")
+                    plan, path = _plan(root, set(), "hooks", cache_prefix)
                 try:
                     return MCResult(_batched(plan, x, samples, seed, max_batch, consistent), path, seed)
                 except MCBatchingError:
@@ -368,6 +375,33 @@ def predict(model: nn.Module, x: torch.Tensor, samples: int = 100, *, seed: int 
                 return MCResult(_looped(root, x, samples, seed, max_batch, consistent), "loop", seed)
             except MCBatchingError as error:
                 raise ValueError(f"consistent=True is not supported for this model: {error}") from error
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return all(_same(u, v) for u, v in zip(a, b))
+    return type(a) is type(b) and not isinstance(a, torch.Tensor) and a == b
+
+
+def _traced_like_eager(plan, model: nn.Module, x: torch.Tensor, seed: int, consistent: bool) -> bool:
+    """Sample 0 of a few rows through the split graph and through the model itself must agree.
+
+    symbolic tracing bakes in Python decisions taken on proxies (``isinstance(y, tuple)`` on a module's
+    output, say), so a trace that runs can still compute something else; this catches it cheaply.
+    """
+    rows = x[: min(x.shape[0], 8)]
+    functional = _FunctionalSites()
+    with mc_sampling(MCSampling(seed, 0, 1, 0, consistent)):
+        try:
+            with _fresh(functional):
+                traced = plan.suffix(plan.prefix(rows), 1)
+        except Exception:  # the baked-in branch may not even run
+            return False
+        with _fresh(functional):
+            eager = model(rows)
+    return _same(traced, eager)
 
 
 def _batched(plan, x: torch.Tensor, samples: int, seed: int, max_batch: int, consistent: bool) -> torch.Tensor:
