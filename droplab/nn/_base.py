@@ -175,6 +175,7 @@ class StochasticModule(nn.Module):
     """
 
     _replay_depth = 64  # steps remembered for checkpoint recomputation
+
     @property
     def mc_batch_dim(self) -> int:
         """The batch axis of this module's input and output under MC sampling.
