@@ -106,6 +106,8 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
         # under torchrun every rank trains (DDP inside train); only rank 0 writes the store and report, and prints
         store, report_dir, progress, echo = None, None, False, (lambda *args, **kwargs: None)
     comparison_id = comparison_id or _comparison_id()
+    if any(c.device == "cpu" for c in configs):
+        _warm_cpu_kernels()
     splits = {}
     results = []
     labels = _unique_labels(configs)
@@ -140,6 +142,18 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
         echo(f"\nreport: {report_path}")
     return {"id": comparison_id, "runs": summaries, "roles": roles, "verdict": verdict, "report": report_path,
             "results": results}
+
+
+def _warm_cpu_kernels() -> None:
+    """Compile (or load) the numba kernels once up front, so the first dropout run's wall time is its own."""
+    try:
+        from ..kernels import cpu
+    except ImportError:
+        return
+    if cpu.available():
+        seconds = sum(cpu.warmup().values())
+        if seconds > 1.0:
+            print(f"droplab compare: loaded droplab's CPU dropout kernel in {seconds:.1f} s", file=sys.stderr)
 
 
 def _unique_labels(configs: list[ExperimentConfig]) -> list[str]:
