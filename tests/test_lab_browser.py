@@ -27,8 +27,11 @@ def fake_run(label, acc):
 def test_report_renders_in_headless_chromium(tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail("headless Chromium is required: apt-get install chromium chromium-driver (.ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[dev]' installs selenium")
-    from selenium.webdriver.chrome.service import Service
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ModuleNotFoundError:
+        pytest.fail("selenium is required: pip install -e '.[dev]'")
 
     verdict = {"headline": "Dropout helps <b>not bold</b>", "reasons": ["gap 0.3 -> 0.2"], "recommended": "p=0.5"}
     page = write_report(tmp_path / "report", [fake_run("p=0 <i>&</i>", 0.6), fake_run("p=0.5", 0.7)],
