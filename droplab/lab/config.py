@@ -153,7 +153,11 @@ class ExperimentConfig:
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError("reading TOML configs on Python 3.10 needs tomli: pip install tomli") \
+                    from None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
