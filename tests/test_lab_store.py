@@ -123,3 +123,31 @@ def test_runs_command_lists_and_shows(tmp_path, data, capsys):
     assert main(["runs", "show", "99", "--db", str(db)]) == 1
     assert "no run with id 99" in capsys.readouterr().err
     assert main(["runs", "--db", str(tmp_path / "missing.db")]) == 1
+
+
+def test_killed_process_leaves_epochs_and_is_marked_failed(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "r.db"
+    proc = mp.get_context("spawn").Process(target=_killed_writer, args=(str(path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 9
+    with RunStore(path) as store:
+        (run,) = store.list_runs()
+        assert run["status"] == "running"  # nobody could say otherwise yet
+        assert store.reap_stale() == [run["id"]]
+        run = store.get_run(run["id"])
+        assert run["status"] == "failed" and "exited without finishing" in run["error"]
+        assert [m["epoch"] for m in store.epochs(run["id"])] == [1, 2]
+        assert store.reap_stale() == []
+
+
+def _killed_writer(path: str) -> None:
+    import os
+
+    store = RunStore(path)
+    run_id = store.start_run({}, name="doomed")
+    store.log_epoch(run_id, 1, {"val_acc": 0.1})
+    store.log_epoch(run_id, 2, {"val_acc": 0.2})
+    os._exit(9)  # no cleanup, no exception handler: like SIGKILL or the OOM killer

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"droplab runs: no run store at {args.db} (run droplab compare first, or pass --db)", file=sys.stderr)
         return 1
     with RunStore(args.db) as store:
+        store.reap_stale()
         if args.action == "show":
             if args.id is None:
                 print("droplab runs show: give a run id, e.g. droplab runs show 1", file=sys.stderr)

@@ -11,6 +11,7 @@ on open. Run ``status`` is one of ``running``, ``finished``, ``failed``, ``prune
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -63,8 +64,24 @@ MIGRATIONS: list[str] = [
         report TEXT
     );
     """,
+    # 3: the writing process, so a run whose process died without a word (SIGKILL, OOM) can be marked failed
+    """
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def versions() -> dict[str, str]:
@@ -157,15 +174,29 @@ class RunStore:
                   study: str | None = None, checkpoint: str | None = None) -> int:
         with self._transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO runs (name, status, config, seed, started_at, host, versions, group_id, study, checkpoint)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (name, status, config, seed, started_at, host, versions, group_id, study, checkpoint,"
+                " pid) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, json.dumps(config), seed, time.time(), socket.gethostname(), json.dumps(versions()), group,
-                 study, checkpoint))
+                 study, checkpoint, os.getpid()))
             return int(cursor.lastrowid)
 
     def resume_run(self, run_id: int) -> None:
         """Mark a run ``running`` again (``--resume``)."""
-        self._update(run_id, status="running", finished_at=None, error=None)
+        self._update(run_id, status="running", finished_at=None, error=None, pid=os.getpid(),
+                     host=socket.gethostname())
+
+    def reap_stale(self) -> list[int]:
+        """Mark ``failed`` the runs still ``running`` whose process on this host is gone (killed, out of memory).
+
+        Their finished epochs stay stored. Returns the ids marked.
+        """
+        rows = self._conn.execute("SELECT id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+                                  (socket.gethostname(),)).fetchall()
+        stale = [row["id"] for row in rows if not _alive(row["pid"])]
+        for run_id in stale:
+            self._update(run_id, status="failed", finished_at=time.time(),
+                         error="the training process exited without finishing the run (killed?)")
+        return stale
 
     def log_epoch(self, run_id: int, epoch: int, metrics: dict) -> None:
         with self._transaction() as conn:
