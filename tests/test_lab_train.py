@@ -116,3 +116,21 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch, use_rich):
 def test_augmentation_only_for_sequences(data):
     with pytest.raises(ValueError, match="augment=true shifts and perturbs MNIST-1D-like sequences"):
         train(tiny(data, augment=True), progress=False)
+
+
+def test_augmented_mnist1d_run_is_reproducible(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPLAB_CACHE", str(tmp_path))
+    from droplab.lab.data import load_dataset
+
+    cfg = ExperimentConfig(width=8, epochs=1, augment=True)
+    splits = load_dataset(cfg)
+    a, b = train(cfg, progress=False, splits=splits), train(cfg, progress=False, splits=splits)
+    assert a.history[0]["batch_loss"] == b.history[0]["batch_loss"]
+    # each augmented example is its raw self shifted by at most 3 steps plus N(0, 0.05^2) noise
+    from droplab.lab.train import epoch_batches
+
+    (xa, ya), (xr, yr) = next(epoch_batches(splits.train, cfg, 1, sequence=True)), \
+        next(epoch_batches(splits.train, cfg.replace(augment=False), 1, sequence=True))
+    assert torch.equal(ya, yr)
+    residual = torch.stack([min((xa[i] - torch.roll(xr[i], s)).std() for s in range(-3, 4)) for i in range(len(xa))])
+    assert 0.04 < residual.mean() < 0.06
