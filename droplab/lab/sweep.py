@@ -427,7 +427,7 @@ def _lead(name, storage, worker_index, heartbeat_interval, grace_period, objecti
                 continue
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return ran
-            time.sleep(heartbeat_interval)
+            time.sleep(min(1.0, heartbeat_interval))  # poll briskly: the last trial's end is the sweep's end
     return ran
 
 
