@@ -237,7 +237,7 @@ def import_and_jit(config: Config) -> dict:
         cpu.warmup()  # populates the disk cache if it was empty, so the probe below measures a cache hit
     warm = _probe(_JIT_PROBE)
     out["first_call_cached_s"] = float(warm[0])  # numba import, disk-cache load, thread pool start
-    out["first_op_call_s"] = float(warm[1])  # torch's one-time custom-op setup (it imports torch._dynamo)
+    out["first_op_call_s"] = float(warm[1])  # the op's own first call: autograd and dispatch set-up
     out["backend"] = warm[2]
     if config.cold_jit:
         with tempfile.TemporaryDirectory() as cache_dir:
@@ -274,6 +274,8 @@ def conditions(config: Config) -> dict:
         "cores": os.cpu_count(),
         "threads": config.threads,
         "repeats": config.repeats,
+        # other jobs on the machine move absolute times several-fold; the ratios are formed within one run
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -282,7 +284,9 @@ def render(result: dict) -> str:
     lines = [
         f"droplab bench kernel, {c['date']}: {c['cpu']}, {c['cores']} cores, {c['threads']} threads, "
         f"torch {c['torch']}, numba {c['numba']}, Python {c['python']}; fp32, p = {P}; "
-        f"median of {c['repeats']} round-robin samples",
+        f"median of {c['repeats']} round-robin samples"
+        + (f"; 1-min load average at start {c['load_average_1min']:.1f}" if c.get("load_average_1min") is not None
+           else ""),
         "",
         "| elements | op | forward ms | fwd+bwd ms | saved B/elem | fwd / clone | fwd+bwd / (x*2.0) "
         "| torch / droplab |",
@@ -301,9 +305,8 @@ def render(result: dict) -> str:
     cold = f"{s['first_call_cold_s']:.2f} s compiling into an empty cache, " if "first_call_cold_s" in s else ""
     lines += ["", f"`import droplab` (warm): {s['import_total_s']:.2f} s, of which torch {s['import_torch_s']:.2f} s "
               f"and droplab {s['import_droplab_s']:.2f} s. First CPU-kernel call in a fresh process: "
-              f"{cold}{s['first_call_cached_s']:.2f} s from the disk cache (numba import included); then the "
-              f"first `droplab.functional.dropout` call (backend {s['backend']}) adds {s['first_op_call_s']:.2f} s "
-              "of torch's one-time custom-op setup."]
+              f"{cold}{s['first_call_cached_s']:.2f} s from the disk cache (numba import included); the first "
+              f"`droplab.functional.dropout` call after it (backend {s['backend']}): {s['first_op_call_s']:.3f} s."]
     return "\n".join(lines)
 
 
