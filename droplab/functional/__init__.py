@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from .attention import attention_dropout, attention_weights, scaled_dot_product_attention
 from .concrete import concrete_dropout, concrete_keep, concrete_regularization
+from .dropblock import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
+from .dropconnect import dropconnect_linear, dropconnect_weights
 from .dropout import (
     SCALINGS,
     check_probability,
@@ -37,10 +39,8 @@ from .dropout import (
     new_seed,
     resolve_noise_shape,
 )
-from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
-from .dropblock import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
-from .dropconnect import dropconnect_linear, dropconnect_weights
 from .droppath import drop_path, drop_path_rates
+from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
 from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
 
 __all__ = [

@@ -3,16 +3,16 @@
 from ._base import StochasticModule
 from .attention import AttentionDropout
 from .concrete import ConcreteDropout, total_regularization
+from .dropblock import DropBlock1d, DropBlock2d, DropBlock3d
+from .dropconnect import DropConnect
 from .dropout import Dropout, Dropout1d, Dropout2d, Dropout3d
+from .droppath import DropPath, drop_path_rates
+from .embedding import EmbeddingDropout
+from .locked import LockedDropout
 from .noise import AlphaDropout, FeatureAlphaDropout, GaussianDropout, InputDropout
 from .transformer import MultiheadSelfAttention, TransformerBlock
-from .dropblock import DropBlock1d, DropBlock2d, DropBlock3d
-from .droppath import DropPath, drop_path_rates
-from .dropconnect import DropConnect
-from .weight_drop import WeightDrop
-from .locked import LockedDropout
-from .embedding import EmbeddingDropout
 from .variational_rnn import VariationalGRU, VariationalLSTM
+from .weight_drop import WeightDrop
 
 __all__ = ["StochasticModule", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
            "AttentionDropout", "MultiheadSelfAttention", "TransformerBlock",
