@@ -54,6 +54,7 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "best val acc" in out and "epochs to best" in out and "report:" in out
+    assert "co-adaptation" in out and "1-unit ablation drop" in out
     with RunStore(db) as store:
         runs = store.list_runs()
         assert sorted(r["name"] for r in runs) == ["p=0.0", "p=0.25", "p=0.5"]
@@ -63,7 +64,24 @@ def test_compare_end_to_end(tmp_path, capsys):
         assert comparison["verdict"]["outcome"] and comparison["config"]["roles"]["intended"] == 1
     page = reports / group / "index.html"
     assert page.is_file() and (reports / group / "reliability.png").is_file()
+    assert "<h2>Co-adaptation</h2>" in page.read_text()
     run_id = min(r["id"] for r in runs)
     assert main(["compare", "--resume", str(run_id), "--set", "epochs=4", "--db", str(db), "--no-progress"]) == 0
     with RunStore(db) as store:
         assert len(store.epochs(run_id)) == 4
+
+
+def test_compare_adds_coadaptation_measures_to_each_run(tmp_path):
+    from droplab.lab.compare import compare
+
+    data = write_npz(tmp_path / "d.npz", n=120, features=12)
+    base = ExperimentConfig(dataset=str(data), width=8, epochs=2, batch_size=40)
+    summary = compare(build_configs(base, [0.0, 0.5]), report_dir=tmp_path / "r", progress=False,
+                      echo=lambda *a, **k: None)
+    for run in summary["runs"]:
+        assert 0.0 <= run["correlation"] <= 1.0
+        assert 1.0 <= run["effective_rank"] <= 8.0  # at most the layer width
+        assert 0.0 <= run["near_zero"] <= 1.0 and "single_unit_drop" in run and "drop_50pct" in run
+    quiet = compare(build_configs(base, [0.0, 0.5]), report_dir=None, progress=False, echo=lambda *a, **k: None,
+                    measure_coadaptation=False)
+    assert all("correlation" not in run for run in quiet["runs"])

@@ -94,12 +94,16 @@ def _comparison_id() -> str:
 
 def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Path | None = "reports",
             progress: bool = True, save: str | None = None, comparison_id: str | None = None,
-            echo=print) -> dict:
-    """Train every config, judge with the three-run rule, write the report; returns a summary dict."""
+            echo=print, measure_coadaptation: bool = True) -> dict:
+    """Train every config, judge with the three-run rule, write the report; returns a summary dict.
+
+    With ``measure_coadaptation`` each trained model's co-adaptation measures on the validation split
+    (:func:`droplab.diagnostics.coadaptation_summary`) join its row, the printed tables and the report.
+    """
     from ..diagnostics.verdict import three_run_verdict
     from .data import load_dataset
     from .distributed import launched_by_torchrun, setup
-    from .report import format_table, write_report
+    from .report import COADAPTATION_COLUMNS, format_table, write_report
     from .train import train
 
     if configs and launched_by_torchrun() and not setup(configs[0].device).is_main:
@@ -109,7 +113,7 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
     if any(c.device == "cpu" for c in configs):
         _warm_cpu_kernels()
     splits = {}
-    results = []
+    results, coadaptation = [], []
     labels = _unique_labels(configs)
     for config, label in zip(configs, labels):
         key = (config.dataset, config.label_column, config.val_fraction, config.test_fraction, config.seed)
@@ -118,11 +122,12 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
         result = train(config, store=store, name=label, group=comparison_id, progress=progress, save=save,
                        splits=splits[key])
         results.append(result)
+        coadaptation.append(_coadaptation(result.model, splits[key]) if measure_coadaptation else {})
         if not progress or not sys.stderr.isatty():
             echo(f"  {label}: val acc {result.final['val_acc']:.3f}, test acc {result.final['test_acc']:.3f} "
                  f"({result.final['wall_time_s']:.1f} s)")
-    summaries = [{"label": label, "run_id": r.run_id, **r.final, "history": r.history}
-                 for label, r in zip(labels, results)]
+    summaries = [{"label": label, "run_id": r.run_id, **r.final, **co, "history": r.history}
+                 for label, r, co in zip(labels, results, coadaptation)]
     roles = assign_roles(configs)
     verdict = three_run_verdict(*(summaries[roles[role]] for role in ("baseline", "intended") if role in roles),
                                 summaries[roles["reduced"]] if "reduced" in roles else None)
@@ -136,12 +141,27 @@ def compare(configs: list[ExperimentConfig], *, store=None, report_dir: str | Pa
                               verdict.as_dict(), str(report_path) if report_path else None)
     echo("")
     echo(format_table(summaries))
+    if any(coadaptation):
+        echo("")
+        echo("co-adaptation (validation split, mean over hidden layers):")
+        echo(format_table(summaries, COADAPTATION_COLUMNS))
     echo("")
     echo(str(verdict))
     if report_path is not None:
         echo(f"\nreport: {report_path}")
     return {"id": comparison_id, "runs": summaries, "roles": roles, "verdict": verdict, "report": report_path,
             "results": results}
+
+
+def _coadaptation(model, splits) -> dict[str, float]:
+    """Co-adaptation measures of a trained model on the validation split (empty if it has no hidden layer)."""
+    from ..diagnostics.coadaptation import coadaptation_summary, hidden_layers
+
+    if not hidden_layers(model) or len(splits.val) == 0:
+        return {}
+    val = splits.val
+    loader = [(val.x[i:i + 500], val.y[i:i + 500]) for i in range(0, len(val), 500)]
+    return coadaptation_summary(model, loader, max_units=32, subsets=5, fractions=(0.1, 0.5))
 
 
 def _warm_cpu_kernels() -> None:

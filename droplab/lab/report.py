@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["TABLE_COLUMNS", "table_rows", "format_table", "write_report"]
+__all__ = ["TABLE_COLUMNS", "COADAPTATION_COLUMNS", "table_rows", "format_table", "write_report"]
 
 # (key in the run summary, column title, format)
 TABLE_COLUMNS = (
@@ -25,23 +25,33 @@ TABLE_COLUMNS = (
     ("wall_time_s", "wall s", "{:.1f}"),
 )
 
+# co-adaptation measures on the validation split (droplab.diagnostics.coadaptation_summary), averaged
+# over the hidden layers: dropout should lower the correlation, raise the effective rank and make the
+# network less fragile when units are removed
+COADAPTATION_COLUMNS = (
+    ("correlation", "unit |corr|", "{:.3f}"), ("effective_rank", "effective rank", "{:.1f}"),
+    ("mean_activation", "mean activation", "{:.3f}"), ("near_zero", "near-zero frac", "{:.3f}"),
+    ("single_unit_drop", "1-unit ablation drop", "{:.4f}"), ("drop_10pct", "10% ablation drop", "{:.3f}"),
+    ("drop_50pct", "50% ablation drop", "{:.3f}"),
+)
 
-def table_rows(runs: Sequence[dict]) -> list[list[str]]:
-    """One row per run summary (``label`` then :data:`TABLE_COLUMNS`); missing values print as ``-``."""
+
+def table_rows(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> list[list[str]]:
+    """One row per run summary (``label`` then ``columns``); missing values print as ``-``."""
     rows = []
     for run in runs:
         row = [str(run.get("label", ""))]
-        for key, _, fmt in TABLE_COLUMNS:
+        for key, _, fmt in columns:
             value = run.get(key)
             row.append("-" if value is None else fmt.format(int(value) if fmt == "{:d}" else value))
         rows.append(row)
     return rows
 
 
-def format_table(runs: Sequence[dict]) -> str:
+def format_table(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> str:
     """The summary table as aligned plain text (what ``droplab compare`` prints)."""
-    header = ["run", *(title for _, title, _ in TABLE_COLUMNS)]
-    rows = [header, *table_rows(runs)]
+    header = ["run", *(title for _, title, _ in columns)]
+    rows = [header, *table_rows(runs, columns)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -135,8 +145,13 @@ def write_report(directory: str | Path, runs: Sequence[dict], *, title: str, ver
     directory.mkdir(parents=True, exist_ok=True)
     figures = _figures(directory, runs)
     e = html.escape
-    header = "".join(f"<th>{e(t)}</th>" for t in ["run", *(title for _, title, _ in TABLE_COLUMNS)])
-    body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in table_rows(runs))
+
+    def html_table(columns):
+        header = "".join(f"<th>{e(t)}</th>" for t in ["run", *(title for _, title, _ in columns)])
+        body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>"
+                       for row in table_rows(runs, columns))
+        return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -152,8 +167,15 @@ def write_report(directory: str | Path, runs: Sequence[dict], *, title: str, ver
         if verdict.get("recommended"):
             parts.append(f"<p>Best validation accuracy: {e(verdict['recommended'])}</p>")
         parts.append("</div>")
-    parts += ["<h2>Summary</h2>", f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>",
-              "<h2>Curves</h2>"]
+    parts += ["<h2>Summary</h2>", html_table(TABLE_COLUMNS)]
+    if any("correlation" in run for run in runs):
+        parts += ["<h2>Co-adaptation</h2>",
+                  "<p>Measured on the validation split, averaged over the hidden layers: mean absolute "
+                  "correlation between units, effective rank of the representation, activation sparsity, "
+                  "and the accuracy lost when one unit or a random 10% / 50% of the units are removed at "
+                  "inference. A co-adapted network has correlated units and is fragile.</p>",
+                  html_table(COADAPTATION_COLUMNS)]
+    parts.append("<h2>Curves</h2>")
     for filename, caption in figures:
         parts.append(f'<figure><img src="{e(filename)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption>'
                      "</figure>")
