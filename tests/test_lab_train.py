@@ -134,3 +134,12 @@ def test_augmented_mnist1d_run_is_reproducible(tmp_path, monkeypatch):
     assert torch.equal(ya, yr)
     residual = torch.stack([min((xa[i] - torch.roll(xr[i], s)).std() for s in range(-3, 4)) for i in range(len(xa))])
     assert 0.04 < residual.mean() < 0.06
+
+
+def test_history_carries_the_health_monitor(data):
+    run = train(tiny(data, epochs=3), progress=False)
+    first, last = run.history[0], run.history[-1]
+    layers = [k for k in last if k.startswith("grad_norm[")]
+    assert layers and all(last[k] > 0 for k in layers)  # every layer with parameters got gradient
+    assert first["loss_slope"] is None and isinstance(last["loss_slope"], float)  # needs two epochs
+    assert isinstance(last["health"], list)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..diagnostics.health import HealthMonitor
 from .config import ExperimentConfig, parse_schedule
 from .data import Splits, augment_batch, load_dataset
 from .metrics import calibration, evaluate
@@ -151,11 +152,6 @@ def _mean_over_ranks(total: float, count: int, ctx) -> float:
     return all_reduce_mean({"v": total}, count, ctx)["v"]
 
 
-def _grad_norm(model: nn.Module) -> float:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm().item() if norms else 0.0
-
-
 def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | None = None,
           study: str | None = None, on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True,
           save: str | Path | None = None, resume_from: int | None = None, splits: Splits | None = None) -> RunResult:
@@ -230,6 +226,9 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
     best_val_loss, stale = math.inf, 0
     for m in history:  # early-stopping state, rebuilt from the history on resume
         best_val_loss, stale = (m["val_loss"], 0) if m["val_loss"] < best_val_loss else (best_val_loss, stale + 1)
+    # per-layer gradient norms and the early-epoch loss slope (droplab.diagnostics.health)
+    monitor = HealthMonitor()
+    monitor.losses = [m["batch_loss"] for m in history]
     status = "finished"
     try:
         with RunProgress(name, config.epochs, enabled=progress, start=len(history)) as bar:
@@ -252,12 +251,14 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
                         loss = loss + module.regularization()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    grad_norms.append(_grad_norm(model))
+                    grad_norms.append(monitor.after_backward(core).get("<total>", 0.0))
                     optimizer.step()
                     if config.max_norm is not None:
                         max_norm_(core, config.max_norm)
                     batch_loss += loss.detach().cpu() * len(yb)
                     seen += len(yb)
+                epoch_loss = _mean_over_ranks(batch_loss.item(), seen, ctx)  # dropout on, as optimized
+                health = monitor.end_epoch(epoch, epoch_loss)
                 model.eval()
                 metrics: dict = {"epoch": epoch}
                 for split_name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
@@ -265,9 +266,13 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
                     metrics[f"{split_name}_acc"], metrics[f"{split_name}_loss"] = result["acc"], result["loss"]
                 metrics.update({
                     "gap": metrics["train_acc"] - metrics["val_acc"],
-                    "batch_loss": _mean_over_ranks(batch_loss.item(), seen, ctx),  # dropout on, as optimized
+                    "batch_loss": epoch_loss,
                     "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
                     "grad_norm_max": max(grad_norms, default=0.0),
+                    **{f"grad_norm[{layer}]": value for layer, value in health.grad_norms.items()
+                       if layer != "<total>"},
+                    "loss_slope": health.loss_slope if math.isfinite(health.loss_slope) else None,
+                    "health": health.warnings,
                     "rate_factor": factor,
                     "epoch_time_s": time.perf_counter() - epoch_start,
                 })
