@@ -15,6 +15,30 @@ SUITES = {
 }
 
 
+def add_common_options(parser: argparse.ArgumentParser, *, repeats: int, quick_repeats: int) -> None:
+    """The options every timing suite takes: --quick, --json, --repeats, --threads."""
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test of seconds")
+    parser.add_argument("--json", metavar="PATH", help="also write the results (and conditions) to this JSON file")
+    parser.add_argument("--repeats", type=int,
+                        help=f"timing samples per candidate (default {repeats}, quick {quick_repeats})")
+    parser.add_argument("--threads", type=int, help="torch (and kernel) threads (default: torch's default)")
+
+
+def apply_common_options(args: argparse.Namespace, config) -> None:
+    """Validate --threads / --repeats and apply them to torch and to a suite's config (``threads``, ``repeats``)."""
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, but got {args.threads}")
+        torch.set_num_threads(args.threads)
+        config.threads = args.threads
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be a positive int, but got {args.repeats}")
+        config.repeats = args.repeats
+
+
 def _available() -> dict[str, object]:
     modules = {}
     for name, module_name in SUITES.items():

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from . import add_common_options, apply_common_options
+
 SUITE_HELP = "forward/backward time and saved bytes of droplab's kernel vs torch's dropout, MLP overhead, JIT"
 
 P = 0.5
@@ -311,23 +313,12 @@ def render(result: dict) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test of seconds")
-    parser.add_argument("--json", metavar="PATH", help="also write the results (and conditions) to this JSON file")
-    parser.add_argument("--repeats", type=int, help="timing samples per candidate (default 11, quick 3)")
-    parser.add_argument("--threads", type=int, help="torch (and kernel) threads (default: torch's default)")
+    add_common_options(parser, repeats=11, quick_repeats=3)
 
 
 def run(args: argparse.Namespace) -> int:
     config = Config.quick() if args.quick else Config()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, but got {args.threads}")
-        torch.set_num_threads(args.threads)
-        config.threads = args.threads
-    if args.repeats is not None:
-        if args.repeats < 1:
-            raise ValueError(f"--repeats must be a positive int, but got {args.repeats}")
-        config.repeats = args.repeats
+    apply_common_options(args, config)
     result = {
         "config": asdict(config),
         "conditions": conditions(config),

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as TF
 
+from . import add_common_options, apply_common_options
+
 SUITE_HELP = "channel/locked/noise-shaped dropout, DropBlock2d and VariationalLSTM vs torch-op equivalents"
 
 P = 0.5
@@ -211,23 +213,12 @@ def render(result: dict) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test of seconds")
-    parser.add_argument("--json", metavar="PATH", help="also write the results (and conditions) to this JSON file")
-    parser.add_argument("--repeats", type=int, help="timing samples per candidate (default 7, quick 2)")
-    parser.add_argument("--threads", type=int, help="torch (and kernel) threads (default: torch's default)")
+    add_common_options(parser, repeats=7, quick_repeats=2)
 
 
 def run(args: argparse.Namespace) -> int:
     config = Config.quick() if args.quick else Config()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, but got {args.threads}")
-        torch.set_num_threads(args.threads)
-        config.threads = args.threads
-    if args.repeats is not None:
-        if args.repeats < 1:
-            raise ValueError(f"--repeats must be a positive int, but got {args.repeats}")
-        config.repeats = args.repeats
+    apply_common_options(args, config)
     rows = mask_rows(config) + [dropblock_row(config), lstm_row(config)]
     result = {"config": asdict(config), "conditions": conditions(config), "rows": rows}
     print(render(result))
