@@ -8,7 +8,9 @@ A module holds hyper-parameters and its counters; the math lives in :mod:`dropla
   reading them must not synchronize an accelerator.
 * Each training forward takes the current step and advances it. A forward that is *recomputed*
   during backward (``torch.utils.checkpoint``) replays the step its original forward took, so it
-  reproduces the same mask.
+  reproduces the same mask. Replay is newest first, which is exact when a module runs once per
+  checkpointed region (regions are recomputed in reverse order); a module called several times inside
+  one checkpointed region would replay its steps in the wrong order, so give each call its own module.
 * Under ``torch.distributed`` the rank is folded into the counter so replicas draw different masks,
   unless ``share_across_ranks=True``.
 * Monte-Carlo sampling (:mod:`droplab.mc`): inside :func:`mc_sampling` a module draws sample ``t``'s
