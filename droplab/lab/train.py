@@ -25,15 +25,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import schedules
 from ..diagnostics.health import HealthMonitor
+from ..schedules import Schedule
 from .config import ExperimentConfig, parse_schedule
 from .data import Splits, augment_batch, load_dataset
 from .metrics import calibration, evaluate
 from .models import build_model, dropout_modules, max_norm_
 from .progress import RunProgress
 
-__all__ = ["RunResult", "train", "resume", "load_checkpoint", "wrap_model", "epoch_batches", "schedule_factor",
-           "summarize"]
+__all__ = ["RunResult", "train", "resume", "load_checkpoint", "wrap_model", "epoch_batches", "schedule_curve",
+           "schedule_factor", "summarize"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -88,16 +90,24 @@ def epoch_batches(train: Splits | object, config: ExperimentConfig, epoch: int,
         yield x.to(config.device), y.to(config.device)
 
 
-def schedule_factor(spec: str | None, epoch: int) -> float:
-    """The multiplier on every configured rate at 1-based ``epoch`` (1.0 without a schedule)."""
-    if spec is None:
-        return 1.0
+def schedule_curve(spec: str) -> Schedule:
+    """The lab's ``--schedule`` as a :mod:`droplab.schedules` curve of the 1-based epoch, in [0, 1].
+
+    It multiplies every configured rate, so per-layer ratios survive: ``ramp:N`` is ``linear(0, 1, N)``
+    (reaching the full rates at epoch N), ``early:N`` is ``early(1, N + 1)`` (epochs 1..N) and
+    ``late:N`` is ``stepwise([0, 1], [N])`` (from epoch N on).
+    """
     kind, n = parse_schedule(spec)
     if kind == "ramp":
-        return min(1.0, epoch / n)
+        return schedules.linear(0.0, 1.0, steps=n)
     if kind == "early":
-        return 1.0 if epoch <= n else 0.0
-    return 1.0 if epoch >= n else 0.0  # late
+        return schedules.early(1.0, until=n + 1)
+    return schedules.stepwise([0.0, 1.0], milestones=[n])  # late
+
+
+def schedule_factor(spec: str | None, epoch: int) -> float:
+    """The multiplier on every configured rate at 1-based ``epoch`` (1.0 without a schedule)."""
+    return 1.0 if spec is None else schedule_curve(spec)(epoch)
 
 
 def _optimizer(config: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
