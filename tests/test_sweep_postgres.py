@@ -25,6 +25,7 @@ import pytest
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 TRIALS = 4
+EPOCHS = 18  # long enough that a kill in the first third of a trial lands well before its end
 HEARTBEAT, GRACE = 1, 3
 
 
@@ -72,7 +73,7 @@ def test_two_worker_sweep_survives_a_killed_worker(postgres_url, tmp_path):
     from droplab.lab.store import RunStore
 
     # sklearn digits, a small MLP, no pruning: a few seconds per trial, so the kill lands mid-trial
-    base = ExperimentConfig().replace(dataset="digits", width=64, epochs=6, threads=1)
+    base = ExperimentConfig().replace(dataset="digits", width=64, epochs=EPOCHS, threads=1)
     spec = S.SweepSpec(name="pg-kill", base=base.to_dict(), trials=TRIALS, sampler="random", pruning=False,
                        db=str(tmp_path / "runs.db"))
     storage = S.open_storage(postgres_url, heartbeat_interval=HEARTBEAT, grace_period=GRACE)
@@ -93,14 +94,17 @@ def test_two_worker_sweep_survives_a_killed_worker(postgres_url, tmp_path):
             if not any(t.state == TrialState.COMPLETE for t in trials):
                 return None
             for t in trials:
-                # running, owned by one of our workers, and at least one epoch in: mid-trial
-                if t.state == TrialState.RUNNING and t.user_attrs.get("pid") in pids and t.intermediate_values:
+                # running, owned by one of our workers, at least one epoch in and far from its last epoch,
+                # so the trial cannot finish between this look and the kill
+                if (t.state == TrialState.RUNNING and t.user_attrs.get("pid") in pids
+                        and 0 < len(t.intermediate_values) <= EPOCHS // 3):
                     return t
             return None
 
         killed = _wait(victim, 300, "a completed trial and another trial mid-training", procs)
-        finished_before = {t.number: t.value for t in study().get_trials(states=(TrialState.COMPLETE,))}
         os.kill(killed.user_attrs["pid"], signal.SIGKILL)
+        finished_before = {t.number: t.value for t in study().get_trials(states=(TrialState.COMPLETE,))}
+        assert killed.number not in finished_before, "the victim finished before the kill landed"
         dead = pids[killed.user_attrs["pid"]]
         assert dead.wait(30) == -signal.SIGKILL
         survivor = next(p for p in procs if p is not dead)
