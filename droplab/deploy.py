@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as TF
 from torch import fx, nn
 
+from ._fx import LeafTracer
+from ._modes import training_flags_restored
 from .convert import _replace, sites
 from .nn._base import StochasticModule
 
@@ -68,14 +70,9 @@ def _check_model(model: nn.Module) -> None:
 def _verify(original: nn.Module, result: nn.Module, example_input, what: str) -> None:
     if example_input is None:
         return
-    flags = [(m, m.training) for m in original.modules()]
-    try:
-        with torch.no_grad():
-            expected = original.eval()(example_input)
-            got = result(example_input)
-    finally:
-        for m, training in flags:
-            m.training = training
+    with training_flags_restored(original.modules()), torch.no_grad():
+        expected = original.eval()(example_input)
+        got = result(example_input)
     if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"{what}: the result differs from the eval-mode model by "
                            f"{(got - expected).abs().max().item():.3g} on the example input")
@@ -99,15 +96,6 @@ def strip(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Mod
     result.eval()
     _verify(model, result, example_input, "strip")
     return result
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: set[int]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -164,7 +152,7 @@ def fold(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Modu
     if classic:
         leaves = {id(s.module) for s in found}
         try:
-            graph = _Tracer(leaves).trace(result)
+            graph = LeafTracer(leaves).trace(result)
         except Exception as error:
             raise ValueError(f"fold needs a model that torch.fx can trace, but tracing failed: {error}") from error
         modules = dict(result.named_modules())

@@ -37,6 +37,7 @@ import torch.nn.functional as TF
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._modes import training_flags_restored
 from .convert import sites
 
 __all__ = ["InferenceModeError", "inference_mode", "assert_inference"]
@@ -133,16 +134,14 @@ def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-    flags = [(m, m.training) for m in model.modules()]
     where = _ModuleStack(model)
-    try:
-        model.eval()
-        with _Deterministic(where):
-            yield model
-    finally:
-        where.remove()
-        for m, training in flags:
-            m.training = training
+    with training_flags_restored(model.modules()):
+        try:
+            model.eval()
+            with _Deterministic(where):
+                yield model
+        finally:
+            where.remove()
 
 
 def assert_inference(model: nn.Module, example_input=None) -> None:

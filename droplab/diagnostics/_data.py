@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["split_batch", "batches", "model_device"]
+__all__ = ["split_batch", "batches", "model_device", "call_on_batch"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -17,6 +17,11 @@ def model_device(model: nn.Module) -> torch.device:
         if tensor.is_floating_point():
             return tensor.device
     return torch.device("cpu")
+
+
+def call_on_batch(model: nn.Module, x: object) -> object:
+    """Run ``model`` on a batch's inputs: a tuple is spread as positional arguments."""
+    return model(*x) if isinstance(x, tuple) else model(x)
 
 
 def split_batch(batch: object) -> tuple[object, torch.Tensor | None]:

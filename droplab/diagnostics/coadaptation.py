@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .._modes import training_flags_restored
 from ..rng import random_words
-from ._data import batches, model_device
+from ._data import batches, call_on_batch, model_device
 
 __all__ = ["capture_activations", "hidden_layers", "pairwise_correlation", "effective_rank", "sparsity",
            "ablation_sensitivity", "Ablation", "LayerCoadaptation", "coadaptation", "coadaptation_summary"]
@@ -83,17 +84,15 @@ def capture_activations(model: nn.Module, loader: Iterable, layers: Sequence[str
                 output = output[0]
             captured[name].append(_units(output).float().cpu())
         handles.append(modules[name].register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            for x, _ in batches(loader, model_device(model), max_batches):
-                model(*x) if isinstance(x, tuple) else model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for m, training in modes.items():
-            m.training = training
+    with training_flags_restored(model.modules()):
+        try:
+            model.eval()
+            with torch.no_grad():
+                for x, _ in batches(loader, model_device(model), max_batches):
+                    call_on_batch(model, x)
+        finally:
+            for handle in handles:
+                handle.remove()
     if not any(captured.values()):
         raise ValueError("loader is empty")
     return {name: torch.cat(chunks) for name, chunks in captured.items()}
@@ -174,7 +173,7 @@ def _accuracy(model: nn.Module, xs: list, ys: list) -> float:
     correct = total = 0
     with torch.no_grad():
         for x, y in zip(xs, ys):
-            out = model(*x) if isinstance(x, tuple) else model(x)
+            out = call_on_batch(model, x)
             correct += int((out.argmax(dim=-1) == y).sum())
             total += y.numel()
     return correct / total
@@ -225,42 +224,40 @@ def ablation_sensitivity(model: nn.Module, loader: Iterable, layer: str, *, max_
         shape = [1, -1] + [1] * (output.dim() - 2)
         return output * mask[0].to(output.dtype).reshape(shape)
 
-    modes = {m: m.training for m in model.modules()}
     handle = module.register_forward_hook(hook)
-    try:
-        model.eval()
-        base = _accuracy(model, xs, ys)
-        with torch.no_grad():
-            first = xs[0][:1] if not isinstance(xs[0], tuple) else tuple(t[:1] for t in xs[0])
-            captured = []
-            probe = module.register_forward_hook(lambda m, a, o: captured.append(o))
-            try:
-                model(*first) if isinstance(first, tuple) else model(first)
-            finally:
-                probe.remove()
-        width = captured[0].shape[1] if captured[0].dim() > 1 else captured[0].shape[0]
-        device = captured[0].device
-        tried = _permutation(width, seed, 0)[:max_units] if width > max_units else torch.arange(width)
-        drops = []
-        for unit in tried.tolist():
-            keep = torch.ones(width, device=device)
-            keep[unit] = 0
-            mask[0] = keep
-            drops.append(base - _accuracy(model, xs, ys))
-        subset_drops = {}
-        for i, fraction in enumerate(fractions):
-            k = max(1, round(fraction * width))
-            results = []
-            for s in range(subsets):
+    with training_flags_restored(model.modules()):
+        try:
+            model.eval()
+            base = _accuracy(model, xs, ys)
+            with torch.no_grad():
+                first = xs[0][:1] if not isinstance(xs[0], tuple) else tuple(t[:1] for t in xs[0])
+                captured = []
+                probe = module.register_forward_hook(lambda m, a, o: captured.append(o))
+                try:
+                    call_on_batch(model, first)
+                finally:
+                    probe.remove()
+            width = captured[0].shape[1] if captured[0].dim() > 1 else captured[0].shape[0]
+            device = captured[0].device
+            tried = _permutation(width, seed, 0)[:max_units] if width > max_units else torch.arange(width)
+            drops = []
+            for unit in tried.tolist():
                 keep = torch.ones(width, device=device)
-                keep[_permutation(width, seed, 1 + i * subsets + s)[:k].to(device)] = 0
+                keep[unit] = 0
                 mask[0] = keep
-                results.append(base - _accuracy(model, xs, ys))
-            subset_drops[float(fraction)] = sum(results) / len(results)
-    finally:
-        handle.remove()
-        for m, training in modes.items():
-            m.training = training
+                drops.append(base - _accuracy(model, xs, ys))
+            subset_drops = {}
+            for i, fraction in enumerate(fractions):
+                k = max(1, round(fraction * width))
+                results = []
+                for s in range(subsets):
+                    keep = torch.ones(width, device=device)
+                    keep[_permutation(width, seed, 1 + i * subsets + s)[:k].to(device)] = 0
+                    mask[0] = keep
+                    results.append(base - _accuracy(model, xs, ys))
+                subset_drops[float(fraction)] = sum(results) / len(results)
+        finally:
+            handle.remove()
     return Ablation(layer, width, base, sum(drops) / len(drops), max(drops), len(drops), subset_drops)
 
 

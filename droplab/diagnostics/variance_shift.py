@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._data import batches, model_device
+from .._modes import training_flags_restored
+from ._data import batches, call_on_batch, model_device
 from ._graph import model_graph
 from .lint import RULES, batchnorms_fed_by_dropout
 
@@ -77,7 +78,7 @@ def _measure(model: nn.Module, loader: Iterable, names: list[str], max_batches: 
     try:
         with torch.no_grad():
             for x, _ in batches(loader, model_device(model), max_batches):
-                model(*x) if isinstance(x, tuple) else model(x)
+                call_on_batch(model, x)
     finally:
         for handle in handles:
             handle.remove()
@@ -174,31 +175,29 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, max_batches: int | Non
     norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     if not norms:
         return model
-    modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in norms}
     saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms}
     seen = False
-    try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for x, _ in batches(loader, model_device(model), max_batches):
-                model(*x) if isinstance(x, tuple) else model(x)
-                seen = True
-        if not seen:
-            raise ValueError("loader is empty: no batch to recompute the BatchNorm statistics from")
-    except BaseException:
-        for m, (mean, var, count) in saved.items():
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-        raise
-    finally:
-        for m, momentum in momenta.items():
-            m.momentum = momentum
-        for m, training in modes.items():
-            m.training = training
+    with training_flags_restored(model.modules()):
+        try:
+            model.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            with torch.no_grad():
+                for x, _ in batches(loader, model_device(model), max_batches):
+                    call_on_batch(model, x)
+                    seen = True
+            if not seen:
+                raise ValueError("loader is empty: no batch to recompute the BatchNorm statistics from")
+        except BaseException:
+            for m, (mean, var, count) in saved.items():
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+            raise
+        finally:
+            for m, momentum in momenta.items():
+                m.momentum = momentum
     return model

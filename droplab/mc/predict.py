@@ -70,6 +70,8 @@ from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
 from .. import functional as DF
+from .._fx import LeafTracer
+from .._modes import training_flags_restored
 from ..convert import CONVERSIONS, _replace, sites
 from ..nn._base import _MC, MCBatchingError, MCSampling, StochasticModule, mc_activate, mc_sampling, mc_seed
 
@@ -111,27 +113,25 @@ def _prepared(model: nn.Module) -> Iterator[tuple[nn.Module, list[StochasticModu
 
     Yields the (possibly new) root, the droplab sites and the sites only torch can sample.
     """
-    flags = [(m, m.training) for m in model.modules()]
-    swapped = []
-    root = model
-    try:
-        model.eval()
-        for site in sites(model):
-            if site.library == "torch" and type(site.module) in CONVERSIONS:
-                _, to_droplab, _ = CONVERSIONS[type(site.module)]
-                new = to_droplab(site.module, _seed_of("torch:" + site.name))
-                root = _replace(root, site.name, new)
-                swapped.append((site.name, site.module))
-        found = sites(root)
-        droplab_sites = [s.module for s in found if isinstance(s.module, StochasticModule)]
-        torch_sites = [s.module for s in found if not isinstance(s.module, StochasticModule) and s.p > 0
-                       and not (isinstance(s.module, nn.RNNBase) and s.module.num_layers == 1)]
-        yield root, droplab_sites, torch_sites
-    finally:
-        for name, original in swapped:
-            root = _replace(root, name, original)
-        for m, training in flags:
-            m.training = training
+    with training_flags_restored(model.modules()):
+        swapped = []
+        root = model
+        try:
+            model.eval()
+            for site in sites(model):
+                if site.library == "torch" and type(site.module) in CONVERSIONS:
+                    _, to_droplab, _ = CONVERSIONS[type(site.module)]
+                    new = to_droplab(site.module, _seed_of("torch:" + site.name))
+                    root = _replace(root, site.name, new)
+                    swapped.append((site.name, site.module))
+            found = sites(root)
+            droplab_sites = [s.module for s in found if isinstance(s.module, StochasticModule)]
+            torch_sites = [s.module for s in found if not isinstance(s.module, StochasticModule) and s.p > 0
+                           and not (isinstance(s.module, nn.RNNBase) and s.module.num_layers == 1)]
+            yield root, droplab_sites, torch_sites
+        finally:
+            for name, original in swapped:
+                root = _replace(root, name, original)
 
 
 class _FunctionalSites(TorchFunctionMode):
@@ -208,20 +208,11 @@ class _SequentialPlan:
         return out
 
 
-class _LeafTracer(fx.Tracer):
-    def __init__(self, leaves: set[int]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
-
-
 class _FxPlan:
     """The traced graph split into the prefix (run once per batch) and the suffix (run per chunk)."""
 
     def __init__(self, model: nn.Module, site_ids: set[int]) -> None:
-        graph = _LeafTracer(site_ids).trace(model)
+        graph = LeafTracer(site_ids).trace(model)
         self.interp = fx.Interpreter(fx.GraphModule(model, graph))
         self.nodes = [n for n in graph.nodes if n.op != "output"]
         self.output = next(n for n in graph.nodes if n.op == "output")
@@ -442,14 +433,10 @@ def _fresh(mode: _FunctionalSites) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _torch_train(modules: list[nn.Module]) -> Iterator[None]:
-    flags = [(m, m.training) for m in modules]
-    try:
+    with training_flags_restored(modules):
         for m in modules:
             m.train()
         yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .._modes import training_flags_restored
 from .metrics import nll
 from .predict import predict
 
@@ -58,8 +59,7 @@ def compare_to_weight_scaling(model: nn.Module, loader: Iterable, samples: Seque
     total, ws_correct, ws_nll = 0, 0.0, 0.0
     mc_correct = dict.fromkeys(ks, 0.0)
     mc_nll = dict.fromkeys(ks, 0.0)
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with training_flags_restored(model.modules()):
         for b, (x, y) in enumerate(loader):
             n = y.shape[0]
             total += n
@@ -74,9 +74,6 @@ def compare_to_weight_scaling(model: nn.Module, loader: Iterable, samples: Seque
                 avg = running[k - 1] / k
                 mc_correct[k] += (avg.argmax(-1) == y).sum().item()
                 mc_nll[k] += nll(avg, y).item() * n
-    finally:
-        for m, training in flags:
-            m.training = training
     if total == 0:
         raise ValueError("loader yielded no batches")
     rows = [{"method": "weight_scaling", "samples": None, "accuracy": ws_correct / total, "nll": ws_nll / total}]

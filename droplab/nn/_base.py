@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._modes import training_flags_restored
 from ..functional import check_probability, check_scaling, new_seed
 from ..rng import philox4x32_scalar, split_seed
 
@@ -104,17 +105,15 @@ def mc_activate(modules: Iterable[StochasticModule]) -> Iterator[None]:
     an activated module behaves as in training.
     """
     modules = list(dict.fromkeys(modules))
-    saved = [(m, {id(sub): (sub, sub.training) for sub in m.modules()}) for m in modules]
-    try:
-        for module in modules:
-            module.train()
-            module.forward = module.mc_forward  # an instance attribute: the class stays untouched
-        yield
-    finally:
-        for module, flags in saved:
-            module.__dict__.pop("forward", None)
-            for sub, training in flags.values():
-                sub.training = training
+    with training_flags_restored(dict.fromkeys(sub for m in modules for sub in m.modules())):
+        try:
+            for module in modules:
+                module.train()
+                module.forward = module.mc_forward  # an instance attribute: the class stays untouched
+            yield
+        finally:
+            for module in modules:
+                module.__dict__.pop("forward", None)
 
 
 def _axis(value: torch.Tensor, dim: int, size: int) -> int | None:
