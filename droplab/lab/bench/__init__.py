@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 
 SUITES = {
     "kernel": "droplab.lab.bench.kernel",
@@ -37,6 +38,15 @@ def apply_common_options(args: argparse.Namespace, config) -> None:
         if args.repeats < 1:
             raise ValueError(f"--repeats must be a positive int, but got {args.repeats}")
         config.repeats = args.repeats
+
+
+def emit(text: str, result: dict, json_path: str | None) -> int:
+    """Print a suite's table and, with ``--json PATH``, save its full results there; returns exit status 0."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
 
 
 def _available() -> dict[str, object]:

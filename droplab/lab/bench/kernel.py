@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import add_common_options, apply_common_options
+from . import add_common_options, apply_common_options, emit
 
 SUITE_HELP = "forward/backward time and saved bytes of droplab's kernel vs torch's dropout, MLP overhead, JIT"
 
@@ -328,8 +327,4 @@ def run(args: argparse.Namespace) -> int:
         "mlp_config": f"{config.mlp_examples} random examples, batch {config.mlp_batch}, "
                       f"median of {config.mlp_epochs} epochs",
     }
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return emit(render(result), result, args.json)

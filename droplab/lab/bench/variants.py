@@ -20,7 +20,6 @@ mask application pays and which bounds what a faster mask can save.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as TF
 
-from . import add_common_options, apply_common_options
+from . import add_common_options, apply_common_options, emit
 
 SUITE_HELP = "channel/locked/noise-shaped dropout, DropBlock2d and VariationalLSTM vs torch-op equivalents"
 
@@ -221,8 +220,4 @@ def run(args: argparse.Namespace) -> int:
     apply_common_options(args, config)
     rows = mask_rows(config) + [dropblock_row(config), lstm_row(config)]
     result = {"config": asdict(config), "conditions": conditions(config), "rows": rows}
-    print(render(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return emit(render(result), result, args.json)
