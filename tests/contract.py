@@ -58,6 +58,25 @@ class Case:
         return torch.randn(self.shape, generator=g, dtype=torch.float64).to(dtype)
 
 
+class Adapter(nn.Module):
+    """Base of contract adapters: wraps ``inner`` (whose forward is not tensor -> tensor) and forwards ``p``.
+
+    A subclass defines ``forward`` as the tensor -> tensor map to check.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def p(self) -> float:
+        return self.inner.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.inner.p = value
+
+
 def _reset(module: nn.Module) -> None:
     """Rewind every droplab counter in ``module`` so the next forward redraws the same masks."""
     for m in module.modules():

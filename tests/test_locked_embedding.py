@@ -7,28 +7,16 @@ from torch import nn
 
 import droplab.functional as F
 import droplab.nn as dnn
-from contract import Case, install
+from contract import Adapter, Case, install
 
 
-class _EmbeddingAsWeightMap(nn.Module):
+class _EmbeddingAsWeightMap(Adapter):
     """Contract adapter: ``w -> EmbeddingDropout(ids = 0..V-1)`` with ``w`` swapped in as the embedding weight.
 
     The contract drives tensor -> tensor maps; looking up every row once makes the module's real forward
     a map of its (float) weight matrix, so eval, expectation, endpoints, gradcheck and state_dict are
     checked on the quantity EmbeddingDropout actually drops.
     """
-
-    def __init__(self, inner: dnn.EmbeddingDropout) -> None:
-        super().__init__()
-        self.inner = inner
-
-    @property
-    def p(self) -> float:
-        return self.inner.p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self.inner.p = value
 
     def forward(self, w):
         ids = torch.arange(w.shape[0])

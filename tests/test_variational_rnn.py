@@ -6,15 +6,11 @@ from torch import nn
 
 import droplab.functional as F
 import droplab.nn as dnn
-from contract import Case, install
+from contract import Adapter, Case, install
 
 
-class _Output(nn.Module):
+class _Output(Adapter):
     """Contract adapter: output sequence only, one rate ``p`` driving all three dropout sites."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
 
     @property
     def p(self) -> float:

@@ -8,23 +8,11 @@ from torch import nn
 
 import droplab.functional as F
 import droplab.nn as dnn
-from contract import Case, install
+from contract import Adapter, Case, install
 
 
-class _Output(nn.Module):
+class _Output(Adapter):
     """Contract adapter: the RNN's output sequence only (the contract needs tensor -> tensor)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    @property
-    def p(self) -> float:
-        return self.inner.p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self.inner.p = value
 
     def forward(self, x):
         return self.inner(x)[0]
