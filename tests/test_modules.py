@@ -100,6 +100,12 @@ def test_counters_stay_on_cpu_as_int64():
     m = _mlp().to(torch.float64)
     assert m[2].seed.dtype == torch.int64 and m[2].step.device.type == "cpu"
     assert m(torch.randn(2, 8, dtype=torch.float64)).dtype == torch.float64
+    # a device move (the meta device stands in for an accelerator here) leaves the counters where they are
+    seed, step = int(m[2].seed), int(m[2].step)
+    moved = m.to("meta")
+    assert moved[0].weight.device.type == "meta"
+    assert moved[2].seed.device.type == "cpu" and moved[2].step.device.type == "cpu"
+    assert (int(moved[2].seed), int(moved[2].step)) == (seed, step)
 
 
 def test_torch_compile_matches_eager_without_recompiling():
