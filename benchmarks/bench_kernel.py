@@ -1,6 +1,6 @@
 """CPU kernel benchmark: droplab's dropout vs torch's eager dropout, the element-wise floor, MLP overhead.
 
-A thin wrapper over ``droplab bench kernel`` (``droplab/lab/bench/kernel.py``), so the script and the
+A thin wrapper over ``droplab bench kernel`` (``droplab/bench/kernel.py``), so the script and the
 command print the same table::
 
     python benchmarks/bench_kernel.py                 # about a minute on 2 cores

@@ -2,7 +2,7 @@
 replicate-in-memory, T = 100 samples of 1,000 inputs through a 40-512-512-10 MLP with dropout (a) only in the
 head and (b) after every hidden layer.
 
-A thin wrapper over ``droplab bench mc`` (``droplab/lab/bench/mc.py``), so the script and the command print
+A thin wrapper over ``droplab bench mc`` (``droplab/bench/mc.py``), so the script and the command print
 the same table::
 
     python benchmarks/bench_mc.py                  # a few minutes on 2 idle cores

@@ -1,6 +1,6 @@
 """Variant benchmark: channel, locked and noise-shaped dropout, DropBlock2d and VariationalLSTM vs torch ops.
 
-A thin wrapper over ``droplab bench variants`` (``droplab/lab/bench/variants.py``), so the script and
+A thin wrapper over ``droplab bench variants`` (``droplab/bench/variants.py``), so the script and
 the command print the same table::
 
     python benchmarks/bench_variants.py                  # a few minutes on 2 busy cores

@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("droplab.lab.compare", "does dropout help? no vs intended vs reduced dropout: table, verdict, report"),
     "runs": ("droplab.lab.runs", "list stored runs; 'runs show ID' shows one"),
-    "bench": ("droplab.lab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
+    "bench": ("droplab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
     "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
     "inspect": ("droplab.lab.inspect", "list a model's dropout sites and lint them (exit 1 on an error finding)"),
     "uncertainty": ("droplab.lab.uncertainty", "MC dropout: calibration, MC vs weight scaling, OOD AUROC, FGSM report"),

@@ -10,9 +10,9 @@ import importlib
 import json
 
 SUITES = {
-    "kernel": "droplab.lab.bench.kernel",
-    "variants": "droplab.lab.bench.variants",
-    "mc": "droplab.lab.bench.mc",
+    "kernel": "droplab.bench.kernel",
+    "variants": "droplab.bench.variants",
+    "mc": "droplab.bench.mc",
 }
 
 
