@@ -1,0 +1,107 @@
+"""The command line's one error path: what counts as the user's mistake, and how it is shown.
+
+A :class:`UserError` is a problem with what the user gave (an argument, a config value, a data file, a
+checkpoint, a store, a storage URL). ``droplab.cli.main`` prints it as
+``droplab <command>: error: <what, where, and the fix>`` on at most three lines and exits 2, with no
+traceback. A :class:`UserCodeError` wraps an exception raised inside the user's own code (a model file, a
+factory, a forward): the command line shows that code's frames only, then the one-line error. Anything
+else is a droplab bug and keeps its full traceback.
+
+``UserError`` subclasses ``ValueError``, so library callers that already catch ``ValueError`` keep working.
+
+Example::
+
+    >>> try:
+    ...     with user_errors("dataset data.csv"):
+    ...         raise ValueError("line 3 has 2 fields but the header has 3")
+    ... except UserError as error:
+    ...     print(error)
+    dataset data.csv: line 3 has 2 fields but the header has 3
+"""
+
+from __future__ import annotations
+
+import errno
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+__all__ = ["UserError", "MissingFileError", "UserCodeError", "user_errors", "os_error_message", "user_frames"]
+
+MAX_LINES = 3
+
+
+class UserError(ValueError):
+    """A problem with the user's input: printed as one ``droplab <command>: error: ...`` line, exit status 2."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the user named does not exist (also a ``FileNotFoundError`` for library callers)."""
+
+
+class UserCodeError(Exception):
+    """An exception raised inside the user's own code (model file, factory, forward).
+
+    Args:
+        what: where it happened, e.g. ``"model.py: make_model()"``.
+        error: the exception the user's code raised (its traceback is kept on it).
+        code_files: the user's source files: only their frames are shown.
+    """
+
+    def __init__(self, what: str, error: BaseException, code_files: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{what} raised {type(error).__name__}: {error}")
+        self.original = error
+        self.code_files = tuple(code_files)
+
+
+# OSError numbers that are the user's environment, not droplab: each with the fix to suggest
+_OS_FIXES = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a parent of the path is a file, not a directory",
+    errno.EISDIR: "give a file, not a directory",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.ENOSPC: "the disk is full: free space or choose another path",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another path",
+    errno.ENAMETOOLONG: "use a shorter name",
+    errno.EINVAL: "the path is not usable here (a special file system?): choose a regular directory",
+}
+
+
+def os_error_message(error: OSError, action: str, path: object) -> str | None:
+    """``"cannot write x: No space left on device (the disk is full: ...)"``, or None for an unexpected errno."""
+    fix = _OS_FIXES.get(error.errno)
+    if fix is None:
+        return None
+    return f"cannot {action} {path}: {error.strerror or error} ({fix})"
+
+
+@contextmanager
+def user_errors(context: str, types: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+                ) -> Iterator[None]:
+    """Turn the listed exceptions raised inside the block into a :class:`UserError` prefixed with ``context``.
+
+    Use it only around code that parses or opens what the user gave, so a droplab bug elsewhere keeps
+    its traceback. A ``UserError`` passes through unchanged.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except types as error:
+        message = str(error)
+        if isinstance(error, OSError) and error.strerror:
+            message = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        kind = MissingFileError if isinstance(error, FileNotFoundError) else UserError
+        raise kind(f"{context}: {message}" if context else message) from error
+
+
+def user_frames(error: BaseException, code_files: tuple[str, ...]) -> str:
+    """The traceback of ``error`` restricted to frames in ``code_files`` (empty when none match)."""
+    tb: TracebackType | None = error.__traceback__
+    frames = [frame for frame in traceback.extract_tb(tb) if frame.filename in code_files]
+    if not frames:
+        return ""
+    return "Traceback (your code, most recent call last):\n" + "".join(traceback.format_list(frames))
