@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,8 +22,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the lab's error format: one ``droplab <command>: error: ...`` line and a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_clean(message)}\n  (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="droplab", description="Dropout regularization lab for PyTorch.")
+    parser = _Parser(prog="droplab", description="Dropout regularization lab for PyTorch.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
@@ -35,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or an argument error already printed: a status, so main(argv) returns
+        return exit_.code if isinstance(exit_.code, int) else 2
     if args.version:
         from droplab import __version__
 
@@ -44,11 +55,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the chosen command; a user error becomes one short message and exit 2, a droplab bug keeps its traceback."""
+    from .lab.errors import UserCodeError, UserError
+
+    prefix = f"droplab {args.command}: error:"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"droplab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except UserError as error:
+        print(_short(f"{prefix} {_clean(str(error))}"), file=sys.stderr)
+        return 2
+    except UserCodeError as error:
+        from .lab.errors import user_frames
+
+        frames = user_frames(error.original, error.code_files)
+        if frames:
+            print(frames.rstrip(), file=sys.stderr)
+        print(_short(f"{prefix} {_clean(str(error))}"), file=sys.stderr)
+        return 2
+
+
+def _clean(text: str) -> str:
+    from .lab.files import terminal_safe
+
+    return terminal_safe(text, keep_newlines=True)
+
+
+def _short(message: str, max_lines: int = 3, width: int = 400) -> str:
+    """At most ``max_lines`` lines of at most ``width`` characters (a long data dump must not flood the terminal)."""
+    lines = [line if len(line) <= width else line[:width - 3] + "..." for line in message.splitlines() or [""]]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [lines[max_lines - 1] + " ..."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
