@@ -16,7 +16,8 @@ functionals), so script ``strip(model)`` or ``fold(model)``, which contain no dr
 
 Example::
 
-    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), Dropout(0.5, scaling="classic"), nn.Linear(16, 2))
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), dl.nn.Dropout(0.5, scaling="classic"), nn.Linear(16, 2))
+    >>> x = torch.randn(3, 8)
     >>> folded = fold(model)
     >>> torch.allclose(folded(x), model.eval()(x))
     True
@@ -133,7 +134,7 @@ def fold(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Modu
 
     Example::
 
-        >>> model = nn.Sequential(nn.Linear(4, 8), Dropout(0.2, scaling="classic"), nn.ReLU(), nn.Linear(8, 1))
+        >>> model = nn.Sequential(nn.Linear(4, 8), dl.nn.Dropout(0.2, scaling="classic"), nn.ReLU(), nn.Linear(8, 1))
         >>> fold(model)
         Sequential(
           (0): Linear(in_features=4, out_features=8, bias=True)

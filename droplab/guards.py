@@ -129,6 +129,7 @@ def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
 
     Example::
 
+        >>> model, x = nn.Sequential(nn.Linear(4, 4), dl.nn.Dropout(0.5)), torch.randn(2, 4)
         >>> with inference_mode(model):
         ...     y = model(x)          # same as model.eval()(x), whatever the model's mode was
     """
@@ -155,11 +156,11 @@ def assert_inference(model: nn.Module, example_input=None) -> None:
 
     Example::
 
-        >>> model.train()
+        >>> model = nn.Sequential(nn.Linear(4, 4), dl.nn.Dropout(0.5)).train()
         >>> assert_inference(model)
         Traceback (most recent call last):
         ...
-        InferenceModeError: 1 dropout site(s) would be stochastic: ...
+        droplab.guards.InferenceModeError: 1 dropout site(s) would be stochastic: ...
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")

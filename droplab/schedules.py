@@ -252,7 +252,7 @@ class DropoutScheduler:
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0))
         >>> sched = DropoutScheduler(model, linear(0.0, 0.5, steps=10))
         >>> for _ in range(5):
-        ...     sched.step()
+        ...     rates = sched.step()
         >>> model[1].p
         0.25
     """

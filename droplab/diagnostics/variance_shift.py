@@ -167,8 +167,12 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, max_batches: int | Non
 
     Example::
 
-        >>> recalibrate_bn(model, train_loader)
-        >>> variance_shift(model, train_loader)[0].shift   # ~ 1.0
+        >>> model = nn.Sequential(dl.nn.Dropout(0.5, seed=0), nn.BatchNorm1d(4, momentum=None))
+        >>> train_loader = [torch.randn(256, 4) for _ in range(20)]
+        >>> for x in train_loader: _ = model(x)       # training: running var ~ 1/q = 2
+        >>> _ = recalibrate_bn(model, train_loader)
+        >>> round(variance_shift(model, train_loader)[0].shift, 1)   # ~ 1.0
+        1.0
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")

@@ -47,6 +47,8 @@ def compare_to_weight_scaling(model: nn.Module, loader: Iterable, samples: Seque
 
     Example::
 
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), dl.nn.Dropout(0.5), nn.Linear(16, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
         >>> rows = compare_to_weight_scaling(model, [(x, y)], samples=[1, 10])
         >>> [r["method"] for r in rows]
         ['weight_scaling', 'mc', 'mc']

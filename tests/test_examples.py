@@ -1,0 +1,139 @@
+"""Every documented example runs: the README's and the docs' ```python blocks, and every docstring ``>>>`` example.
+
+The setup convention (what an example may assume):
+
+* **Docstring examples** (``>>>`` in ``droplab/``) run with doctest, one test per docstring, in a copy of their
+  module's globals plus four names: ``torch``, ``nn`` (``torch.nn``), ``F`` (``torch.nn.functional``) and
+  ``dl`` (``droplab``). ``torch.manual_seed(0)`` runs before each docstring. Any other name an example needs
+  (a model, an input ``x``) is defined in the example itself. Output is compared with ``ELLIPSIS`` and
+  ``NORMALIZE_WHITESPACE``; an expected exception is written as doctest's ``Traceback (most recent call last):``.
+* **Markdown blocks** (README.md and docs/**/*.md): every block fenced as ```` ```python ```` runs, in order, in
+  one namespace per page (a later block may use what an earlier block of the same page defined, nothing else:
+  imports are written out). The page runs in a fresh temporary directory (files it writes go there), after
+  ``torch.manual_seed(0)``. A block that must not run is fenced as ```` ```text ```` or ```` ```bash ````, or is
+  preceded (on the line right above its fence) by ``<!-- not-run: REASON -->``, where REASON says why, e.g.
+  ``<!-- not-run: needs a CUDA device -->``; a marker without a reason is an error.
+
+Keep examples small: the whole module runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import droplab
+
+ROOT = Path(__file__).resolve().parent.parent
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^\n`]*)$")
+NOT_RUN = re.compile(r"^\s*<!--\s*not-run:(?P<reason>.*?)-->\s*$")
+DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+# ---- Markdown ---------------------------------------------------------------------------------------------------
+
+def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+    """``(line, source, not_run_reason)`` for every ```python block of a Markdown text, in order."""
+    lines = text.splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence, indent = opening["fence"], len(opening["indent"])
+        start, body = i + 1, []
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence[0] * len(fence)):
+            body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
+            i += 1
+        i += 1  # the closing fence
+        if opening["info"].strip().split(" ")[0].lower() not in ("python", "py"):
+            continue
+        marker = NOT_RUN.match(lines[start - 2]) if start >= 2 else None
+        reason = marker["reason"].strip() if marker else None
+        if marker and not reason:
+            raise ValueError(f"line {start - 1}: <!-- not-run: --> needs a reason after the colon")
+        blocks.append((start + 1, "\n".join(body) + "\n", reason))
+    return blocks
+
+
+def markdown_pages() -> list[Path]:
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    return [page for page in pages if page.exists()]
+
+
+def run_page(text: str, label: str) -> int:
+    """Run a page's ```python blocks in order in one namespace; return how many ran."""
+    torch.manual_seed(0)
+    namespace: dict = {"__name__": "__docs__"}
+    ran = 0
+    for line, source, reason in python_blocks(text):
+        if reason is not None:
+            continue
+        try:
+            exec(compile(source, f"{label}:{line}", "exec"), namespace)
+        except Exception as error:
+            raise AssertionError(f"{label}: the ```python block at line {line} failed: "
+                                 f"{type(error).__name__}: {error}") from error
+        ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_markdown_python_blocks_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_page(page.read_text(encoding="utf-8"), str(page.relative_to(ROOT)))
+
+
+def test_block_parser_reads_fences_and_markers():
+    text = ("intro\n```python\nx = 1\n```\n<!-- not-run: needs a GPU -->\n```python\ncuda()\n```\n"
+            "```text\nnot python\n```\n- item\n\n    ```python\n    y = 2\n    ```\n")
+    assert python_blocks(text) == [(3, "x = 1\n", None), (7, "cuda()\n", "needs a GPU"), (15, "y = 2\n", None)]
+    with pytest.raises(ValueError, match="needs a reason"):
+        python_blocks("<!-- not-run: -->\n```python\nx\n```\n")
+
+
+def test_blocks_share_a_page_namespace_and_a_failure_names_its_line():
+    assert run_page("```python\nx = 2\n```\ntext\n```python\nassert x == 2\n```\n", "ok.md") == 2
+    with pytest.raises(AssertionError, match="bad.md: the ```python block at line 5 failed: RuntimeError: boom"):
+        run_page("```python\nx = 1\n```\n```python\nraise RuntimeError('boom')\n```\n", "bad.md")
+
+
+# ---- docstrings -------------------------------------------------------------------------------------------------
+
+def docstring_tests() -> list:
+    """One doctest per docstring with examples, over every importable module of droplab."""
+    finder, seen, tests = doctest.DocTestFinder(), set(), []
+    names = ["droplab", *(m.name for m in pkgutil.walk_packages(droplab.__path__, "droplab."))]
+    for name in sorted(names):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as missing:  # an optional dependency (e.g. triton) absent: say which
+            tests.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason=f"{name}: {missing}")))
+            continue
+        for test in finder.find(module, name):
+            key = (test.filename, test.lineno)
+            if test.examples and key not in seen:
+                seen.add(key)
+                tests.append(pytest.param(test, id=test.name))
+    return tests
+
+
+SETUP = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "dl": droplab}
+
+
+@pytest.mark.parametrize("test", docstring_tests())
+def test_docstring_examples_run(test):
+    test.globs = {**test.globs, **SETUP}
+    torch.manual_seed(0)
+    report: list[str] = []
+    runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
+    result = runner.run(test, out=report.append, clear_globs=True)
+    assert result.failed == 0, "".join(report)
