@@ -1,6 +1,10 @@
+import re
+
 import pytest
+import torch
 
 from droplab.lab.config import ExperimentConfig
+from droplab.lab.errors import UserError
 
 
 def test_every_field_has_a_default_and_a_reason():
@@ -41,10 +45,45 @@ def test_overrides_are_typed():
     ("schedule=linear", "schedule must be one of ramp:N"),
     ("variant=magic", "variant must be one of"),
     ("nope", "override must look like key=value"),
+    ("lr=NaN", "lr must be a finite number, but got nan"),
+    ("lr=Infinity", "lr must be a finite number, but got inf"),
+    ("weight_decay=-Infinity", "weight_decay must be a finite number"),
+    ("max_norm=NaN", "max_norm must be a finite number"),
+    ("momentum=NaN", "momentum must be a finite number"),
+    ("device=foo", "device must be a torch device such as cpu, cuda or cuda:1, but got 'foo'"),
+    ("threads=-1", "threads must be a positive integer or null"),
+    ("threads=0", "threads must be a positive integer or null"),
+    ("seed=-1", "seed must be an integer in 0..2**64-1, but got -1"),
+    ("seed=18446744073709551616", "seed must be an integer in 0..2**64-1"),
+    ("val_fraction=0.8", "val_fraction + test_fraction must leave training data"),
 ])
 def test_bad_values_are_rejected(override, message):
-    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=re.escape(message)):
         ExperimentConfig().with_overrides([override])
+
+
+def test_edge_values_are_accepted():
+    cfg = ExperimentConfig().with_overrides(["seed=18446744073709551615", "threads=null", "val_fraction=0.5",
+                                             "test_fraction=0.49"])
+    assert (cfg.seed, cfg.threads, cfg.val_fraction) == (2**64 - 1, None, 0.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_device_is_rejected_at_config_time():
+    with pytest.raises(ValueError, match="torch sees no CUDA device here"):
+        ExperimentConfig(device="cuda")
+
+
+def test_toml_nan_and_bad_files(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("lr = nan\n")
+    with pytest.raises(UserError, match="lr must be a finite number"):
+        ExperimentConfig.from_toml(path)
+    path.write_bytes(b"name = '\xff\xfe'\n")
+    with pytest.raises(UserError, match="is not valid TOML"):
+        ExperimentConfig.from_toml(path)
+    with pytest.raises(UserError, match="is a directory"):
+        ExperimentConfig.from_toml(tmp_path)
 
 
 def test_from_toml(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..functional import check_probability
+from .errors import MissingFileError, UserError
 
 __all__ = ["ExperimentConfig", "MODELS", "ACTIVATIONS", "BATCHNORM", "OPTIMIZERS", "VARIANTS", "SCHEDULES",
            "parse_schedule"]
@@ -34,6 +36,7 @@ BATCHNORM = ("none", "before_dropout", "after_dropout")
 OPTIMIZERS = ("adamw", "sgd")
 VARIANTS = ("dropout", "channel", "dropblock", "locked", "gaussian", "alpha", "concrete")
 SCHEDULES = ("ramp", "early", "late")
+TASKS = ("auto", "classification", "regression")
 
 
 def _help(default: Any, text: str, factory: bool = False) -> Any:
@@ -51,8 +54,9 @@ class ExperimentConfig:
     label_column: str = _help("label", "the label column of a .csv file, or the label array's key in a .npz")
     val_fraction: float = _help(0.1, "share of the training data held out for validation and early stopping")
     test_fraction: float = _help(0.2, "share held out for test when the dataset has no test split of its own")
-    model: str = _help("mlp", "mlp, cnn1d, gru or transformer")
-    width: int = _help(512, "hidden units (mlp), channels (cnn1d), hidden size (gru) or model dim (transformer)")
+    model: str = _help("mlp", "mlp, cnn1d, gru, transformer, or a factory: FILE.py:NAME or package.module:NAME")
+    width: int | None = _help(None, "hidden units (mlp), channels (cnn1d), hidden size (gru) or model dim "
+                                    "(transformer); None: the model's own default, sized for this machine")
     depth: int = _help(2, "hidden layers / conv blocks / recurrent layers / transformer blocks")
     activation: str = _help("relu", "nonlinearity of the hidden layers")
     batchnorm: str = _help("none", "none, or BatchNorm placed before or after each hidden dropout site")
@@ -61,6 +65,12 @@ class ExperimentConfig:
     input_dropout: float = _help(0.0, "drop rate on the inputs (the original paper used 0.2 on pixels)")
     variant: str = _help("dropout", "which droplab dropout module fills the sites: " + ", ".join(VARIANTS))
     schedule: str | None = _help(None, "rate schedule over epochs: ramp:N (curriculum), early:N or late:N")
+    rates: list[float] | None = _help(None, "every site's rate after the model is built, in droplab.sites order; "
+                                            "one value sets every site (None: as built)")
+    rate_scale: float = _help(1.0, "multiplies every site's rate as built: 0 turns dropout off, 0.5 halves it")
+    task: str = _help("auto", "classification or regression; auto infers it from the targets")
+    nll_head: bool = _help(False, "regression: the model also predicts a log-variance per target, trained "
+                                  "with the Gaussian NLL (heteroscedastic)")
     epochs: int = _help(60, "training epochs (upper bound when early stopping is on)")
     batch_size: int = _help(100, "examples per optimizer step")
     optimizer: str = _help("adamw", "adamw, or sgd with momentum")
@@ -76,16 +86,22 @@ class ExperimentConfig:
                                    "thread pools thrash a shared machine (None keeps torch's default)")
 
     def __post_init__(self) -> None:
-        _check_choice("model", self.model, MODELS)
+        if ":" not in str(self.model):  # FILE.py:NAME or package.module:NAME is a user's model factory
+            _check_choice("model", self.model, MODELS)
+        _check_choice("task", self.task, TASKS)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("batchnorm", self.batchnorm, BATCHNORM)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("variant", self.variant, VARIANTS)
         for name in ("width", "depth", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, but got {getattr(self, name)}")
         check_probability(self.dropout)
         check_probability(self.input_dropout)
+        for rate in self.rates or []:
+            check_probability(rate)
+        if not (math.isfinite(self.rate_scale) and self.rate_scale >= 0):
+            raise ValueError(f"rate_scale must be a finite number >= 0, but got {self.rate_scale}")
         if self.layer_rates is not None:
             if len(self.layer_rates) != self.depth:
                 raise ValueError(f"layer_rates must give one rate per hidden layer (depth={self.depth}), "
@@ -96,6 +112,13 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be between 0 and 1 (exclusive), but got {value}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction must leave training data (sum below 1), but got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        for name in ("lr", "momentum", "weight_decay", "max_norm"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, but got {value}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, but got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -103,6 +126,11 @@ class ExperimentConfig:
                              f"but got weight_decay={self.weight_decay}, momentum={self.momentum}")
         if self.max_norm is not None and self.max_norm <= 0:
             raise ValueError(f"max_norm must be positive or None, but got {self.max_norm}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in 0..2**64-1, but got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive integer or null (torch's default), but got {self.threads}")
+        _check_device(self.device)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be a positive integer or None, "
                              f"but got {self.early_stopping_patience}")
@@ -124,6 +152,8 @@ class ExperimentConfig:
             label += f", in={self.input_dropout}"
         if self.variant != "dropout":
             label += f", {self.variant}"
+        if self.schedule:
+            label += f", {self.schedule}"
         return label
 
     # (de)serialization ----------------------------------------------------------------------------
@@ -134,7 +164,7 @@ class ExperimentConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
         """Build from a mapping; unknown keys raise ``ValueError`` naming the key and the nearest known one."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"config must be a mapping, but got {type(data).__name__}")
+            raise UserError(f"config must be a mapping, but got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = [key for key in data if key not in known]
         if unknown:
@@ -142,10 +172,15 @@ class ExperimentConfig:
             for key in unknown:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown config key(s): {', '.join(hints)}; known keys: {', '.join(known)}")
+            raise UserError(f"unknown config key(s): {', '.join(hints)}; known keys: {', '.join(known)}")
         hints = typing.get_type_hints(cls)
-        values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
-        return cls(**values)
+        try:
+            values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
+            return cls(**values)
+        except UserError:
+            raise
+        except (ValueError, TypeError) as error:  # the checks' own wording, as the user's error
+            raise UserError(str(error)) from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -159,13 +194,17 @@ class ExperimentConfig:
                 raise ModuleNotFoundError("reading TOML configs on Python 3.10 needs tomli: pip install tomli") \
                     from None
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {path} is a directory; give a .toml file")
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with path.open("rb") as f:
-            try:
+            raise MissingFileError(f"config file not found: {path}")
+        try:
+            with path.open("rb") as f:
                 data = tomllib.load(f)
-            except tomllib.TOMLDecodeError as error:
-                raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"config file {path} is not valid TOML: {error}") from None
+        except OSError as error:
+            raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
         if set(data) == {"experiment"} and isinstance(data["experiment"], dict):
             data = data["experiment"]
         return cls.from_dict(data)
@@ -178,7 +217,7 @@ class ExperimentConfig:
         changes: dict[str, Any] = {}
         for item in overrides:
             if "=" not in item:
-                raise ValueError(f"override must look like key=value, but got {item!r}")
+                raise UserError(f"override must look like key=value (e.g. --set dropout=0.3), but got {item!r}")
             key, raw = item.split("=", 1)
             changes[key.strip()] = _parse_value(raw.strip())
         return self.from_dict({**self.to_dict(), **changes})
@@ -205,6 +244,24 @@ def parse_schedule(spec: str) -> tuple[str, int]:
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, but got {value!r}")
+
+
+def _check_device(device: str) -> None:
+    """A device torch understands and this machine has (checked at config time, so ``--dry-run`` sees it)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1, but got {device!r}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} is not available: torch sees no CUDA device here (use device=cpu)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} is not available: torch sees {count} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available here (use device=cpu)")
 
 
 def _parse_value(raw: str) -> Any:
