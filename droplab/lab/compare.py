@@ -237,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             rates = parse_rates(DEFAULT_RATES)
         configs = build_configs(base, rates)
+        if args.resume is None:  # every dataset loads and suits its runs before anything trains (--dry-run too)
+            from .preflight import check_datasets
+
+            check_datasets(configs)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"droplab compare: error: {error}", file=sys.stderr)
         return 2
