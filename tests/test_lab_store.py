@@ -1,3 +1,4 @@
+import os
 import sqlite3
 
 import pytest
@@ -6,6 +7,7 @@ from lab_fixtures import write_npz
 
 from droplab.cli import main
 from droplab.lab.config import ExperimentConfig
+from droplab.lab.errors import UserError
 from droplab.lab.store import MIGRATIONS, SCHEMA_VERSION, RunStore
 from droplab.lab.train import train
 
@@ -120,9 +122,9 @@ def test_runs_command_lists_and_shows(tmp_path, data, capsys):
     assert main(["runs", "show", str(result.run_id), "--db", str(db)]) == 0
     shown = capsys.readouterr().out
     assert "width = 8" in shown and "epochs:" in shown and "test_acc" in shown
-    assert main(["runs", "show", "99", "--db", str(db)]) == 1
+    assert main(["runs", "show", "99", "--db", str(db)]) == 2
     assert "no run with id 99" in capsys.readouterr().err
-    assert main(["runs", "--db", str(tmp_path / "missing.db")]) == 1
+    assert main(["runs", "--db", str(tmp_path / "missing.db")]) == 2
 
 
 def test_killed_process_leaves_epochs_and_is_marked_failed(tmp_path):
@@ -151,3 +153,86 @@ def _killed_writer(path: str) -> None:
     store.log_epoch(run_id, 1, {"val_acc": 0.1})
     store.log_epoch(run_id, 2, {"val_acc": 0.2})
     os._exit(9)  # no cleanup, no exception handler: like SIGKILL or the OOM killer
+
+
+def test_a_file_that_is_not_sqlite_is_a_user_error(tmp_path, capsys):
+    bad = tmp_path / "notes.db"
+    bad.write_text("these are my notes, not a database\n" * 100)
+    before = bad.read_bytes()
+    with pytest.raises(UserError, match="is not a droplab run store"):
+        RunStore(bad)
+    assert main(["runs", "--db", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("droplab runs: error: run store") and "Traceback" not in err
+    assert bad.read_bytes() == before  # never "repaired" into a database
+
+
+def test_a_directory_or_proc_as_store_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        RunStore(tmp_path)
+    with pytest.raises(UserError, match="run store /proc/droplab-test.db"):
+        RunStore("/proc/droplab-test.db")
+
+
+def test_read_only_store_is_listed_without_writing(tmp_path, capsys):
+    import os
+    import stat
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = folder / "r.db"
+    with RunStore(db) as store:
+        run_id = store.start_run({"x": 1}, name="kept")
+        store.log_epoch(run_id, 1, {"val_acc": 0.5})
+        store.finish_run(run_id, {"val_acc": 0.5})
+    for extra in ("r.db-wal", "r.db-shm"):
+        assert not (folder / extra).exists()  # closed cleanly: the WAL was checkpointed
+    db.chmod(stat.S_IRUSR)
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(db, os.W_OK):
+            pytest.skip("running as root: permissions do not make a file read-only (test_faults uses a mount)")
+        with RunStore(db, read_only=True) as store:
+            assert [r["name"] for r in store.list_runs()] == ["kept"]
+            assert store.reap_stale() == []
+            with pytest.raises(RuntimeError, match="opened read-only"):
+                store.log_epoch(run_id, 2, {})
+        assert main(["runs", "--db", str(db)]) == 0
+        assert "kept" in capsys.readouterr().out
+        assert sorted(p.name for p in folder.iterdir()) == ["r.db"]
+    finally:
+        folder.chmod(stat.S_IRWXU)
+        db.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_resume_is_refused_while_the_writer_lives(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "r.db"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with RunStore(db) as store:
+            run_id = store.start_run({"x": 1}, name="busy")
+            store._conn.execute("UPDATE runs SET pid = ? WHERE id = ?", (sleeper.pid, run_id))
+            with pytest.raises(UserError, match=f"run {run_id} is still being trained by process {sleeper.pid}"):
+                store.resume_run(run_id)
+            assert store.get_run(run_id)["pid"] == sleeper.pid  # untouched
+            sleeper.kill()
+            sleeper.wait()
+            store.resume_run(run_id)  # the writer is gone: taken over
+            assert store.get_run(run_id)["pid"] == os.getpid()
+            with pytest.raises(UserError, match="no run with id 99"):
+                store.resume_run(99)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_control_characters_in_names_never_reach_the_terminal(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    with RunStore(db) as store:
+        store.start_run({}, name="evil\x1b]0;pwned\x07\x1b[2J\u202ename")
+    assert main(["runs", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "evilname" in out and "\x1b" not in out and "\x07" not in out and "\u202e" not in out

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
+import os
 from pathlib import Path
 
-__all__ = ["configure", "run", "format_runs", "format_run"]
+from .errors import MissingFileError, UserError
+from .files import terminal_safe
+
+__all__ = ["configure", "run", "format_runs", "format_run", "open_for_reading"]
 
 
 def _when(timestamp: float | None) -> str:
@@ -67,25 +70,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=50, help="at most this many runs, newest first (default 50)")
 
 
-def run(args: argparse.Namespace) -> int:
+def open_for_reading(db: str):
+    """The store at ``db`` for listing: writable when possible (so dead runs get marked failed), else read-only.
+
+    Raises:
+        UserError: no store at ``db``, or it is not a run store.
+    """
     from .store import RunStore
 
-    if args.db != ":memory:" and not Path(args.db).exists():
-        print(f"droplab runs: no run store at {args.db} (run droplab compare first, or pass --db)", file=sys.stderr)
-        return 1
-    with RunStore(args.db) as store:
+    if db == ":memory:":
+        return RunStore(db)
+    path = Path(db).expanduser()
+    if not path.exists():
+        raise MissingFileError(f"no run store at {db} (run droplab compare first, or pass --db)")
+    writable = os.access(path, os.W_OK) and os.access(path.resolve().parent, os.W_OK)
+    if writable:
+        try:
+            return RunStore(db)
+        except UserError as error:
+            if "read-only" not in str(error) and "cannot be written" not in str(error):
+                raise
+    return RunStore(db, read_only=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_for_reading(args.db) as store:
         store.reap_stale()
         if args.action == "show":
             if args.id is None:
-                print("droplab runs show: give a run id, e.g. droplab runs show 1", file=sys.stderr)
-                return 2
+                raise UserError("give a run id, e.g. droplab runs show 1 (droplab runs lists them)")
             try:
                 run_row = store.get_run(args.id)
             except KeyError as error:
-                print(f"droplab runs: {error.args[0]}", file=sys.stderr)
-                return 1
-            print(format_run(run_row, store.epochs(args.id)))
+                raise UserError(f"{error.args[0]} (droplab runs --db {args.db} lists them)") from None
+            print(terminal_safe(format_run(run_row, store.epochs(args.id)), keep_newlines=True))
             return 0
+        if args.limit is not None and args.limit < 1:
+            raise UserError(f"--limit must be a positive integer, but got {args.limit}")
         runs = store.list_runs(group=args.group, study=args.study, status=args.status, limit=args.limit)
-        print(format_runs(runs) if runs else "no runs")
+        print(terminal_safe(format_runs(runs), keep_newlines=True) if runs else "no runs")
     return 0

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import MissingFileError, UserError
+
 __all__ = ["RunStore", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "versions"]
 
 STATUSES = ("running", "finished", "failed", "pruned")
@@ -71,6 +73,20 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# SQLite's words for problems of the user's file or file system, each with the fix to suggest
+_STORE_PROBLEMS = (
+    ("not a database", "is not a droplab run store (not a SQLite database); pass another --db"),
+    ("file is encrypted", "is not a droplab run store (not a SQLite database); pass another --db"),
+    ("malformed", "is damaged (database disk image is malformed); restore it from a backup or pass another --db"),
+    ("readonly", "is on a read-only file system or not writable; choose a writable --db"),
+    ("read-only", "is on a read-only file system or not writable; choose a writable --db"),
+    ("unable to open", "cannot be opened (missing directory, no permission, or a special file system); "
+                       "choose a regular, writable --db path"),
+    ("disk i/o", "cannot be written (disk I/O error: full, read-only or special file system); choose another --db"),
+    ("full", "cannot be written: the disk is full; free space or choose another --db"),
+    ("locked", "is locked by another process for too long; retry when it finishes"),
+)
+
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
@@ -97,12 +113,28 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _store_problem(path: str, error: BaseException, expected_only: bool = False) -> str | None:
+    """One line naming the store, what is wrong with it and the fix; None if ``expected_only`` and unexpected."""
+    text = str(error).lower()
+    for needle, explanation in _STORE_PROBLEMS:
+        if needle in text:
+            return f"run store {path} {explanation}"
+    if isinstance(error, OSError):
+        return f"run store {path} cannot be created: {error.strerror or error}; choose another --db"
+    return None if expected_only else f"run store {path}: {error}"
+
+
 class RunStore:
     """Runs in a SQLite file (created, or migrated to :data:`SCHEMA_VERSION`, on open).
 
     Args:
         path: the database file. Default: ``"droplab.db"`` in the working directory.
         busy_timeout_s: how long a writer waits for another process's lock. Default: 30.
+        read_only: open for reading only (listing; works on a read-only file system); the file must exist
+            at the current schema. Default: False.
+
+    Raises:
+        UserError: the file is not a SQLite database, is a directory, or cannot be created or written.
 
     Example::
 
@@ -114,29 +146,77 @@ class RunStore:
         'finished'
     """
 
-    def __init__(self, path: str | Path = "droplab.db", *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path = "droplab.db", *, busy_timeout_s: float = 30.0,
+                 read_only: bool = False) -> None:
         self.path = str(path)
+        self.read_only = read_only
+        try:
+            self._conn = self._connect(busy_timeout_s)
+            if read_only:
+                self._check_readable()
+            else:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self.migrate()
+        except UserError:
+            raise
+        except (sqlite3.DatabaseError, OSError) as error:
+            raise UserError(_store_problem(self.path, error)) from None
+
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
         if self.path != ":memory:":
-            Path(self.path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self.migrate()
+            file = Path(self.path).expanduser()
+            if file.is_dir():
+                raise UserError(f"run store {self.path} is a directory; give a file path such as {file / 'droplab.db'}")
+            if self.read_only and not file.is_file():
+                raise MissingFileError(f"no run store at {self.path} (run droplab compare first, or pass --db)")
+            if not self.read_only:
+                file.resolve().parent.mkdir(parents=True, exist_ok=True)
+        if self.read_only:
+            # mode=ro never writes; immutable=1 also reads a WAL store whose directory is read-only (no -shm file)
+            uri = Path(self.path).expanduser().resolve().as_uri()
+            try:
+                conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=busy_timeout_s, isolation_level=None)
+                conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        return conn
+
+    def _check_readable(self) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema version {current}, newer than this droplab supports "
+                               f"({SCHEMA_VERSION}); upgrade droplab")
+        if current < SCHEMA_VERSION:
+            raise UserError(f"run store {self.path} has schema version {current} and is opened read-only; open it "
+                            f"once writable (any droplab compare with --db {self.path}) to upgrade it")
 
     # schema --------------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking
-        self._conn.execute("BEGIN IMMEDIATE")
+        if self.read_only:
+            raise RuntimeError(f"run store {self.path} was opened read-only")
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            message = _store_problem(self.path, error, expected_only=True)
+            if message is None:
+                raise
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise UserError(message) from error
 
     def schema_version(self) -> int:
         exists = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -181,15 +261,29 @@ class RunStore:
             return int(cursor.lastrowid)
 
     def resume_run(self, run_id: int) -> None:
-        """Mark a run ``running`` again (``--resume``)."""
-        self._update(run_id, status="running", finished_at=None, error=None, pid=os.getpid(),
-                     host=socket.gethostname())
+        """Mark a run ``running`` again (``--resume``), refusing one that a live process on this host still trains.
+
+        The check and the update are one transaction, so of two processes resuming the same run at once,
+        exactly one wins. A run marked ``running`` by another host cannot be checked and is taken over.
+        """
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status, pid, host FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+            if row is None:
+                raise UserError(f"no run with id {run_id} in {self.path} (droplab runs --db {self.path} lists them)")
+            if (row["status"] == "running" and row["pid"] is not None and row["pid"] != os.getpid()
+                    and row["host"] == socket.gethostname() and _alive(row["pid"])):
+                raise UserError(f"run {run_id} is still being trained by process {row['pid']}; wait for it to "
+                                f"finish or stop it (kill {row['pid']}) before --resume")
+            conn.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, pid = ?, host = ? "
+                         "WHERE id = ?", (os.getpid(), socket.gethostname(), int(run_id)))
 
     def reap_stale(self) -> list[int]:
         """Mark ``failed`` the runs still ``running`` whose process on this host is gone (killed, out of memory).
 
-        Their finished epochs stay stored. Returns the ids marked.
+        Their finished epochs stay stored. Returns the ids marked (none on a read-only store).
         """
+        if self.read_only:
+            return []
         rows = self._conn.execute("SELECT id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
                                   (socket.gethostname(),)).fetchall()
         stale = [row["id"] for row in rows if not _alive(row["pid"])]
