@@ -15,7 +15,7 @@ Two single points are meant for data-parallel training: :func:`wrap_model` and :
 from __future__ import annotations
 
 import math
-import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +30,8 @@ from ..diagnostics.health import HealthMonitor
 from ..schedules import Schedule
 from .config import ExperimentConfig, parse_schedule
 from .data import Splits, augment_batch, load_dataset
+from .errors import user_errors
+from .files import save_torch
 from .metrics import calibration, evaluate
 from .models import build_model, dropout_modules, max_norm_
 from .progress import RunProgress
@@ -129,10 +131,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    save_torch(state, path)  # atomic: a crash or a full disk never leaves a truncated or stray file
 
 
 def summarize(history: list[dict], *, wall_time_s: float = 0.0) -> dict:
@@ -216,11 +215,15 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
         run = store.get_run(resume_from)
         if not run.get("checkpoint"):
             raise ValueError(f"run {resume_from} has no checkpoint to resume from (train it with --save)")
-        state = load_checkpoint(run["checkpoint"])
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        wall_before = float(state["wall_time_s"])
+        # a corrupt, truncated or mismatched checkpoint is the user's file, not a droplab bug
+        with user_errors(f"run {resume_from}'s checkpoint {run['checkpoint']} cannot be resumed "
+                         "(corrupt, truncated, or from another model)",
+                         (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError)):
+            state = load_checkpoint(run["checkpoint"])
+            core.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = list(state["history"])
+            wall_before = float(state["wall_time_s"])
         checkpoint_path = Path(run["checkpoint"])
         run_id = resume_from
         store.resume_run(run_id)
