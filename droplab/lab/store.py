@@ -311,6 +311,10 @@ class RunStore:
     def set_checkpoint(self, run_id: int, path: str) -> None:
         self._update(run_id, checkpoint=path)
 
+    def update_config(self, run_id: int, config: dict) -> None:
+        """Replace a run's stored config (``--resume`` with more epochs stores what actually runs)."""
+        self._update(run_id, config=json.dumps(config))
+
     def _update(self, run_id: int, **fields: Any) -> None:
         assignments = ", ".join(f"{key} = ?" for key in fields)
         with self._transaction() as conn:
