@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 
 SUITES = {
     "kernel": "droplab.bench.kernel",
@@ -41,12 +40,34 @@ def apply_common_options(args: argparse.Namespace, config) -> None:
 
 
 def emit(text: str, result: dict, json_path: str | None) -> int:
-    """Print a suite's table and, with ``--json PATH``, save its full results there; returns exit status 0."""
+    """Print a suite's table and, with ``--json PATH``, save its full results there (atomically); returns 0."""
+    from ..lab.files import write_json
+
     print(text)
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(json_path, result)
     return 0
+
+
+# options that count something: each must be a positive integer when given
+POSITIVE_OPTIONS = ("threads", "repeats", "max_batch", "samples", "inputs")
+
+
+def validate_options(args: argparse.Namespace) -> None:
+    """Check every suite's counting options and its ``--json`` path before any timing starts.
+
+    Raises:
+        UserError: an option is below 1, or ``--json`` names a directory or an unwritable place.
+    """
+    from ..lab.errors import UserError
+    from ..lab.files import check_writable_file
+
+    for name in POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, but got {value}")
+    if getattr(args, "json", None):
+        check_writable_file(args.json, "--json")
 
 
 def _available() -> dict[str, object]:
@@ -69,4 +90,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    validate_options(args)
     return int(args._suite_run(args) or 0)

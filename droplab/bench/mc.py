@@ -162,12 +162,12 @@ def run(args: argparse.Namespace) -> int:
           f"{torch.get_num_threads()} torch threads, median of {repeats}")
     print(format_table(rows))
     if args.json:
-        import json
         import platform
 
         conditions = {"samples": samples, "inputs": inputs, "repeats": repeats, "max_batch": args.max_batch,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
                       "cpus": os.cpu_count()}
-        with open(args.json, "w") as f:
-            json.dump({"conditions": conditions, "rows": rows}, f, indent=2)
+        from ..lab.files import write_json
+
+        write_json(args.json, {"conditions": conditions, "rows": rows})
     return 0

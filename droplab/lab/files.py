@@ -101,9 +101,9 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON (NaN and infinities refused, so the file is standard JSON) atomically."""
-    text = json.dumps(obj, indent=indent, allow_nan=False)
+def write_json(path: str | Path, obj: Any, *, indent: int | None = 2, allow_nan: bool = True) -> Path:
+    """Write ``obj`` as JSON atomically (``allow_nan=False`` refuses NaN and infinities, for strict readers)."""
+    text = json.dumps(obj, indent=indent, allow_nan=allow_nan)
     return write_text(path, text + "\n")
 
 
@@ -127,9 +127,15 @@ def check_writable_file(path: str | Path, what: str) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{what} {path}: {existing} is not a directory")
-    target = path if path.exists() else existing
-    if not os.access(target, os.W_OK):
-        raise UserError(f"{what} {path} is not writable (check permissions or choose another path)")
+    try:  # a real probe: permission bits say nothing to root, nor about read-only or special file systems
+        fd, probe = tempfile.mkstemp(prefix=".droplab-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(os_error_message(error, "write", path)
+                        or f"{what} {path} is not writable: {error}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path} is not writable (check its permissions or choose another path)")
     return path
 
 
