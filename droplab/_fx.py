@@ -1,10 +1,13 @@
-"""torch.fx helpers shared by MC prediction and deployment."""
+"""torch.fx helpers: the leaf tracer of MC prediction and deployment, and droplab modules as fx leaves."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from torch import fx, nn
 
-__all__ = ["LeafTracer"]
+__all__ = ["LeafTracer", "fx_leaf_forward", "fx_traceable"]
 
 
 class LeafTracer(fx.Tracer):
@@ -16,3 +19,49 @@ class LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _tracer_of(args: tuple, kwargs: dict) -> fx.Tracer | None:
+    """The tracer of the first ``fx.Proxy`` among the arguments (one level into tuples and lists)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, fx.Proxy):
+            return value.tracer
+        if isinstance(value, (tuple, list)):
+            for item in value:
+                if isinstance(item, fx.Proxy):
+                    return item.tracer
+    return None
+
+
+def fx_leaf_forward(forward: Callable) -> Callable:
+    """Wrap a module's ``forward`` so that any ``torch.fx`` tracer records the module as one leaf.
+
+    A dropout module draws its mask when it runs and may advance a counter; tracing through it would
+    bake one trace-time decision (training flag, counters) into the graph. As a ``call_module``
+    node it keeps its own state, ``train()``/``eval()`` and ``state_dict``, as torch's dropout
+    modules do under fx. Traced as the root itself (no parent to hold it), the body is traced.
+    """
+
+    @functools.wraps(forward)
+    def leaf_forward(self, *args, **kwargs):
+        tracer = _tracer_of(args, kwargs)
+        if tracer is not None:
+            path = tracer.path_of_module(self)
+            if path:
+                return tracer.create_proxy("call_module", path, args, kwargs)
+        return forward(self, *args, **kwargs)
+
+    return leaf_forward
+
+
+def fx_traceable(fn: Callable) -> Callable:
+    """Wrap a functional op so that a call on an ``fx.Proxy`` is recorded as one ``call_function`` node."""
+
+    @functools.wraps(fn)
+    def traceable(*args, **kwargs):
+        tracer = _tracer_of(args, kwargs)
+        if tracer is not None:
+            return tracer.create_proxy("call_function", fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return traceable

@@ -1,5 +1,7 @@
 """droplab.functional: conventions, noise shapes, exact endpoints, backward and bad input."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -66,17 +68,41 @@ def test_noise_shape_shares_mask_along_size_one_axes(noise_shape, shared_axes):
     assert torch.equal(kept, rng.keep_mask(mask_shape, 0.5, seed=2).expand_as(kept))
 
 
-def test_channel_variants_drop_whole_channels_and_check_shapes():
-    for fn, shape, bad in ((F.dropout1d, (4, 6, 9), (4, 6, 9, 2)), (F.dropout2d, (4, 6, 3, 5), (4, 6)),
-                           (F.dropout3d, (2, 6, 2, 3, 4), (2, 6, 2))):
-        x = torch.ones(shape)
-        kept = fn(x, 0.5, seed=8) != 0
-        per_channel = kept.flatten(2).all(-1) | (~kept).flatten(2).all(-1)
-        assert per_channel.all()
-        unbatched = fn(torch.ones(shape[1:]), 0.5, seed=8) != 0
-        assert (unbatched.flatten(1).all(-1) | (~unbatched).flatten(1).all(-1)).all()
-        with pytest.raises(ValueError, match=fn.__name__ + " expects"):
-            fn(torch.ones(bad), 0.5)
+@pytest.mark.parametrize("fn, shape, leading", [
+    (F.dropout1d, (4, 6, 9), 2), (F.dropout1d, (6, 9), 1),
+    (F.dropout2d, (4, 6, 3, 5), 2), (F.dropout2d, (4, 6, 9), 2),  # 3-D is (N, C, L), as in torch
+    (F.dropout3d, (2, 6, 2, 3, 4), 2), (F.dropout3d, (6, 2, 3, 4), 1),
+])
+def test_channel_variants_drop_whole_channels(fn, shape, leading):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropout2d's 3-D warning is checked below
+        kept = fn(torch.ones(shape), 0.5, seed=8) != 0
+    groups = kept.flatten(leading)
+    assert (groups.all(-1) | (~groups).all(-1)).all()  # one value per leading index
+    assert 0 < groups[..., 0].float().mean() < 1
+    # and the mask is the one of the noise shape (leading sizes, then ones)
+    mask_shape = shape[:leading] + (1,) * (len(shape) - leading)
+    assert torch.equal(kept, rng.keep_mask(mask_shape, 0.5, seed=8).expand(shape))
+
+
+def test_channel_variants_follow_torch_rank_rules():
+    # torch.nn.functional raises RuntimeError for dropout1d's ranks; ours is also a ValueError
+    for bad in ((4, 6, 9, 2), (9,)):
+        with pytest.raises(RuntimeError, match=f"dropout1d: Expected 2D or 3D input, but received a {len(bad)}D"):
+            F.dropout1d(torch.ones(bad), 0.5)
+        with pytest.raises(ValueError):
+            F.dropout1d(torch.ones(bad), 0.5)
+    with pytest.warns(UserWarning, match="assuming that channel-wise 1D dropout behavior is desired"):
+        F.dropout2d(torch.ones(2, 3, 4), 0.5, seed=1)
+    with pytest.warns(UserWarning, match="Received a 2-D input to dropout2d"):
+        y = F.dropout2d(torch.ones(64, 64), 0.5, seed=1)
+    assert torch.equal(y != 0, rng.keep_mask((64, 64), 0.5, seed=1))  # torch: element-wise on 2-D
+    with pytest.warns(UserWarning, match="Received a 3-D input to dropout3d"):
+        y = F.dropout3d(torch.ones(5, 2, 2), 0.5, seed=1)
+    assert torch.equal(y != 0, rng.keep_mask((5, 1, 1), 0.5, seed=1).expand(5, 2, 2))  # read as (C, *)
+    with pytest.raises(RuntimeError, match="Feature dropout requires at least 2 dimensions"), \
+            pytest.warns(UserWarning):
+        F.dropout2d(torch.ones(3), 0.5)
 
 
 def test_noncontiguous_input_gets_the_mask_of_its_logical_shape():

@@ -29,6 +29,8 @@ from .dropblock import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblo
 from .dropconnect import dropconnect_linear, dropconnect_weights
 from .dropout import (
     SCALINGS,
+    InputDtypeError,
+    InputRankError,
     check_probability,
     check_scaling,
     dropout,
@@ -36,8 +38,10 @@ from .dropout import (
     dropout2d,
     dropout3d,
     feature_dropout,
+    fresh_key,
     new_seed,
     resolve_noise_shape,
+    seed_tensor,
 )
 from .droppath import drop_path, drop_path_rates
 from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
@@ -45,10 +49,14 @@ from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_re
 
 __all__ = [
     "SCALINGS",
+    "InputDtypeError",
+    "InputRankError",
     "check_probability",
     "check_scaling",
     "resolve_noise_shape",
     "new_seed",
+    "fresh_key",
+    "seed_tensor",
     "dropout",
     "dropout1d",
     "dropout2d",

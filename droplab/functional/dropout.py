@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -12,10 +12,14 @@ from ..rng import drop_threshold
 
 __all__ = [
     "SCALINGS",
+    "InputDtypeError",
+    "InputRankError",
     "check_probability",
     "check_scaling",
     "resolve_noise_shape",
     "new_seed",
+    "fresh_key",
+    "seed_tensor",
     "dropout",
     "dropout1d",
     "dropout2d",
@@ -27,11 +31,23 @@ SCALINGS = ("inverted", "classic")
 _INT64_MIN = -(2**63)
 
 
+class InputDtypeError(TypeError, RuntimeError):
+    """A non-floating-point input: a ``TypeError``, and the ``RuntimeError`` torch's dropout raises."""
+
+
+class InputRankError(ValueError, RuntimeError):
+    """An input rank the op cannot read: a ``ValueError``, and the ``RuntimeError`` torch raises."""
+
+
 def check_probability(p: float, name: str = "dropout probability") -> float:
-    """Return ``p`` as a float, or raise the canonical ``ValueError`` unless ``0 <= p <= 1``."""
+    """Return ``p`` as a float, or raise the canonical ``ValueError`` unless ``0 <= p <= 1``.
+
+    NaN fails the range comparison, so no ``math.isnan`` is needed (which ``torch.compile`` cannot
+    trace for a symbolic float: one graph break per new rate).
+    """
     if isinstance(p, torch.Tensor) and p.numel() == 1:
         p = p.item()
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 <= p <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, (int, float, torch.SymFloat, torch.SymInt)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} has to be between 0 and 1, but got {p}")
     return float(p)
 
@@ -46,26 +62,42 @@ def _check_input(input: torch.Tensor, op: str) -> None:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op} expects a torch.Tensor input, but got {type(input).__name__}")
     if not input.is_floating_point():
-        raise TypeError(f"{op} expects a floating-point tensor (float16, bfloat16, float32, float64), "
-                        f"but got {input.dtype}")
+        raise InputDtypeError(f"{op} expects a floating-point tensor (float16, bfloat16, float32, float64), "
+                              f"but got {input.dtype}")
+
+
+def fresh_key() -> torch.Tensor:
+    """A fresh 64-bit key, a 0-dim int64 tensor, drawn from torch's default CPU generator.
+
+    What ``seed=None`` uses at each call, so ``torch.manual_seed`` and ``freeze_rng_state`` replay it.
+    It is a tensor op (no ``.item()``), so it stays inside a ``torch.compile``'d graph.
+    """
+    return torch.randint(_INT64_MIN, 2**63 - 1, (), dtype=torch.int64)
 
 
 def new_seed() -> int:
     """A seed drawn from torch's global generator, so ``torch.manual_seed`` governs it."""
-    return int(torch.empty((), dtype=torch.int64).random_().item())
+    return int(fresh_key()) % 2**64
 
 
-def _seed_tensor(seed: int | torch.Tensor | None) -> torch.Tensor:
+def seed_tensor(seed: int | torch.Tensor | None) -> torch.Tensor:
+    """The 64-bit ``seed`` as a 0-dim int64 tensor (two's complement); ``None`` draws :func:`fresh_key`.
+
+    Raises ``TypeError`` for anything but an int, a one-element int64 tensor or ``None``.
+    """
     if seed is None:
-        seed = new_seed()
+        return fresh_key()
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
             raise TypeError(f"seed must be an int or a 0-dim int64 tensor, but got {seed.dtype} {tuple(seed.shape)}")
         return seed.reshape(())
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, but got {type(seed).__name__}")
+        raise TypeError(f"seed must be an int or None, but got {type(seed).__name__}")
     s = seed % 2**64
     return torch.tensor(s - 2**64 if s >= 2**63 else s, dtype=torch.int64)
+
+
+_seed_tensor = seed_tensor  # the name the variant functionals import
 
 
 def _step_tensor(step: int | torch.Tensor) -> torch.Tensor:
@@ -160,30 +192,41 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     scale = 1.0 / (1.0 - p) if scaling == "inverted" and p < 1.0 else 1.0
     if p == 1.0:
         scale = 0.0
-    out = masked_scale(input, _seed_tensor(seed), _step_tensor(step), replica, stream, drop_threshold(p),
+    out = masked_scale(input, seed_tensor(seed), _step_tensor(step), replica, stream, drop_threshold(p),
                        scale, list(mask_shape))
     if inplace:
         return input.copy_(out)
     return out
 
 
-def feature_dropout(input: torch.Tensor, p: float, training: bool, inplace: bool, *, batched_ndim: int,
-                    op: str, shape_doc: str, **kwargs) -> torch.Tensor:
-    """Channel dropout: one mask value per (example, channel), shared over the trailing dimensions.
+def feature_dropout(input: torch.Tensor, p: float, training: bool, inplace: bool, *, batched: bool,
+                    op: str, **kwargs) -> torch.Tensor:
+    """Channel dropout as torch's ``feature_dropout``: one mask value per (example, channel).
 
-    ``batched_ndim`` is the rank of the batched form ``(N, C, *)``; the unbatched form ``(C, *)``
-    (one dimension fewer) shares one mask per channel.
+    ``batched`` reads the input as :math:`(N, C, *)`; otherwise as :math:`(C, *)`, one mask value per
+    channel (torch's unbatched form). Trailing dimensions share the mask. Raises
+    :class:`InputRankError` when fewer than two dimensions remain (batched form).
     """
     _check_input(input, op)
-    if input.dim() not in (batched_ndim, batched_ndim - 1):
-        raise ValueError(f"{op} expects {shape_doc}, but got input of shape {tuple(input.shape)}")
     if kwargs.get("noise_shape") is not None:
         raise ValueError(f"{op} fixes its own noise_shape (one mask value per channel); use dropout() "
                          "for a custom noise_shape")
-    leading = 2 if input.dim() == batched_ndim else 1
-    noise_shape = tuple([None] * leading + [1] * (input.dim() - leading))
     kwargs.pop("noise_shape", None)
+    if input.dim() + (0 if batched else 1) < 2:
+        raise InputRankError(f"{op}: Feature dropout requires at least 2 dimensions in the input, but got "
+                             f"input of shape {tuple(input.shape)}")
+    leading = min(2 if batched else 1, input.dim())
+    noise_shape = tuple([None] * leading + [1] * (input.dim() - leading))
     return dropout(input, p, training, inplace, noise_shape=noise_shape, **kwargs)
+
+
+def _warn_rank(op: str, ndim: int, expected: str, spatial: int) -> None:
+    # torch's wording, so filters and tests written for torch match
+    warnings.warn(f"{op}: Received a {ndim}-D input to {op}, which is deprecated and will result in an error in "
+                  f"a future release. To retain the behavior and silence this warning, please use dropout instead. "
+                  f"Note that {op} exists to provide channel-wise dropout on inputs with {spatial} spatial "
+                  f"dimensions, a channel dimension, and an optional batch dimension (i.e. {expected} inputs).",
+                  stacklevel=3)
 
 
 def dropout1d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
@@ -192,35 +235,56 @@ def dropout1d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplac
 
     Scaling and keyword arguments as :func:`dropout`.
 
-    Shape: Input :math:`(N, C, L)` or :math:`(C, L)`; output the same.
+    Shape: Input :math:`(N, C, L)` or :math:`(C, L)`; output the same. Any other rank raises
+    :class:`InputRankError` (a ``RuntimeError``, as in torch).
 
     Reference: Tompson et al., "Efficient Object Localization Using Convolutional Networks", CVPR 2015.
     """
-    return feature_dropout(input, p, training, inplace, batched_ndim=3, op="dropout1d",
-                           shape_doc="(N, C, L) or (C, L)", **kwargs)
+    _check_input(input, "dropout1d")
+    if input.dim() not in (2, 3):
+        raise InputRankError(f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. Note that "
+                             "dropout1d exists to provide channel-wise dropout on inputs with 1 spatial dimension, "
+                             "a channel dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+    return feature_dropout(input, p, training, inplace, batched=input.dim() == 3, op="dropout1d", **kwargs)
 
 
 def dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
               **kwargs) -> torch.Tensor:
     r"""Zero whole feature maps: one mask value per :math:`(n, c)`, shared over height and width.
 
-    Scaling and keyword arguments as :func:`dropout`.
+    Scaling and keyword arguments as :func:`dropout`. Input ranks follow ``torch.nn.functional.dropout2d``.
 
-    Shape: Input :math:`(N, C, H, W)` or :math:`(C, H, W)`; output the same.
+    Shape: Input :math:`(N, C, H, W)` or :math:`(N, C, L)`; output the same.
+
+    .. warning::
+        As in torch, a 3-D input is read as :math:`(N, C, L)` (one mask value per :math:`(n, c)`), not as
+        an unbatched :math:`(C, H, W)`, with torch's warning; other ranks than 3 and 4 warn and are read
+        as :math:`(N, C, *)`.
 
     Reference: Tompson et al., "Efficient Object Localization Using Convolutional Networks", CVPR 2015.
     """
-    return feature_dropout(input, p, training, inplace, batched_ndim=4, op="dropout2d",
-                           shape_doc="(N, C, H, W) or (C, H, W)", **kwargs)
+    _check_input(input, "dropout2d")
+    if input.dim() not in (3, 4):
+        _warn_rank("dropout2d", input.dim(), "3D or 4D", 2)
+    if input.dim() == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+                      "This behavior will change in a future release to interpret the input as one without a "
+                      "batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout behavior, "
+                      "please switch to using dropout1d instead.", stacklevel=2)
+    return feature_dropout(input, p, training, inplace, batched=True, op="dropout2d", **kwargs)
 
 
 def dropout3d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
               **kwargs) -> torch.Tensor:
     r"""Zero whole 3-D feature volumes: one mask value per :math:`(n, c)`, shared over D, H, W.
 
-    Scaling and keyword arguments as :func:`dropout`.
+    Scaling and keyword arguments as :func:`dropout`. Input ranks follow ``torch.nn.functional.dropout3d``:
+    other ranks than 4 and 5 warn, and every rank but 5 is read as unbatched :math:`(C, *)`.
 
     Shape: Input :math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`; output the same.
     """
-    return feature_dropout(input, p, training, inplace, batched_ndim=5, op="dropout3d",
-                           shape_doc="(N, C, D, H, W) or (C, D, H, W)", **kwargs)
+    _check_input(input, "dropout3d")
+    if input.dim() not in (4, 5):
+        _warn_rank("dropout3d", input.dim(), "4D or 5D", 3)
+    return feature_dropout(input, p, training, inplace, batched=input.dim() == 5, op="dropout3d", **kwargs)

@@ -6,7 +6,12 @@
 ``seed`` and ``step`` are 0-dim int64 tensors so that a module's counters can advance inside a
 compiled graph without recompiling; ``seed`` holds the 64-bit seed in two's complement. The backward
 is the same op applied to the incoming gradient: the mask is regenerated from the integers, so
-autograd saves nothing but those two integer scalars.
+autograd saves nothing but those two integer scalars. The output keeps the input's dimension order
+(channels_last in, channels_last out), as torch's element-wise ops do.
+
+``droplab::counter_value(counter)`` is a copy of a counter that compilers treat as opaque: a module
+reads its step through it once per forward, so backward receives that value and cannot re-read the
+buffer after the forward advanced it.
 """
 
 from __future__ import annotations
@@ -15,14 +20,48 @@ import torch
 
 from . import masked_scale as _dispatch_masked_scale
 
-__all__ = ["masked_scale", "masked_scale_op"]
+__all__ = ["counter_value", "dense_like", "masked_scale", "masked_scale_op"]
+
+
+def dense_like(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialized dense tensor like ``x`` with ``x``'s dimension order (its strides, sorted).
+
+    The layout torch's element-wise ops give their output: channels_last stays channels_last, a
+    permuted or sliced view gets a dense tensor in the same permutation.
+    """
+    if x.is_contiguous():
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # stable: ties keep dimension order
+    inverse = sorted(range(x.dim()), key=order.__getitem__)
+    return torch.empty([x.shape[d] for d in order], dtype=x.dtype, device=x.device).permute(inverse)
 
 
 def _impl(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
           threshold: int, scale: float, mask_shape: list[int]) -> torch.Tensor:
     s = int(seed) % 2**64
-    return _dispatch_masked_scale(x, (s & 0xFFFFFFFF, s >> 32), int(step), replica, stream, threshold,
-                                  scale, tuple(mask_shape))
+    y = _dispatch_masked_scale(x, (s & 0xFFFFFFFF, s >> 32), int(step), replica, stream, threshold,
+                               scale, tuple(mask_shape))
+    if x.is_contiguous() and y.is_contiguous():
+        return y
+    return dense_like(x).copy_(y)  # the backends compute in logical order; restore the input's layout
+
+
+@torch.library.custom_op("droplab::counter_value", mutates_args=())
+def _counter_value_op(counter: torch.Tensor) -> torch.Tensor:
+    return counter.clone()
+
+
+@_counter_value_op.register_fake
+def _(counter):
+    return torch.empty_like(counter)
+
+
+def counter_value(counter: torch.Tensor) -> torch.Tensor:
+    """The counter's current value as a new tensor; under ``torch.compile`` an opaque op, so the
+    partitioner saves it for backward instead of recomputing it from the (since advanced) buffer."""
+    if torch.compiler.is_compiling():
+        return _counter_value_op(counter)
+    return counter.clone()
 
 
 masked_scale_op = torch.library.custom_op("droplab::masked_scale", _impl, mutates_args=())
@@ -57,7 +96,7 @@ def masked_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replic
 
 @masked_scale_op.register_fake
 def _(x, seed, step, replica, stream, threshold, scale, mask_shape):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dense_like(x)
 
 
 def _setup_context(ctx, inputs, output):

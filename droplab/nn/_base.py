@@ -1,16 +1,23 @@
-"""What every droplab dropout module shares: a rate, a seed, a step counter and the replica rule.
+"""What every droplab dropout module shares: a rate, the seed mode, the step counter and the replica rule.
 
-A module holds hyper-parameters and its counters; the math lives in :mod:`droplab.functional`.
+A module holds hyper-parameters (and, when seeded, its counters); the math lives in :mod:`droplab.functional`.
 
-* ``seed`` and ``step`` are int64 buffers, so they live in ``state_dict`` (a resumed run draws
-  exactly the masks it would have) and advance inside a ``torch.compile``'d graph without
-  recompiling. They stay on the CPU whatever device the module moves to: they are counters, and
-  reading them must not synchronize an accelerator.
-* Each training forward takes the current step and advances it. A forward that is *recomputed*
-  during backward (``torch.utils.checkpoint``) replays the step its original forward took, so it
-  reproduces the same mask. Replay is newest first, which is exact when a module runs once per
-  checkpointed region (regions are recomputed in reverse order); a module called several times inside
-  one checkpointed region would replay its steps in the wrong order, so give each call its own module.
+* Two seed modes. ``seed=None`` (the default) behaves as ``torch.nn`` does where a torch user can
+  observe it: no counters (the ``state_dict`` is torch's), nothing drawn at construction, and a fresh
+  64-bit key drawn from torch's default CPU generator at each training forward, so
+  ``torch.manual_seed`` and ``freeze_rng_state`` replay the mask. ``seed=int`` keeps ``seed`` and
+  ``step`` as int64 buffers in ``state_dict`` (a resumed run draws exactly the masks it would have);
+  they advance inside a ``torch.compile``'d graph without recompiling, and stay on the CPU whatever
+  device the module moves to (they are counters: reading them must not synchronize an accelerator).
+  An unseeded module that loads a ``state_dict`` holding ``seed``/``step`` (a checkpoint written by
+  droplab 0.1, or by a seeded module) becomes seeded with them.
+* Each training forward reads its counters once, as values: a seeded module takes the current step
+  and advances it; the value, not the buffer, reaches backward, so backward regenerates this forward's
+  mask under every ``torch.compile`` backend. A forward that is *recomputed* during backward
+  (``torch.utils.checkpoint``) replays the counters its original forward took, so it reproduces the
+  same mask. Replay is newest first, which is exact when a module runs once per checkpointed region
+  (regions are recomputed in reverse order); a module called several times inside one checkpointed
+  region would replay its steps in the wrong order, so give each call its own module.
 * Under ``torch.distributed`` the rank is folded into the counter so replicas draw different masks,
   unless ``share_across_ranks=True``.
 * Monte-Carlo sampling (:mod:`droplab.mc`): inside :func:`mc_sampling` a module draws sample ``t``'s
@@ -31,8 +38,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._fx import fx_leaf_forward
 from .._modes import training_flags_restored
-from ..functional import check_probability, check_scaling, new_seed
+from ..functional import check_probability, check_scaling, fresh_key, seed_tensor
+from ..kernels.ops import counter_value
 from ..rng import philox4x32_scalar, split_seed
 
 __all__ = ["StochasticModule", "current_replica", "in_recomputation", "MCSampling", "mc_sampling", "mc_seed",
@@ -169,13 +178,19 @@ def in_recomputation() -> bool:
 
 
 class StochasticModule(nn.Module):
-    """Base of droplab's dropout modules: validation, counters, replica folding and ``extra_repr``.
+    """Base of droplab's dropout modules: validation, the seed mode, counters, replica folding and ``extra_repr``.
 
-    Subclasses call :meth:`_next_counter` once per stochastic forward and pass the returned
-    ``(seed, step)`` tensors to a functional op.
+    Subclasses pass their functional op to :meth:`_call_functional` (or call :meth:`_next_counter`
+    once per stochastic forward and pass the returned ``(seed, step)`` tensors to a functional op).
+    Every subclass's ``forward`` is recorded by ``torch.fx`` tracers as one ``call_module`` node.
     """
 
-    _replay_depth = 64  # steps remembered for checkpoint recomputation
+    _replay_depth = 64  # counters remembered for checkpoint recomputation
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # a leaf for torch.fx: the mask is drawn at run time, not trace time
+            cls.forward = fx_leaf_forward(cls.__dict__["forward"])
 
     @property
     def mc_batch_dim(self) -> int:
@@ -191,14 +206,24 @@ class StochasticModule(nn.Module):
         self.p = p
         self.scaling = check_scaling(scaling)
         self.share_across_ranks = bool(share_across_ranks)
-        if seed is None:
-            seed = new_seed()
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int or None, but got {type(seed).__name__}")
-        s = seed % 2**64
-        self.register_buffer("seed", torch.tensor(s - 2**64 if s >= 2**63 else s, dtype=torch.int64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self._issued: collections.deque[torch.Tensor] = collections.deque(maxlen=self._replay_depth)
+        self._issued: collections.deque[tuple[torch.Tensor, torch.Tensor]] = collections.deque(
+            maxlen=self._replay_depth)
+        # unseeded: plain ``None`` attributes, no buffers, so the state_dict is torch's
+        self.seed: torch.Tensor | None = None
+        self.step: torch.Tensor | None = None
+        if seed is not None:
+            self._become_seeded(seed_tensor(seed), torch.zeros((), dtype=torch.int64))
+
+    @property
+    def seeded(self) -> bool:
+        """True when the module keeps ``seed``/``step`` counters (constructed with ``seed=int``)."""
+        return "seed" in self._buffers
+
+    def _become_seeded(self, seed: torch.Tensor, step: torch.Tensor) -> None:
+        for name, value in (("seed", seed), ("step", step)):
+            self.__dict__.pop(name, None)
+            self.register_buffer(name, value.detach().to("cpu", torch.int64).reshape(()).clone())
+        self._issued.clear()
 
     # the rate is validated on every assignment, so schedules and set_rate cannot store a bad value
     @property
@@ -213,10 +238,28 @@ class StochasticModule(nn.Module):
     def replica(self) -> int:
         return 0 if self.share_across_ranks else current_replica()
 
-    def _next_counter(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(seed, step)`` for this stochastic forward; advances the step, or replays it when recomputed.
+    def _call_functional(self, fn, input: torch.Tensor, *args, **kwargs):
+        """``fn(input, p, training, *args, **kwargs)``: the forward every simple module shares.
 
-        Under MC sampling (:meth:`mc_forward`) it returns the sample's counters and advances nothing.
+        In evaluation mode, or at ``p = 0``, ``fn`` gets ``training=False`` (its inference rule) and
+        no counters are drawn; otherwise it gets ``training=True`` and this forward's ``seed``,
+        ``step`` and ``replica`` keywords.
+        """
+        if not self.training or self.p == 0.0:
+            return fn(input, self.p, False, *args, **kwargs)
+        seed, step = self._next_counter()
+        return fn(input, self.p, True, *args, seed=seed, step=step, replica=self.replica, **kwargs)
+
+    def _mc_site_seed(self) -> int:
+        # an unseeded module has no seed of its own: MC sampling may name one (``_mc_seed``), else 0
+        return int(self.seed) if self.seeded else int(self.__dict__.get("_mc_seed", 0))
+
+    def _next_counter(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(seed, step)`` for this stochastic forward, read once as values.
+
+        Seeded: the current step, which then advances. Unseeded: a fresh key from torch's default
+        CPU generator and step 0. A recomputed forward (checkpointing) replays what its original
+        forward took. Under MC sampling it returns the sample's counters and advances nothing.
         """
         spec = getattr(_MC, "spec", None)
         if spec is not None:
@@ -226,16 +269,21 @@ class StochasticModule(nn.Module):
                     raise MCBatchingError(f"{type(self).__name__} draws a mask outside its forward, so MC "
                                           "sampling cannot split stacked samples or rows for it")
                 sample = spec.first
-            seed = mc_seed(int(self.seed), spec.seed, 0 if spec.consistent else spec.batch)
+            seed = mc_seed(self._mc_site_seed(), spec.seed, 0 if spec.consistent else spec.batch)
             return (torch.tensor(seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64),
                     torch.tensor(sample, dtype=torch.int64))
         if self._issued and in_recomputation():
-            return self.seed, self._issued.pop()
-        step = self.step.clone()
-        self.step.add_(1)
+            return self._issued.pop()
+        if self.seeded:
+            # counter_value hands the step on as a value that no compiler can re-read from the
+            # buffer after the increment below (inductor did, and backward used the next step's mask)
+            counters = (self.seed, counter_value(self.step))
+            self.step.add_(1)
+        else:
+            counters = (fresh_key(), torch.zeros((), dtype=torch.int64))
         if not torch.compiler.is_compiling():
-            self._issued.append(step)
-        return self.seed, step
+            self._issued.append(counters)
+        return counters
 
     def mc_forward(self, *args, **kwargs):
         """The forward under MC sampling: one call per stacked sample, each with ``step = t``.
@@ -271,18 +319,24 @@ class StochasticModule(nn.Module):
         return outputs[0] if len(outputs) == 1 else _cat(outputs, dim, length)
 
     def reseed(self, seed: int, step: int = 0) -> None:
-        """Set the seed (and step) in place, e.g. to make two modules draw the same masks."""
-        s = int(seed) % 2**64
-        self.seed.fill_(s - 2**64 if s >= 2**63 else s)
-        self.step.fill_(int(step))
-        self._issued.clear()
+        """Seed the module in place (an unseeded module becomes seeded), e.g. to make two modules draw
+        the same masks."""
+        self._become_seeded(seed_tensor(seed), torch.tensor(int(step), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # a checkpoint with counters (droplab 0.1, or a seeded module) seeds an unseeded module
+        seed, step = state_dict.get(prefix + "seed"), state_dict.get(prefix + "step")
+        if not self.seeded and isinstance(seed, torch.Tensor) and isinstance(step, torch.Tensor):
+            self._become_seeded(seed, step)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _apply(self, fn, recurse=True):
         # the counters stay on the CPU as int64, whatever device or dtype the module moves to
-        counters = {name: getattr(self, name) for name in _COUNTERS}
+        counters = {name: self._buffers[name] for name in _COUNTERS if name in self._buffers}
         result = super()._apply(fn, recurse)
-        for name, value in counters.items():
-            self._buffers[name] = value
+        self._buffers.update(counters)
         return result
 
     def extra_repr(self) -> str:
@@ -291,7 +345,9 @@ class StochasticModule(nn.Module):
     def _repr_fields(self) -> Sequence[tuple[str, object]]:
         fields = [("p", self.p)]
         fields += self._extra_fields()
-        fields += [("seed", int(self.seed) % 2**64), ("scaling", self.scaling)]
+        if self.seeded:  # shown only when given, so an unseeded module prints as torch's does
+            fields.append(("seed", int(self.seed) % 2**64))
+        fields.append(("scaling", self.scaling))
         if self.share_across_ranks:
             fields.append(("share_across_ranks", True))
         return fields

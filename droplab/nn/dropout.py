@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .. import functional as F
 from ._base import StochasticModule
@@ -23,15 +24,9 @@ class _DropoutNd(StochasticModule):
     def _extra_fields(self) -> list[tuple[str, object]]:
         return [("inplace", self.inplace), ("noise_shape", self.noise_shape)]
 
-    def _call(self, input: torch.Tensor, fn, **extra) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return fn(input, self.p, False, self.inplace, scaling=self.scaling, **extra)
-        seed, step = self._next_counter()
-        return fn(input, self.p, True, self.inplace, seed=seed, step=step, replica=self.replica,
-                  scaling=self.scaling, **extra)
 
 
-class Dropout(_DropoutNd):
+class Dropout(_DropoutNd, nn.Dropout):
     r"""During training, zero each element with probability ``p``; at inference use every element.
 
     Inverted scaling (default) multiplies kept elements by :math:`1/(1-p)` in training and is the
@@ -42,8 +37,9 @@ class Dropout(_DropoutNd):
     Args:
         p: drop probability. Default: 0.5.
         inplace: operate in place. Default: False.
-        seed: 64-bit seed; ``None`` draws one from torch's global generator at construction, so
-            ``torch.manual_seed`` governs it. Default: None.
+        seed: ``None`` (torch's behaviour: a fresh key from torch's default generator at each training
+            forward, no counters in ``state_dict``) or a 64-bit int (counter-based masks, ``seed`` and
+            ``step`` in ``state_dict``, exact resume). Default: None.
         noise_shape: Keras-style mask shape (``1`` shares the mask along an axis, ``None`` keeps the
             input's size), e.g. ``(None, 1, None)`` for one mask per sequence. Default: None.
         scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
@@ -65,7 +61,8 @@ class Dropout(_DropoutNd):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._call(input, F.dropout, noise_shape=self.noise_shape)
+        return self._call_functional(F.dropout, input, self.inplace, scaling=self.scaling,
+                                     noise_shape=self.noise_shape)
 
 
 class _ChannelDropout(_DropoutNd):
@@ -79,10 +76,10 @@ class _ChannelDropout(_DropoutNd):
         return [("inplace", self.inplace)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._call(input, type(self)._functional)
+        return self._call_functional(type(self)._functional, input, self.inplace, scaling=self.scaling)
 
 
-class Dropout1d(_ChannelDropout):
+class Dropout1d(_ChannelDropout, nn.Dropout1d):
     r"""Zero whole channels of ``(N, C, L)`` or ``(C, L)`` inputs with probability ``p``.
 
     One mask value per (example, channel), shared along the length. Arguments as :class:`Dropout`
@@ -92,7 +89,7 @@ class Dropout1d(_ChannelDropout):
     _functional = staticmethod(F.dropout1d)
 
 
-class Dropout2d(_ChannelDropout):
+class Dropout2d(_ChannelDropout, nn.Dropout2d):
     r"""Zero whole feature maps of ``(N, C, H, W)`` or ``(C, H, W)`` inputs with probability ``p``.
 
     Adjacent pixels of a feature map are strongly correlated, so element-wise dropout barely
@@ -103,7 +100,7 @@ class Dropout2d(_ChannelDropout):
     _functional = staticmethod(F.dropout2d)
 
 
-class Dropout3d(_ChannelDropout):
+class Dropout3d(_ChannelDropout, nn.Dropout3d):
     r"""Zero whole feature volumes of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs with probability ``p``.
 
     Arguments as :class:`Dropout` (the noise shape is fixed).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .. import functional as F
 from ..functional.noise import check_gaussian_probability
@@ -31,10 +32,7 @@ class _NoiseDropout(StochasticModule):
         return [("inplace", self.inplace)]
 
     def _call(self, input: torch.Tensor, fn, **extra) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return fn(input, self.p, False, self.inplace, **extra)
-        seed, step = self._next_counter()
-        return fn(input, self.p, True, self.inplace, seed=seed, step=step, replica=self.replica, **extra)
+        return self._call_functional(fn, input, self.inplace, **extra)
 
 
 class GaussianDropout(_NoiseDropout):
@@ -85,7 +83,7 @@ class GaussianDropout(_NoiseDropout):
         return self._call(input, F.gaussian_dropout, noise_shape=self.noise_shape)
 
 
-class AlphaDropout(_NoiseDropout):
+class AlphaDropout(_NoiseDropout, nn.AlphaDropout):
     r"""Alpha dropout for SELU networks: dropped units take SELU's saturation value, moments preserved.
 
     Training: :math:`y = a\,(x \odot m + \alpha'(1 - m)) + b`, :math:`\alpha' = -\lambda\alpha`,
@@ -96,7 +94,8 @@ class AlphaDropout(_NoiseDropout):
     Args:
         p: drop probability. Default: 0.5.
         inplace: operate in place. Default: False.
-        seed: 64-bit seed; ``None`` draws one from torch's global generator. Default: None.
+        seed: ``None`` (a fresh key from torch's default generator at each training forward, as torch) or a
+            64-bit int (counter-based, resumable). Default: None.
         share_across_ranks: the same mask on every data-parallel rank. Default: False.
 
     Shape:
@@ -117,7 +116,7 @@ class AlphaDropout(_NoiseDropout):
         return self._call(input, F.alpha_dropout)
 
 
-class FeatureAlphaDropout(_NoiseDropout):
+class FeatureAlphaDropout(_NoiseDropout, nn.FeatureAlphaDropout):
     r"""Alpha dropout of whole channels of :math:`(N, C, *)` input: one mask value per (example, channel).
 
     Formulas as :class:`AlphaDropout`; drop-in for ``torch.nn.FeatureAlphaDropout``.
