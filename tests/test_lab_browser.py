@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import missing_service
 
 from droplab.lab.report import write_report
 
@@ -26,7 +27,8 @@ def fake_run(label, acc):
 
 def test_report_renders_in_headless_chromium(tmp_path):
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("headless Chromium is required: apt-get install chromium chromium-driver (.ci/run does)")
+        missing_service(f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): "
+                        "as root, '. tests/services.sh' installs it (apt-get install chromium chromium-driver)")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service

@@ -1,6 +1,7 @@
 """A 2-worker sweep against a real PostgreSQL server; one worker is SIGKILLed mid-trial.
 
-``.ci/run`` installs Debian's postgresql, starts it on loopback and exports
+``tests/services.sh`` (sourced by the README's test command) installs Debian's postgresql, starts it on
+loopback and exports
 ``DROPLAB_TEST_POSTGRES`` (a SQLAlchemy URL of a superuser's ``postgres`` database). The test creates a
 fresh database with a unique name, runs the sweep there and drops it afterwards. Without the variable
 the test fails under CI (``CI=true``) and is skipped, with the reason, elsewhere.
@@ -21,6 +22,7 @@ import time
 import uuid
 
 import pytest
+from conftest import missing_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -33,11 +35,9 @@ HEARTBEAT, GRACE = 1, 3
 def postgres_url():
     url = os.environ.get("DROPLAB_TEST_POSTGRES")
     if not url:
-        reason = ("DROPLAB_TEST_POSTGRES is not set: run .ci/run, or start PostgreSQL and export "
-                  "DROPLAB_TEST_POSTGRES=postgresql+psycopg://user:pw@127.0.0.1:5432/postgres")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing_service("DROPLAB_TEST_POSTGRES is not set: source tests/services.sh (as root it installs and "
+                        "starts PostgreSQL), or start a server and export "
+                        "DROPLAB_TEST_POSTGRES=postgresql+psycopg://user:pw@127.0.0.1:5432/postgres")
     import sqlalchemy as sa
 
     name = f"droplab_test_{uuid.uuid4().hex[:12]}"
