@@ -40,6 +40,18 @@ For element-wise dropout the mask has the input's shape; with a noise shape (an 
 one mask value along that axis) the mask has the noise shape and is broadcast. The memory layout of
 the input never matters: a transposed view gets the mask of its logical shape.
 
+Noise from the same words (Gaussian and Concrete dropout): every transform below is a fixed
+sequence of IEEE float32 operations (``+ - * sqrt``, exact bit casts, no fused multiply-add, no
+libm call), so every backend reproduces it bit for bit:
+
+* :func:`normal_from_words`: Box-Muller. Element ``i`` uses the two words ``2 (i // 2)`` and
+  ``2 (i // 2) + 1`` of its block's four (block ``i // 4``, as for masks): radius
+  ``r = sqrt(-2 ln u1)``, ``u1 = ((w_a >> 8) + 1) 2**-24``, angle ``2 pi u2``,
+  ``u2 = (w_b >> 8) 2**-24``; even ``i`` takes ``r cos``, odd ``i`` takes ``r sin``. ``ln``, ``sin``
+  and ``cos`` are Cephes' float32 polynomials (see :func:`log_f32`, :func:`sincos_turns_f32`).
+* :func:`logistic_from_words`: ``ln(a) - ln(b)``, ``a = 2 (w >> 9) + 1``, ``b = 2**24 - a``: the
+  logit of ``u = a 2**-24``, uniform on the 2**23 midpoints of ``(0, 1)``, so always finite.
+
 Every backend (``droplab.kernels``) must be bit-identical to :func:`philox4x32` here.
 """
 
@@ -56,16 +68,26 @@ __all__ = [
     "PHILOX_W1",
     "PHILOX_ROUNDS",
     "MAX_INDEX",
+    "encode_seed",
+    "seed_tensor",
+    "seed_key",
     "split_seed",
     "drop_threshold",
     "keep_probability",
     "philox4x32",
     "philox4x32_scalar",
+    "block_words",
+    "words_at",
     "random_words",
     "keep_mask",
     "uniform_from_words",
+    "log_f32",
+    "sincos_turns_f32",
+    "normal_from_words",
+    "logistic_from_words",
     "random_uniform",
     "random_normal",
+    "random_logistic",
 ]
 
 PHILOX_M0 = 0xD2511F53
@@ -83,6 +105,32 @@ def split_seed(seed: int) -> tuple[int, int]:
         raise TypeError(f"seed must be an int, but got {type(seed).__name__}")
     s = seed % 2**64
     return s & MASK32, s >> 32
+
+
+def encode_seed(seed: int) -> int:
+    """The 64-bit seed as the signed value an int64 tensor holds (two's complement of ``seed mod 2**64``).
+
+    The one place that encodes a seed: modules' ``seed`` buffers and the ops' seed tensors use it,
+    and :func:`seed_key` reads it back, so any int (negative, or above 2**63) means its value mod 2**64.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, but got {type(seed).__name__}")
+    s = seed % 2**64
+    return s - 2**64 if s >= 2**63 else s
+
+
+def seed_tensor(seed: int | torch.Tensor) -> torch.Tensor:
+    """A 0-dim int64 tensor holding ``seed`` (:func:`encode_seed`); a 0-dim int64 tensor passes through."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise TypeError(f"seed must be an int or a 0-dim int64 tensor, but got {seed.dtype} {tuple(seed.shape)}")
+        return seed.reshape(())
+    return torch.tensor(encode_seed(seed), dtype=torch.int64)
+
+
+def seed_key(seed: int | torch.Tensor) -> tuple[int, int]:
+    """The Philox key ``(k0, k1)`` of a seed given as an int or as an int64 tensor (:func:`encode_seed`)."""
+    return split_seed(int(seed))
 
 
 def drop_threshold(p: float) -> int:
@@ -152,18 +200,33 @@ def _check_counter(step: int, replica: int, stream: int) -> None:
             raise ValueError(f"{name} must be a non-negative int, but got {value!r}")
 
 
+def block_words(blocks: torch.Tensor, key: tuple[int, int], step: int, replica: int,
+                stream: int) -> torch.Tensor:
+    """The four words of each Philox block in ``blocks`` (int64), as an int64 tensor ``(*blocks.shape, 4)``.
+
+    The one pure-torch evaluation of the generator: every reference path (:func:`random_words`,
+    :func:`words_at`, :mod:`droplab.kernels.reference`) calls it. Counters live on ``blocks``' device.
+    """
+    counters = [torch.full((), v & MASK32, dtype=torch.int64, device=blocks.device) for v in (step, replica, stream)]
+    return torch.stack(philox4x32(blocks, *counters, key[0] & MASK32, key[1] & MASK32), dim=-1)
+
+
+def words_at(indices: torch.Tensor, key: tuple[int, int], step: int, replica: int, stream: int) -> torch.Tensor:
+    """The word of each mask index in ``indices`` (any shape, int64): word ``index % 4`` of block ``index // 4``."""
+    indices = indices.to(torch.int64)
+    words = block_words(indices // 4, key, step, replica, stream)
+    return words.gather(-1, (indices % 4).unsqueeze(-1)).squeeze(-1)
+
+
 def random_words(numel: int, seed: int, step: int = 0, replica: int = 0, stream: int = 0,
                  *, offset: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
     """The 32-bit words for mask indices ``offset .. offset + numel - 1``, as int64 (reference path)."""
     _check_counter(step, replica, stream)
     if numel < 0 or offset < 0 or offset + numel > MAX_INDEX:
         raise ValueError(f"mask indices must lie in [0, {MAX_INDEX}), got offset={offset}, numel={numel}")
-    k0, k1 = split_seed(seed)
     first_block = offset // 4
-    last_block = (offset + numel + 3) // 4
-    blocks = torch.arange(first_block, last_block, dtype=torch.int64, device=device)
-    words = philox4x32(blocks, torch.tensor(step), torch.tensor(replica), torch.tensor(stream), k0, k1)
-    words = torch.stack(words, dim=1).reshape(-1)  # word index % 4 of block index // 4
+    blocks = torch.arange(first_block, (offset + numel + 3) // 4, dtype=torch.int64, device=device)
+    words = block_words(blocks, split_seed(seed), step, replica, stream).reshape(-1)
     start = offset - 4 * first_block
     return words[start:start + numel]
 
@@ -172,22 +235,9 @@ def keep_mask(shape: int | tuple[int, ...] | torch.Size, p: float, seed: int, st
               replica: int = 0, stream: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Boolean keep mask of ``shape`` (True = kept) by the reference implementation."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    numel = math.prod(shape)
     threshold = drop_threshold(p)
-    words = random_words(numel, seed, step, replica, stream, device=device)
+    words = random_words(math.prod(shape), seed, step, replica, stream, device=device)
     return (words >= threshold).reshape(shape)
-
-
-def _words_on_device(numel: int, seed: int, step: int, replica: int, stream: int,
-                     device: torch.device | str | None) -> torch.Tensor:
-    """``random_words(numel, ...)`` with every counter tensor on ``device`` (no host-device mixing)."""
-    _check_counter(step, replica, stream)
-    if numel < 0 or numel > MAX_INDEX:
-        raise ValueError(f"mask indices must lie in [0, {MAX_INDEX}), got numel={numel}")
-    k0, k1 = split_seed(seed)
-    blocks = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
-    counters = (torch.full((), v, dtype=torch.int64, device=device) for v in (step, replica, stream))
-    return torch.stack(philox4x32(blocks, *counters, k0, k1), dim=1).reshape(-1)[:numel]
 
 
 def uniform_from_words(words: torch.Tensor, dtype: torch.dtype = torch.float32, *,
@@ -205,6 +255,111 @@ def uniform_from_words(words: torch.Tensor, dtype: torch.dtype = torch.float32, 
     return (top.to(torch.float64) * 2.0**-24).to(dtype)
 
 
+# ---------------------------------------------------------------------------------------------------
+# float32 transforms: Cephes' polynomials, written as explicit float32 operations so that every
+# backend (numba, Triton, this pure-torch reference) computes the same bits
+LOG_COEFFS = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+              -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4
+SQRT_HALF = 0.70710678118654752440
+SIN_COEFFS = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
+COS_COEFFS = (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2)
+HALF_PI = 1.5707963267948966
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def log_f32(v: torch.Tensor) -> torch.Tensor:
+    r"""Natural log of positive, normal float32 values: Cephes ``logf``, op for op.
+
+    ``v = m 2^e`` with ``m`` in ``[1, 2)`` (from the bits); ``m > sqrt(2)`` is halved (``e + 1``);
+    ``x = m - 1``, ``z = x x``, ``y = x z P(x)`` (Horner, :data:`LOG_COEFFS`),
+    ``y = y + e \cdot \mathrm{LN2\_LO}``, ``y = y - 0.5 z``, result ``(x + y) + e \cdot \mathrm{LN2\_HI}``.
+    Relative error about 1e-7.
+    """
+    bits = v.view(torch.int32)
+    e = ((bits >> 23) & 0xFF) - 127
+    m = ((bits & 0x7FFFFF) | 0x3F800000).view(torch.float32)
+    big = m > _f32(1.41421356)
+    m = torch.where(big, m * _f32(0.5), m)
+    e = (e + big.to(torch.int32)).to(torch.float32)
+    x = m - _f32(1.0)
+    z = x * x
+    poly = torch.full_like(x, LOG_COEFFS[0])
+    for c in LOG_COEFFS[1:]:
+        poly = poly * x + _f32(c)
+    y = x * z * poly
+    y = y + e * _f32(LN2_LO)
+    y = y - z * _f32(0.5)
+    return (x + y) + e * _f32(LN2_HI)
+
+
+def sincos_turns_f32(top24: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(cos, sin)`` of :math:`2\pi u`, :math:`u` = ``top24 * 2**-24`` (``top24`` a 24-bit integer tensor).
+
+    Quadrant ``q = top24 >> 22``; :math:`\varphi = (f - 1/2)\,\pi/2` with ``f = (top24 & 0x3FFFFF) 2**-22``
+    (so :math:`2\pi u = (q + 1/2)\pi/2 + \varphi`, :math:`|\varphi| \le \pi/4`); ``s``, ``c`` are Cephes'
+    ``sinf``/``cosf`` polynomials of :math:`\varphi` (:data:`SIN_COEFFS`, :data:`COS_COEFFS`), and with
+    ``d = c - s``, ``a = c + s``, ``h = sqrt(1/2)``: quadrant 0..3 gives
+    ``cos = h (d, -a, -d, a)[q]``, ``sin = h (a, d, -a, -d)[q]``.
+    """
+    q = top24 >> 22
+    f = (top24 & 0x3FFFFF).to(torch.float32) * _f32(2.0**-22)
+    phi = (f - _f32(0.5)) * _f32(HALF_PI)
+    z = phi * phi
+    ps = torch.full_like(z, SIN_COEFFS[0])
+    for c in SIN_COEFFS[1:]:
+        ps = ps * z + _f32(c)
+    s = phi + (phi * z) * ps
+    pc = torch.full_like(z, COS_COEFFS[0])
+    for c in COS_COEFFS[1:]:
+        pc = pc * z + _f32(c)
+    c = (_f32(1.0) - z * _f32(0.5)) + (z * z) * pc
+    h = _f32(SQRT_HALF)
+    d, a = (c - s) * h, (c + s) * h
+    cos = torch.where(q == 0, d, torch.where(q == 1, -a, torch.where(q == 2, -d, a)))
+    sin = torch.where(q == 0, a, torch.where(q == 1, d, torch.where(q == 2, -a, -d)))
+    return cos, sin
+
+
+def normal_from_words(words: torch.Tensor) -> torch.Tensor:
+    r"""Standard normal float32 values from a flat int64 tensor of words (even length), by Box-Muller.
+
+    Elements ``2j`` and ``2j + 1`` share the word pair ``(2j, 2j + 1)``: :math:`r = \sqrt{-2 \ln u_1}`,
+    :math:`u_1 = ((w_{2j} \gg 8) + 1)\,2^{-24}`, angle :math:`2\pi u_2`, :math:`u_2 = (w_{2j+1} \gg 8)\,2^{-24}`;
+    element ``2j`` is :math:`r\cos`, ``2j + 1`` is :math:`r\sin` (:func:`log_f32`, :func:`sincos_turns_f32`).
+    The 24-bit resolution bounds :math:`|z| \le \sqrt{48 \ln 2} \approx 5.77`.
+    """
+    pairs = words.reshape(-1, 2)
+    u1 = ((pairs[:, 0] >> 8) + 1).to(torch.float32) * _f32(2.0**-24)
+    # the correctly rounded float32 square root (torch's float32 sqrt on CPU can be 1 ulp off; the
+    # float64 root rounded once to float32 is exact, as sqrt's double rounding is innocuous)
+    r = torch.sqrt((log_f32(u1) * _f32(-2.0)).to(torch.float64)).to(torch.float32)
+    cos, sin = sincos_turns_f32(pairs[:, 1] >> 8)
+    return torch.stack((r * cos, r * sin), dim=1).reshape(-1)
+
+
+def logistic_from_words(words: torch.Tensor) -> torch.Tensor:
+    r"""Standard logistic float32 values :math:`\ln a - \ln b`, ``a = 2 (w >> 9) + 1``, ``b = 2**24 - a``.
+
+    The logit of :math:`u = a\,2^{-24}`, uniform over the 2**23 midpoints of ``(0, 1)``: finite, within
+    :math:`\pm 16.64`; both ``a`` and ``b`` are exact in float32.
+    """
+    a = (words >> 9) * 2 + 1
+    return log_f32(a.to(torch.float32)) - log_f32((2**24 - a).to(torch.float32))
+
+
+def _shaped_words(shape, seed: int, step: int, replica: int, stream: int, device, count: int) -> torch.Tensor:
+    """Words ``0 .. count - 1`` of the stream, padded to whole blocks (a multiple of 4)."""
+    _check_counter(step, replica, stream)
+    if count < 0 or count > MAX_INDEX:
+        raise ValueError(f"mask indices must lie in [0, {MAX_INDEX}), got numel={count}")
+    blocks = torch.arange((count + 3) // 4, dtype=torch.int64, device=device)
+    return block_words(blocks, split_seed(seed), step, replica, stream).reshape(-1)
+
+
 def random_uniform(shape: int | tuple[int, ...] | torch.Size, seed: int, step: int = 0, replica: int = 0,
                    stream: int = 0, *, dtype: torch.dtype = torch.float32, open_low: bool = False,
                    device: torch.device | str | None = None) -> torch.Tensor:
@@ -215,26 +370,32 @@ def random_uniform(shape: int | tuple[int, ...] | torch.Size, seed: int, step: i
     different ``stream`` values.
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    words = _words_on_device(math.prod(shape), seed, step, replica, stream, device)
+    numel = math.prod(shape)
+    words = _shaped_words(shape, seed, step, replica, stream, device, numel)[:numel]
     return uniform_from_words(words, dtype, open_low=open_low).reshape(shape)
 
 
 def random_normal(shape: int | tuple[int, ...] | torch.Size, seed: int, step: int = 0, replica: int = 0,
                   stream: int = 0, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    r"""Standard normal floats of ``shape`` from the generator, by Box-Muller on two words.
+    """Standard normal values of ``shape``: element ``i`` (row-major) is :func:`normal_from_words`' ``i``.
 
-    Specification: element ``i`` (row-major) uses words ``2i`` and ``2i + 1`` of the stream,
-    :math:`u_1 = ((w_{2i} \gg 8) + 1)\,2^{-24} \in (0, 1]` and :math:`u_2 = (w_{2i+1} \gg 8)\,2^{-24}`,
-    and :math:`z = \sqrt{-2 \ln u_1}\,\cos(2\pi u_2)`, computed in float64 and rounded once to
-    ``dtype``. The 24-bit resolution bounds :math:`|z| \le \sqrt{48 \ln 2} \approx 5.77`: the tails
-    beyond 5.77 standard deviations (probability 8e-9) are not represented. ``log`` and ``cos`` may
-    differ in the last bit between devices; the words never do.
+    Computed in float32 (bit-identical on every backend), then converted to ``dtype``.
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     numel = math.prod(shape)
-    words = _words_on_device(2 * numel, seed, step, replica, stream, device).reshape(numel, 2)
-    u1 = uniform_from_words(words[:, 0], torch.float64, open_low=True)
-    u2 = uniform_from_words(words[:, 1], torch.float64)
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
-    return z.to(dtype).reshape(shape)
+    words = _shaped_words(shape, seed, step, replica, stream, device, numel)
+    return normal_from_words(words)[:numel].to(dtype).reshape(shape)
+
+
+def random_logistic(shape: int | tuple[int, ...] | torch.Size, seed: int, step: int = 0, replica: int = 0,
+                    stream: int = 0, *, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard logistic values of ``shape``: element ``i`` (row-major) from word ``i``.
+
+    The transform is :func:`logistic_from_words`, computed in float32, then converted to ``dtype``.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    numel = math.prod(shape)
+    words = _shaped_words(shape, seed, step, replica, stream, device, numel)[:numel]
+    return logistic_from_words(words).to(dtype).reshape(shape)

@@ -7,7 +7,7 @@ import torch.nn.functional as TF
 import droplab.functional as F
 import droplab.nn as dnn
 from contract import Case, install
-from droplab.functional.dropblock import _expand, dropblock_gamma, dropblock_mask
+from droplab.functional.dropblock import dropblock_gamma, dropblock_mask
 
 _BORDER = ("positions near the border lie in fewer possible blocks, so DropBlock preserves the mean of the "
            "map as a whole (tested in test_constant_input_mean_preserved), not every element's expectation")
@@ -46,11 +46,23 @@ def test_drops_whole_contiguous_blocks(shape, block):
         assert torch.equal(_expand(origins, block, tuple(shape[-len(block):])), dropped)
 
 
-def test_expand_matches_maxpool_reference():
-    g = torch.Generator().manual_seed(0)
-    origins = torch.rand(4, 3, 12, 20, generator=g) < 0.05
-    expected = TF.max_pool2d(TF.pad(origins.float(), (6, 6, 4, 4)), (5, 7), 1) > 0
-    assert torch.equal(_expand(origins, (5, 7), (16, 26)), expected)
+def _expand(origins: torch.Tensor, block: tuple[int, ...], spatial: tuple[int, ...]) -> torch.Tensor:
+    """Grow dropped origins into blocks by a max-pool over the zero-padded origin grid (timm's way)."""
+    pool = {1: TF.max_pool1d, 2: TF.max_pool2d, 3: TF.max_pool3d}[len(block)]
+    pad = [b - 1 for b in reversed(block) for _ in range(2)]
+    return pool(TF.pad(origins.float(), pad), block, 1) > 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_mask_is_the_kernels_origin_mask_grown_by_max_pool(backend):
+    """Independent reference: the origin keep mask from droplab.rng, expanded by a max-pool."""
+    from droplab import kernels, rng
+    shape, block = (2, 3, 13, 17), (3, 5)
+    gamma = dropblock_gamma(0.3, (13, 17), block)
+    origins = ~rng.keep_mask((2, 3, 11, 13), gamma, seed=9, step=4, stream=1)
+    expected = ~_expand(origins, block, (13, 17))
+    with kernels.use_backend(backend):
+        assert torch.equal(dropblock_mask(shape, 0.3, block, 2, seed=9, step=4, stream=1), expected)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])

@@ -2,7 +2,9 @@ r"""Concrete dropout: a dropout rate learned by gradient descent through the con
 
 The Bernoulli keep mask is replaced by a continuous relaxation (the binary concrete distribution,
 Maddison et al. 2017; Jang et al. 2017) whose sharpness is set by a temperature, so the loss is
-differentiable in the rate. The uniform noise comes from droplab's counter-based generator.
+differentiable in the rate. The logistic noise is the logit transform of droplab's Philox words
+(:func:`droplab.rng.logistic_from_words`) on the selected backend, and the ``droplab::concrete_scale``
+op regenerates it in backward: autograd keeps the input and the logit, never the relaxed mask.
 """
 
 from __future__ import annotations
@@ -12,39 +14,26 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as torch_F
 
-from ..rng import random_uniform
-from .dropout import _check_counter_int, _check_input, _seed_tensor, _step_tensor, resolve_noise_shape
+from ..kernels import variant_ops
+from .dropout import _check_counter_int, _check_input, _step_tensor, resolve_noise_shape, seed_tensor
 
 __all__ = ["concrete_dropout", "concrete_keep", "concrete_regularization"]
-
-
-@torch.library.custom_op("droplab::logistic_noise", mutates_args=())
-def _logistic_noise(like: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
-                    shape: list[int]) -> torch.Tensor:
-    # u = ((word >> 8) + 1/2) 2^-24 lies strictly inside (0, 1), so log(u / (1 - u)) is finite
-    u = random_uniform(tuple(shape), int(seed), int(step), replica, stream, dtype=torch.float64, open_low=True,
-                       device=like.device) - 2.0**-25
-    return (torch.log(u) - torch.log1p(-u)).to(like.dtype)
-
-
-@_logistic_noise.register_fake
-def _(like, seed, step, replica, stream, shape):
-    return like.new_empty(shape)
 
 
 def concrete_keep(p_logit: torch.Tensor, shape: Sequence[int], *, temperature: float = 0.1,
                   seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
                   stream: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
-    r"""The relaxed keep mask :math:`1 - \sigma\big((\mathrm{logit}\,p + \log u - \log(1-u)) / t\big)`.
+    r"""The relaxed keep mask :math:`1 - \sigma\big((\mathrm{logit}\,p + L) / t\big)`, :math:`L` logistic noise.
 
-    :math:`u \sim U(0, 1)` from droplab's generator (:func:`droplab.rng.random_uniform`,
-    shifted by :math:`2^{-25}` to stay inside the open interval). Differentiable in ``p_logit``.
+    :math:`L = \log u - \log(1-u)` from droplab's generator (:func:`droplab.rng.logistic_from_words`:
+    :math:`u` on the midpoints of ``2**23`` cells of ``(0, 1)``, so :math:`L` is finite). Differentiable
+    in ``p_logit``; :func:`concrete_dropout` applies it without keeping it for backward.
     """
     dtype = dtype or p_logit.dtype
     like = torch.empty((), dtype=dtype, device=p_logit.device)
-    noise = _logistic_noise(like, _seed_tensor(seed), _step_tensor(step), _check_counter_int("replica", replica),
-                            _check_counter_int("stream", stream), list(shape))
-    return 1.0 - torch.sigmoid((p_logit.to(dtype) + noise) / temperature)
+    noise = variant_ops.noise(like, seed_tensor(seed), _step_tensor(step), _check_counter_int("replica", replica),
+                              _check_counter_int("stream", stream), "logistic", list(shape)).to(dtype)
+    return torch.sigmoid(-(p_logit.to(dtype) + noise) / temperature)
 
 
 def concrete_dropout(input: torch.Tensor, p_logit: torch.Tensor, training: bool = True, *,
@@ -68,9 +57,8 @@ def concrete_dropout(input: torch.Tensor, p_logit: torch.Tensor, training: bool 
     Shape:
         Input :math:`(*)`, output the same.
 
-    .. warning::
-        Unlike the hard masks of the other ops, the relaxed mask depends on a learned parameter, so
-        autograd keeps it (a float tensor of the noise shape) for the backward pass.
+    The relaxed mask is regenerated in backward (``droplab::concrete_scale``): autograd keeps the input
+    and the logit, not the mask.
 
     Reference: Gal, Hron, Kendall, "Concrete Dropout", NeurIPS 2017.
     """
@@ -82,10 +70,9 @@ def concrete_dropout(input: torch.Tensor, p_logit: torch.Tensor, training: bool 
     if not training:
         return input
     mask_shape = resolve_noise_shape(input.shape, noise_shape)
-    keep = concrete_keep(p_logit.reshape(()), mask_shape, temperature=temperature, seed=seed, step=step,
-                         replica=replica, stream=stream, dtype=input.dtype)
-    keep_rate = torch.sigmoid(-p_logit.reshape(())).to(input.dtype)  # 1 - p, exact in the logit
-    return input * keep / keep_rate
+    return variant_ops.concrete_scale(input, p_logit.reshape(()), seed_tensor(seed), _step_tensor(step),
+                                      _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                                      float(temperature), list(mask_shape))
 
 
 def concrete_regularization(p_logit: torch.Tensor, weight_square_sum: torch.Tensor | float, input_dim: int, *,

@@ -6,8 +6,11 @@ NeurIPS 2018), on droplab's generator:
 1. Block *origins* are drawn on the grid of positions where a whole block fits inside the map
    (``size - block + 1`` along each spatial axis), each dropped with probability :math:`\gamma`
    (one Philox word per origin, kept iff ``word >= floor(gamma * 2**32)``).
-2. Every dropped origin zeroes the ``block_size`` region starting at it (what the max-pool of the
-   torchvision/timm implementations computes, written by index since dropped origins are sparse).
+2. Every dropped origin zeroes the ``block_size`` region starting at it: what the max-pool of the
+   torchvision/timm implementations computes. The reference backend runs that max-pool on the
+   kernel's origin mask; the numba kernel writes the (sparse) dropped blocks by index, fused with the
+   origin draw. Both come from the same Philox words (the ``droplab::dropblock_scale`` op), and
+   backward regenerates the mask: nothing is saved.
 3. Inverted scaling multiplies the output by ``numel / kept`` (the paper's normalization), counted
    over the whole mask; classic scaling leaves training unscaled and multiplies by :math:`1 - p` at
    inference.
@@ -27,18 +30,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import kernels
+from ..kernels import variant_ops
 from ..rng import drop_threshold
-from .dropout import (
-    _check_counter_int,
-    _check_input,
-    _seed_tensor,
-    _step_tensor,
-    check_probability,
-    check_scaling,
-)
+from .dropout import _check_counter_int, _check_input, _step_tensor, check_probability, check_scaling, seed_tensor
+from .inference import inference_rule
 
-__all__ = ["dropblock", "dropblock1d", "dropblock2d", "dropblock3d", "dropblock_gamma", "check_block_size"]
+__all__ = ["dropblock", "dropblock1d", "dropblock2d", "dropblock3d", "dropblock_gamma", "dropblock_mask",
+           "check_block_size"]
 
 
 def check_block_size(block_size: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
@@ -62,6 +60,7 @@ def _coverage(size: int, block: int) -> torch.Tensor:
     return torch.minimum(i, torch.tensor(size - block, dtype=torch.float64)) - torch.clamp(i - block + 1, min=0) + 1
 
 
+@torch.compiler.assume_constant_result  # a constant of the rate and sizes: compiled graphs bake it in
 @functools.lru_cache(maxsize=256)
 def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     r"""Origin drop probability :math:`\gamma` whose expected dropped fraction of the map is exactly ``p``.
@@ -88,26 +87,11 @@ def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) 
     return 0.5 * (lo + hi)
 
 
-def _expand(drop_origins: torch.Tensor, block: tuple[int, ...], spatial: tuple[int, ...]) -> torch.Tensor:
-    r"""Grow each dropped origin into its block: position i is dropped if an origin in ``[i - b + 1, i]`` is.
-
-    Dropped origins are sparse (:math:`\gamma` is about ``p / block**2``), so the blocks are written by
-    index (origins x block offsets) instead of a dense max-pool over the whole map.
-    """
-    lead = tuple(drop_origins.shape[:drop_origins.dim() - len(spatial)])
-    out_shape = lead + tuple(spatial)
-    strides = torch.ones(len(out_shape), dtype=torch.int64)
-    for d in range(len(out_shape) - 2, -1, -1):
-        strides[d] = strides[d + 1] * out_shape[d + 1]
-    strides = strides.to(drop_origins.device)
-    starts = torch.nonzero(drop_origins) @ strides  # flat output index of each dropped origin
-    offsets = torch.zeros((), dtype=torch.int64, device=drop_origins.device)
-    for axis, b in enumerate(block):
-        step = strides[len(lead) + axis]
-        offsets = (offsets.unsqueeze(-1) + torch.arange(b, device=drop_origins.device) * step).reshape(-1)
-    dropped = torch.zeros(out_shape, dtype=torch.bool, device=drop_origins.device)
-    dropped.view(-1)[(starts.unsqueeze(1) + offsets).reshape(-1)] = True
-    return dropped
+def _block_and_threshold(shape: tuple[int, ...], p: float, block_size, spatial_dims: int) -> tuple[list[int], int]:
+    """The block clipped to the map, and the origin drop threshold for rate ``p``."""
+    spatial = shape[len(shape) - spatial_dims:]
+    block = [min(b, s) for b, s in zip(check_block_size(block_size, spatial_dims), spatial)]
+    return block, drop_threshold(dropblock_gamma(p, tuple(spatial), tuple(block)))
 
 
 def dropblock_mask(shape: Sequence[int], p: float, block_size: int | Sequence[int], spatial_dims: int, *,
@@ -118,27 +102,15 @@ def dropblock_mask(shape: Sequence[int], p: float, block_size: int | Sequence[in
 
     Its shape is ``shape`` with the channel axis (the one before the spatial axes) set to 1 unless
     ``per_channel``. Origins are indexed in the row-major order of the origin grid
-    ``(*leading, C or 1, *(size - block + 1))``.
+    ``(*leading, C or 1, *(size - block + 1))``; the mask is the one ``droplab::dropblock_scale``
+    regenerates in forward and backward.
     """
     p = check_probability(p)
     shape = tuple(shape)
-    spatial = shape[len(shape) - spatial_dims:]
-    block = tuple(min(b, s) for b, s in zip(check_block_size(block_size, spatial_dims), spatial))
-    lead = list(shape[:len(shape) - spatial_dims])
-    if not per_channel and lead:
-        lead[-1] = 1
-    origins = tuple(lead) + tuple(s - b + 1 for s, b in zip(spatial, block))
-    numel = 1
-    for s in origins:
-        numel *= s
-    seed_t = _seed_tensor(seed)
-    s = int(seed_t) % 2**64
-    gamma = dropblock_gamma(p, spatial, block)
-    keep_origin = kernels.keep_mask(numel, (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
-                                    _check_counter_int("replica", replica), _check_counter_int("stream", stream),
-                                    drop_threshold(gamma), device)
-    dropped = _expand(~keep_origin.reshape(origins), block, spatial)
-    return ~dropped
+    block, threshold = _block_and_threshold(shape, p, block_size, spatial_dims)
+    return variant_ops.dropblock_keep(shape, seed_tensor(seed), _step_tensor(step),
+                                      _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                                      threshold, block, per_channel, device)
 
 
 def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True, *,
@@ -150,22 +122,13 @@ def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[in
     p = check_probability(p)
     check_scaling(scaling)
     check_block_size(block_size, spatial_dims)
-    if not training:
-        if scaling == "inverted" or p == 0.0:
-            return input
-        return input * (1.0 - p)
-    if p == 0.0:
-        return input
-    keep = dropblock_mask(input.shape, p, block_size, spatial_dims, seed=seed, step=step, replica=replica,
-                          stream=stream, per_channel=per_channel, device=input.device)
-    if scaling == "classic":
-        scale = 1.0
-    else:
-        kept = int(torch.count_nonzero(keep))
-        # the paper's normalization: the mean activation over the mask is preserved
-        scale = keep.numel() / kept if kept else 0.0
-    # autograd saves only the boolean mask; dropped positions are exactly 0 even where x is inf/nan
-    return torch.where(keep, input * scale, torch.zeros((), dtype=input.dtype, device=input.device))
+    if not training or p == 0.0:
+        return inference_rule(input, p, scaling)
+    block, threshold = _block_and_threshold(tuple(input.shape), p, block_size, spatial_dims)
+    # one op: the origin keep mask from the kernel, grown into blocks and applied; backward regenerates it
+    return variant_ops.dropblock_scale(input, seed_tensor(seed), _step_tensor(step),
+                                       _check_counter_int("replica", replica), _check_counter_int("stream", stream),
+                                       threshold, block, bool(per_channel), scaling == "inverted")
 
 
 def _dropblock_nd(input, p, block_size, training, n, op, shape_doc, kwargs):

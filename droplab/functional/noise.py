@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..kernels import variant_ops
 from ..kernels.ops import masked_scale
-from ..rng import drop_threshold, random_normal
+from ..rng import drop_threshold
 from .dropout import (
     _check_counter_int,
     _check_input,
@@ -53,35 +54,7 @@ def check_gaussian_probability(p: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the multiplicative-noise op: y = x * (1 + sigma * z), z ~ N(0, 1) from droplab's generator
-
-
-@torch.library.custom_op("droplab::gaussian_scale", mutates_args=())
-def _gaussian_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
-                    sigma: float, mask_shape: list[int]) -> torch.Tensor:
-    noise = random_normal(tuple(mask_shape), int(seed), int(step), replica, stream, dtype=torch.float64,
-                          device=x.device)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    factor = (1.0 + sigma * noise).to(compute)
-    return (x.to(compute) * factor).to(x.dtype).contiguous()
-
-
-@_gaussian_scale.register_fake
-def _(x, seed, step, replica, stream, sigma, mask_shape):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _gaussian_setup(ctx, inputs, output):
-    _, seed, step, replica, stream, sigma, mask_shape = inputs
-    # integers only: the noise is regenerated in backward
-    ctx.args = (seed, step, replica, stream, sigma, list(mask_shape))
-
-
-def _gaussian_backward(ctx, grad):
-    return (_gaussian_scale(grad, *ctx.args),) + (None,) * 6
-
-
-_gaussian_scale.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
+# Gaussian dropout: y = x * (1 + sigma * z), z ~ N(0, 1) from droplab's generator (droplab::gaussian_scale)
 
 
 def gaussian_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
@@ -112,7 +85,7 @@ def gaussian_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
 
     .. warning::
         ``p = 1`` is rejected: the noise variance :math:`p/(1-p)` is infinite there. The noise is
-        truncated at about 5.77 standard deviations (see :func:`droplab.rng.random_normal`).
+        truncated at about 5.77 standard deviations (see :func:`droplab.rng.normal_from_words`).
 
     Reference: Srivastava et al., JMLR 2014; Wang & Manning, "Fast dropout training", ICML 2013.
     """
@@ -124,7 +97,8 @@ def gaussian_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     if not training or p == 0.0:
         return input
     sigma = math.sqrt(p / (1.0 - p))
-    out = _gaussian_scale(input, _seed_tensor(seed), _step_tensor(step), replica, stream, sigma, list(mask_shape))
+    out = variant_ops.gaussian_scale(input, _seed_tensor(seed), _step_tensor(step), replica, stream, sigma,
+                                     list(mask_shape))
     return input.copy_(out) if inplace else out
 
 

@@ -8,20 +8,23 @@ batch-first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-from .. import kernels
+from ..kernels import variant_ops
 from ..rng import drop_threshold
 from .dropout import (
     _check_counter_int,
     _check_input,
-    _seed_tensor,
     _step_tensor,
     check_probability,
     check_scaling,
     dropout,
+    seed_tensor,
 )
+from .inference import inference_rule
 
 __all__ = ["locked_dropout", "variational_mask", "embedding_dropout", "lstm_recurrence", "gru_recurrence"]
 
@@ -76,15 +79,8 @@ def variational_mask(shape: tuple[int, ...], p: float, *, seed: int | torch.Tens
     a recurrent net's hidden state at every step.
     """
     p = check_probability(p)
-    numel = 1
-    for s in shape:
-        numel *= s
-    s = int(_seed_tensor(seed)) % 2**64
-    keep = kernels.keep_mask(numel, (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
-                             _check_counter_int("replica", replica), _check_counter_int("stream", stream),
-                             drop_threshold(p), device).reshape(shape)
-    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    return keep.to(dtype) * scale
+    ones = torch.ones(tuple(shape), dtype=dtype, device=device)
+    return dropout(ones, p, True, seed=seed, step=step, replica=replica, stream=stream)
 
 
 def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1, training: bool = True, *,
@@ -129,18 +125,25 @@ def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1,
         raise ValueError(f"embedding_dropout expects a (V, D) weight matrix, but got shape {tuple(weight.shape)}")
     p = check_probability(p)
     check_scaling(scaling)
-    out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
-    if not training:
-        return out if scaling == "inverted" or p == 0.0 else out * (1.0 - p)
-    if p == 0.0:
-        return out
-    s = int(_seed_tensor(seed)) % 2**64
-    keep_rows = kernels.keep_mask(weight.shape[0], (s & 0xFFFFFFFF, s >> 32), int(_step_tensor(step)),
-                                  _check_counter_int("replica", replica), _check_counter_int("stream", stream),
-                                  drop_threshold(p), weight.device)
+    if not training or p == 0.0:
+        out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+        return inference_rule(out, p, scaling)
     scale = 1.0 if scaling == "classic" else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
-    keep = keep_rows[input].unsqueeze(-1)
-    return torch.where(keep, out * scale, torch.zeros((), dtype=out.dtype, device=out.device))
+    counters = (seed_tensor(seed), _step_tensor(step), _check_counter_int("replica", replica),
+                _check_counter_int("stream", stream), drop_threshold(p), scale)
+    if sparse or scale_grad_by_freq:  # torch's own lookup and gradient, then the row mask (one more pass)
+        out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+        return variant_ops.rows_masked_scale(out, input, *counters)
+    if max_norm is not None:  # what F.embedding does before its lookup
+        with torch.no_grad():
+            torch.embedding_renorm_(weight, input, max_norm, norm_type)
+    if padding_idx is None:
+        padding_idx = -1
+    elif padding_idx < 0:
+        padding_idx += weight.shape[0]
+    # one op: lookup and row mask in one pass; backward writes the kept rows' gradient, nothing saved but
+    # the indices
+    return variant_ops.embedding_dropout(weight, input, *counters, padding_idx)
 
 
 class _LSTMRecurrence(torch.autograd.Function):
@@ -149,10 +152,13 @@ class _LSTMRecurrence(torch.autograd.Function):
     Autograd through the step-by-step loop records a dozen nodes per step; here forward keeps the gate
     activations, backward runs a short sequential loop and every element-wise factor that does not
     depend on the incoming gradient is computed for all steps at once, as is ``dW_hh`` (one matmul).
+    A recurrent mask given as a function is drawn in forward and drawn again in backward, never saved.
     """
 
     @staticmethod
-    def forward(ctx, gates_x, h0, c0, weight_hh, mask):
+    def forward(ctx, gates_x, h0, c0, weight_hh, recurrent_mask):
+        ctx.make_mask = recurrent_mask if callable(recurrent_mask) else None
+        mask = _mask_tensor(recurrent_mask, h0)
         steps, n, four_h = gates_x.shape
         hidden = four_h // 4
         g_rows = slice(2 * hidden, 3 * hidden)
@@ -177,13 +183,15 @@ class _LSTMRecurrence(torch.autograd.Function):
             c = torch.addcmul(f * cells[t], i, g, out=cells[t + 1])
             tc = torch.mul(c, 2, out=tanh_c[t]).sigmoid_().mul_(2).sub_(1)
             torch.mul(o, tc, out=outs[t + 1])
-        ctx.save_for_backward(acts, cells, tanh_c, outs, weight_hh, mask)
+        ctx.save_for_backward(acts, cells, tanh_c, outs, weight_hh, None if ctx.make_mask else mask)
         return outs[1:], outs[steps], cells[steps]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c):
         acts, cells, tanh_c, outs, weight_hh, mask = ctx.saved_tensors
+        if ctx.make_mask is not None:  # regenerated from its counters
+            mask = _mask_tensor(ctx.make_mask, outs[0])
         steps, n, four_h = acts.shape
         hidden = four_h // 4
         i, f, g, o = acts.chunk(4, dim=2)
@@ -210,30 +218,48 @@ class _LSTMRecurrence(torch.autograd.Function):
         return d_gates, dh, dc, grad_w, None
 
 
+def _mask_tensor(recurrent_mask, like: torch.Tensor) -> torch.Tensor | None:
+    """The mask as a tensor: given, or drawn by applying the mask function to ones."""
+    if callable(recurrent_mask):
+        with torch.no_grad():
+            return recurrent_mask(torch.ones_like(like))
+    return recurrent_mask
+
+
+RecurrentMask = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+
+
 def lstm_recurrence(gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor,
-                    recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    recurrent_mask: RecurrentMask = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Run one LSTM layer over time given its precomputed input projections.
 
     ``gates_x[t] = x_t W_{ih}^\top + b_{ih} + b_{hh}`` for all steps at once :math:`(T, N, 4H)` (gate
     order i, f, g, o as in ``torch.nn.LSTM``); each step adds :math:`(h_{t-1} \odot m) W_{hh}^\top`
-    with the per-sequence recurrent mask :math:`m` :math:`(N, H)` (``None``: no recurrent dropout).
-    Returns ``(outputs (T, N, H), h_T, c_T)``. Backward is hand-written (first order only).
+    with the per-sequence recurrent mask :math:`m` :math:`(N, H)` (``None``: no recurrent dropout), given
+    as a tensor or as a function applying it (``h -> dropout(h, ..., seed=s, step=t)``), which backward
+    calls again instead of saving the mask. Returns ``(outputs (T, N, H), h_T, c_T)``. Backward is
+    hand-written (first order only).
     """
     return _LSTMRecurrence.apply(gates_x, h, c, weight_hh, recurrent_mask)
 
 
 def gru_recurrence(gates_x: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, bias_hh: torch.Tensor | None,
-                   recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   recurrent_mask: RecurrentMask = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Run one GRU layer over time given ``gates_x[t] = x_t W_{ih}^\top + b_{ih}`` :math:`(T, N, 3H)`.
 
     Gate order r, z, n as in ``torch.nn.GRU``: :math:`n = \tanh(x W_{in} + b_{in} + r (\tilde h W_{hn} +
     b_{hn}))`, :math:`h' = (1 - z) n + z h`, with :math:`\tilde h = h \odot m` the recurrently dropped
-    state fed to the hidden projections. Returns ``(outputs (T, N, H), h_T)``.
+    state fed to the hidden projections. ``recurrent_mask`` as :func:`lstm_recurrence`: a function is
+    applied to the state at every step (the same counters give the same mask), so autograd saves no mask.
+    Returns ``(outputs (T, N, H), h_T)``.
     """
     w_t = weight_hh.t()
     outputs = []
     for t in range(gates_x.shape[0]):
-        hm = h if recurrent_mask is None else h * recurrent_mask
+        if recurrent_mask is None:
+            hm = h
+        else:
+            hm = recurrent_mask(h) if callable(recurrent_mask) else h * recurrent_mask
         gh = hm @ w_t if bias_hh is None else torch.addmm(bias_hh, hm, w_t)
         xr, xz, xn = gates_x[t].chunk(3, dim=1)
         hr, hz, hn = gh.chunk(3, dim=1)

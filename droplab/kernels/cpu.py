@@ -25,6 +25,8 @@ import time
 import numpy as np
 import torch
 
+from . import reference
+
 try:  # numba is a core dependency, but a missing one only makes this backend unavailable
     import numba
     from llvmlite import ir as _ir
@@ -33,7 +35,8 @@ try:  # numba is a core dependency, but a missing one only makes this backend un
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
-__all__ = ["available", "supports", "keep_mask", "masked_scale", "jit_seconds", "warmup"]
+__all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
+           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup"]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CHUNK_BLOCKS = 1024  # Philox blocks (4 elements each) per scratch chunk: 16 KiB of words, L1-resident
@@ -312,6 +315,226 @@ if numba is not None:
                 pos += stop
 
 
+    # ------------------------------------------------------------------ float32 transforms (spec: droplab.rng)
+    # the constants are float32 and every operation is a single IEEE float32 op in the spec's order, so
+    # the result is bit-identical to droplab.rng's pure-torch form (numba does not contract to fma)
+    _F1 = np.float32(1.0)
+    _FHALF = np.float32(0.5)
+    _SQRT2 = np.float32(1.41421356)
+    _LC = tuple(np.float32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                                        1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                                        3.3333331174e-1))
+    _LC0, _LC1, _LC2, _LC3, _LC4, _LC5, _LC6, _LC7, _LC8 = _LC
+    _LN2_HI = np.float32(0.693359375)
+    _LN2_LO = np.float32(-2.12194440e-4)
+    _S0, _S1, _S2 = (np.float32(c) for c in (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1))
+    _C0, _C1, _C2 = (np.float32(c) for c in (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2))
+    _HALF_PI = np.float32(1.5707963267948966)
+    _SQRT_HALF = np.float32(0.70710678118654752440)
+    _TWO_M22 = np.float32(2.0**-22)
+    _TWO_M24 = np.float32(2.0**-24)
+    _MINUS2 = np.float32(-2.0)
+
+    @njit(inline="always")
+    def _log32(v):
+        bits = _bits_from_f32(v)
+        e = np.int32((bits >> np.uint32(23)) & np.uint32(0xFF)) - np.int32(127)
+        m = _f32_from_bits((bits & np.uint32(0x7FFFFF)) | np.uint32(0x3F800000))
+        big = m > _SQRT2
+        m = m * _FHALF if big else m
+        ef = np.float32(e + np.int32(1)) if big else np.float32(e)
+        x = m - _F1
+        z = x * x
+        poly = _LC0 * x + _LC1
+        poly = poly * x + _LC2
+        poly = poly * x + _LC3
+        poly = poly * x + _LC4
+        poly = poly * x + _LC5
+        poly = poly * x + _LC6
+        poly = poly * x + _LC7
+        poly = poly * x + _LC8
+        y = x * z * poly
+        y = y + ef * _LN2_LO
+        y = y - z * _FHALF
+        return (x + y) + ef * _LN2_HI
+
+    @njit(inline="always")
+    def _sincos(top24):
+        # int32 throughout: AVX2 converts int32 (not uint64) lanes to float32
+        q = top24 >> np.int32(22)
+        f = np.float32(top24 & np.int32(0x3FFFFF)) * _TWO_M22
+        phi = (f - _FHALF) * _HALF_PI
+        z = phi * phi
+        ps = (_S0 * z + _S1) * z + _S2
+        s = phi + (phi * z) * ps
+        pc = (_C0 * z + _C1) * z + _C2
+        c = (_F1 - z * _FHALF) + (z * z) * pc
+        d = (c - s) * _SQRT_HALF
+        a = (c + s) * _SQRT_HALF
+        cos = d if q == 0 else (-a if q == 1 else (-d if q == 2 else a))
+        sin = a if q == 0 else (d if q == 1 else (-a if q == 2 else -d))
+        return cos, sin
+
+    @njit(inline="always")
+    def _normal_pair(wa, wb):
+        u1 = np.float32(np.int32(wa >> np.uint64(8)) + np.int32(1)) * _TWO_M24
+        r = np.sqrt(_log32(u1) * _MINUS2)
+        cos, sin = _sincos(np.int32(wb >> np.uint64(8)))
+        return r * cos, r * sin
+
+    @njit(inline="always")
+    def _logistic(w):
+        a = np.int32(w >> np.uint64(9)) * np.int32(2) + np.int32(1)
+        return _log32(np.float32(a)) - _log32(np.float32(np.int32(1 << 24) - a))
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _noise_fill(out, kind, k0, k1, c1, c2, c3, nthreads):
+        """out[i] = standard normal (kind 0) or logistic (kind 1) float32 of mask index i."""
+        n = out.size
+        nblocks = (n + 3) // 4
+        per = -(-nblocks // nthreads)
+        for tid in prange(nthreads):
+            b_lo = tid * per
+            b_hi = min(b_lo + per, nblocks)
+            words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
+            values = np.empty(4 * _CHUNK_BLOCKS, np.float32)
+            for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
+                nb = min(_CHUNK_BLOCKS, b_hi - cb)
+                _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
+                if kind == 0:
+                    for j in range(2 * nb):  # a uint64 holds one word pair: element 2j (cos), 2j + 1 (sin)
+                        pair = words64[j]
+                        zc, zs = _normal_pair(pair & _LO, pair >> _S32)
+                        values[2 * j] = zc
+                        values[2 * j + 1] = zs
+                else:
+                    for j in range(2 * nb):
+                        pair = words64[j]
+                        values[2 * j] = _logistic(pair & _LO)
+                        values[2 * j + 1] = _logistic(pair >> _S32)
+                e_lo = 4 * cb
+                e_n = min(4 * nb, n - e_lo)
+                outs = out[e_lo:e_lo + e_n]
+                for i in range(e_n):
+                    outs[i] = values[i]
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _gaussian_flat(x, y, k0, k1, c1, c2, c3, sigma, one, nthreads):
+        """y = x * (1 + sigma * z) with z the element's own normal value (flat, contiguous)."""
+        n = x.size
+        nblocks = (n + 3) // 4
+        per = -(-nblocks // nthreads)
+        for tid in prange(nthreads):
+            b_lo = tid * per
+            b_hi = min(b_lo + per, nblocks)
+            words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
+            factors = np.empty(4 * _CHUNK_BLOCKS, np.float32)
+            for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
+                nb = min(_CHUNK_BLOCKS, b_hi - cb)
+                _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
+                for j in range(2 * nb):
+                    pair = words64[j]
+                    zc, zs = _normal_pair(pair & _LO, pair >> _S32)
+                    factors[2 * j] = zc
+                    factors[2 * j + 1] = zs
+                e_lo = 4 * cb
+                e_n = min(4 * nb, n - e_lo)
+                xs = x[e_lo:e_lo + e_n]
+                ys = y[e_lo:e_lo + e_n]
+                for i in range(e_n):
+                    ys[i] = _store(_load(xs[i]) * (sigma * factors[i] + one), xs[0])
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _dropblock_keep(keep, kept, planes, sizes, block, k0, k1, c1, c2, c3, threshold, nthreads):
+        """Block keep mask over ``planes`` maps of ``sizes = (D, H, W)``; ``kept[plane]`` counts kept positions.
+
+        Origin ``o`` of plane ``pl`` (row-major on the ``(D-bd+1, H-bh+1, W-bw+1)`` grid) is mask index
+        ``pl * origins + o``; a dropped origin (word < threshold) clears its block.
+        """
+        d, h, w = sizes[0], sizes[1], sizes[2]
+        bd, bh, bw = block[0], block[1], block[2]
+        od, oh, ow = d - bd + 1, h - bh + 1, w - bw + 1
+        origins = od * oh * ow
+        plane = d * h * w
+        per = -(-planes // nthreads)
+        t = np.uint32(threshold)
+        scratch_blocks = origins // 4 + 2
+        for tid in prange(nthreads):
+            words64 = np.empty(2 * scratch_blocks, np.uint64)
+            words = words64.view(np.uint32)
+            for pl in range(tid * per, min(tid * per + per, planes)):
+                kp = keep[pl * plane:(pl + 1) * plane]
+                kp[:] = True
+                first = pl * origins
+                b0 = first // 4
+                _fill_words(words64, b0, (first + origins + 3) // 4 - b0, k0, k1, c1, c2, c3)
+                ws = words[first - 4 * b0:first - 4 * b0 + origins]
+                dropped = 0
+                for o in range(origins):
+                    if ws[o] < t:
+                        dropped += 1
+                        z0 = o // (oh * ow)
+                        y0 = (o // ow) % oh
+                        x0 = o % ow
+                        for dz in range(bd):
+                            for dy in range(bh):
+                                row = ((z0 + dz) * h + y0 + dy) * w + x0
+                                kp[row:row + bw] = False
+                count = 0
+                if dropped:
+                    for i in range(plane):
+                        count += kp[i]
+                else:
+                    count = plane
+                kept[pl] = count
+
+    @njit(inline="always")
+    def _word_of(v, k0, k1, c1, c2, c3):
+        w0, w1, w2, w3 = _philox(np.uint64(v // 4), c1, c2, c3, k0, k1)
+        r = v % 4
+        return w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _rows_masked_scale(src, idx, y, gather, k0, k1, c1, c2, c3, threshold, scale, nthreads):
+        """y[r] = src[idx[r] if gather else r] * scale if word(idx[r]) >= threshold, else 0 (2-D, row-major)."""
+        rows, dim = y.shape
+        per = -(-rows // nthreads)
+        k0, k1, c1, c2, c3 = np.uint64(k0), np.uint64(k1), np.uint64(c1), np.uint64(c2), np.uint64(c3)
+        t = np.uint64(threshold)
+        for tid in prange(nthreads):
+            for r in range(tid * per, min(tid * per + per, rows)):
+                v = idx[r]
+                xs = src[v] if gather else src[r]
+                ys = y[r]
+                if _word_of(np.uint64(v), k0, k1, c1, c2, c3) >= t:
+                    for i in range(dim):
+                        ys[i] = _store(_load(xs[i]) * scale, xs[0])
+                else:
+                    z = _store(_zero(_load(xs[0]) * scale), xs[0])
+                    for i in range(dim):
+                        ys[i] = z
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _rows_scatter_add(grad, idx, out, skip, k0, k1, c1, c2, c3, threshold, scale, nthreads):
+        """out[idx[r]] += grad[r] * scale for kept rows, in row order (columns split over threads)."""
+        rows, dim = grad.shape
+        keep = np.empty(rows, np.bool_)
+        k0, k1, c1, c2, c3 = np.uint64(k0), np.uint64(k1), np.uint64(c1), np.uint64(c2), np.uint64(c3)
+        t = np.uint64(threshold)
+        for r in prange(rows):
+            v = idx[r]
+            keep[r] = v != skip and _word_of(np.uint64(v), k0, k1, c1, c2, c3) >= t
+        per = -(-dim // nthreads)
+        for tid in prange(nthreads):
+            lo = tid * per
+            hi = min(lo + per, dim)
+            for r in range(rows):
+                if keep[r]:
+                    gs = grad[r, lo:hi]
+                    os = out[idx[r], lo:hi]
+                    for i in range(hi - lo):
+                        os[i] += gs[i] * scale
+
 _NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if numba is not None else 1
 _BITS_VIEW = {torch.float16: torch.uint16, torch.bfloat16: torch.int16}
 _NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -392,8 +615,15 @@ def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int,
         _timed(f"masked_scale[{_NAMES[dtype]}]", _masked_scale_flat, xa, ya, *counters, int(threshold), scale_c,
                _threads(n))
         return y
-    sizes, shared = _collapse(tuple(shape), tuple(mask_shape))
-    keep = keep_mask(math.prod(mask_shape), key, step, replica, stream, threshold).numpy()
+    keep = keep_mask(math.prod(mask_shape), key, step, replica, stream, threshold)
+    return _apply_keep_into(xa, ya, y, keep.numpy(), mask_shape, scale_c)
+
+
+def _apply_keep_into(xa: np.ndarray, ya: np.ndarray, y: torch.Tensor, keep: np.ndarray,
+                     mask_shape: tuple[int, ...], scale_c) -> torch.Tensor:
+    sizes, shared = _collapse(tuple(y.shape), tuple(mask_shape))
+    if not sizes:  # every axis of size 1: one element
+        sizes, shared = [1], [False]
     # mask strides over the collapsed axes: 0 along shared axes, row-major over the mask otherwise
     mstrides = [0] * len(sizes)
     running = 1
@@ -401,9 +631,113 @@ def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int,
         if not shared[axis]:
             mstrides[axis] = running
             running *= sizes[axis]
-    _timed(f"masked_scale_broadcast[{_NAMES[dtype]}]", _masked_scale_broadcast, xa, ya, keep,
-           np.asarray(sizes, dtype=np.int64), np.asarray(mstrides, dtype=np.int64), scale_c, _threads(n))
+    _timed(f"masked_scale_broadcast[{_NAMES[y.dtype]}]", _masked_scale_broadcast, xa, ya, keep,
+           np.asarray(sizes, dtype=np.int64), np.asarray(mstrides, dtype=np.int64), scale_c, _threads(y.numel()))
     return y
+
+
+def _scale_for(dtype: torch.dtype, scale: float):
+    return np.float64(scale) if dtype == torch.float64 else np.float32(scale)
+
+
+def _key_counters(key, step, replica, stream) -> tuple[int, ...]:
+    return (key[0] & _MASK32, key[1] & _MASK32, step & _MASK32, replica & _MASK32, stream & _MASK32)
+
+
+def apply_keep(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * scale`` where the boolean ``keep`` (broadcast to ``x``) is True, exactly 0 elsewhere."""
+    y = torch.empty(x.shape, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    xa, ya = _as_numpy(x.contiguous()), _as_numpy(y)
+    keep_a = keep.contiguous().view(-1).numpy()
+    return _apply_keep_into(xa, ya, y, keep_a, tuple(keep.shape), _scale_for(x.dtype, scale))
+
+
+def noise(kind: str, numel: int, key: tuple[int, int], step: int, replica: int, stream: int,
+          device: torch.device | str | None = None) -> torch.Tensor:
+    """Flat float32 noise of mask indices ``0 .. numel - 1``: ``"normal"`` or ``"logistic"`` (spec: droplab.rng)."""
+    out = np.empty(int(numel), dtype=np.float32)
+    if numel:
+        _timed(f"noise[{kind}]", _noise_fill, out, 0 if kind == "normal" else 1,
+               *_key_counters(key, step, replica, stream), _threads(int(numel)))
+    return torch.from_numpy(out)
+
+
+def gaussian_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int, stream: int, sigma: float,
+                   mask_shape: tuple[int, ...]) -> torch.Tensor:
+    """``x * (1 + sigma * z)`` with ``z`` the normal noise of ``mask_shape`` (broadcast), in one pass when
+    the noise is element-wise."""
+    if tuple(mask_shape) != tuple(x.shape):
+        return reference.gaussian_from_noise(x, noise("normal", math.prod(mask_shape), key, step, replica, stream)
+                                             .reshape(mask_shape), sigma)
+    y = torch.empty(x.shape, dtype=x.dtype)
+    if y.numel():
+        xa, ya = _as_numpy(x.contiguous()), _as_numpy(y)
+        _timed(f"gaussian[{_NAMES[x.dtype]}]", _gaussian_flat, xa, ya, *_key_counters(key, step, replica, stream),
+               _scale_for(x.dtype, sigma), _scale_for(x.dtype, 1.0), _threads(y.numel()))
+    return y
+
+
+def dropblock_keep(planes: int, spatial: tuple[int, int, int], block: tuple[int, int, int], key: tuple[int, int],
+                   step: int, replica: int, stream: int, threshold: int,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, int]:
+    """DropBlock's keep mask ``(planes, D, H, W)`` from the origin words, and the number of kept positions."""
+    keep = np.empty(planes * math.prod(spatial), dtype=np.bool_)
+    kept = np.zeros(planes, dtype=np.int64)
+    if threshold >= 2**32:  # p = 1: every origin dropped (2**32 does not fit the kernel's uint32 compare)
+        keep[:] = False
+    elif keep.size:
+        _timed("dropblock_keep", _dropblock_keep, keep, kept, planes, np.asarray(spatial, dtype=np.int64),
+               np.asarray(block, dtype=np.int64), *_key_counters(key, step, replica, stream), int(threshold),
+               _threads(keep.size))
+    return torch.from_numpy(keep).reshape((planes,) + tuple(spatial)), int(kept.sum())
+
+
+def _rows(src: torch.Tensor, indices: torch.Tensor, out_rows: int, gather: bool, key, step, replica, stream,
+          threshold: int, scale: float) -> torch.Tensor:
+    dim = src.shape[-1]
+    y = torch.empty(out_rows, dim, dtype=src.dtype)
+    if y.numel():
+        idx = indices.reshape(-1).to(torch.int64).contiguous().numpy()
+        view = _BITS_VIEW.get(src.dtype)
+        s2 = src.contiguous().reshape(-1, dim)
+        s2, y2 = (s2.view(view), y.view(view)) if view is not None else (s2, y)
+        _timed(f"rows[{_NAMES[src.dtype]}]", _rows_masked_scale, s2.numpy(), idx, y2.numpy(), gather,
+               *_key_counters(key, step, replica, stream), int(threshold), _scale_for(src.dtype, scale),
+               _threads(y.numel()))
+    return y
+
+
+def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
+                      stream: int, threshold: int, scale: float) -> torch.Tensor:
+    """``weight[indices] * scale`` for rows whose vocabulary entry is kept, 0 for dropped ones."""
+    y = _rows(weight, indices, indices.numel(), True, key, step, replica, stream, threshold, scale)
+    return y.reshape(tuple(indices.shape) + (weight.shape[1],))
+
+
+def rows_masked_scale(src: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
+                      stream: int, threshold: int, scale: float) -> torch.Tensor:
+    """``src`` (shape ``(*indices.shape, D)``) with row ``r`` kept iff vocabulary entry ``indices[r]`` is."""
+    y = _rows(src, indices, indices.numel(), False, key, step, replica, stream, threshold, scale)
+    return y.reshape(src.shape)
+
+
+def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: int, padding_idx: int,
+                       key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
+                       scale: float) -> torch.Tensor:
+    """Dense weight gradient: row ``v`` sums ``grad[r] * scale`` over the kept positions ``r`` reading ``v``."""
+    dim = grad.shape[-1]
+    out = torch.zeros(num_weights, dim, dtype=grad.dtype)
+    if grad.dtype not in (torch.float32, torch.float64):
+        return reference.embedding_backward(grad, indices, num_weights, padding_idx, key, step, replica, stream,
+                                            threshold, scale)
+    if grad.numel():
+        idx = indices.reshape(-1).to(torch.int64).contiguous().numpy()
+        _timed(f"rows_scatter[{_NAMES[grad.dtype]}]", _rows_scatter_add, grad.contiguous().reshape(-1, dim).numpy(),
+               idx, out.numpy(), padding_idx, *_key_counters(key, step, replica, stream), int(threshold),
+               _scale_for(grad.dtype, scale), _threads(grad.numel()))
+    return out
 
 
 def warmup(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> dict[str, float]:

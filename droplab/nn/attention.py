@@ -48,9 +48,5 @@ class AttentionDropout(StochasticModule):
         return [("inplace", self.inplace), ("share_across_heads", self.share_across_heads)]
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return F.attention_dropout(weights, self.p, False, self.inplace, scaling=self.scaling,
-                                       share_across_heads=self.share_across_heads)
-        seed, step = self._next_counter()
-        return F.attention_dropout(weights, self.p, True, self.inplace, seed=seed, step=step, replica=self.replica,
-                                   share_across_heads=self.share_across_heads, scaling=self.scaling)
+        return self._call_functional(F.attention_dropout, weights, inplace=self.inplace, scaling=self.scaling,
+                                     share_across_heads=self.share_across_heads)

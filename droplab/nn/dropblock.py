@@ -28,12 +28,10 @@ class _DropBlockNd(StochasticModule):
         return [("block_size", self.block_size), ("per_channel", self.per_channel)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        fn = type(self)._functional
-        if not self.training or self.p == 0.0:
-            return fn(input, self.p, self.block_size, False, scaling=self.scaling)
-        seed, step = self._next_counter()
-        return fn(input, self.p, self.block_size, True, seed=seed, step=step, replica=self.replica,
-                  per_channel=self.per_channel, scaling=self.scaling)
+        return self._call_functional(self._dropblock, input, per_channel=self.per_channel, scaling=self.scaling)
+
+    def _dropblock(self, input: torch.Tensor, p: float, training: bool, **kwargs) -> torch.Tensor:
+        return type(self)._functional(input, p, self.block_size, training, **kwargs)
 
 
 class DropBlock2d(_DropBlockNd):

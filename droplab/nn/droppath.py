@@ -60,8 +60,4 @@ class DropPath(StochasticModule):
         return [("scale_by_keep", self.scale_by_keep), ("inplace", self.inplace)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return F.drop_path(input, self.p, False, self.inplace, scale_by_keep=self.scale_by_keep)
-        seed, step = self._next_counter()
-        return F.drop_path(input, self.p, True, self.inplace, scale_by_keep=self.scale_by_keep, seed=seed,
-                           step=step, replica=self.replica)
+        return self._call_functional(F.drop_path, input, inplace=self.inplace, scale_by_keep=self.scale_by_keep)

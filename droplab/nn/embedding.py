@@ -61,8 +61,7 @@ class EmbeddingDropout(StochasticModule):
         e = self.embedding
         options = dict(padding_idx=e.padding_idx, max_norm=e.max_norm, norm_type=e.norm_type,
                        scale_grad_by_freq=e.scale_grad_by_freq, sparse=e.sparse, scaling=self.scaling)
-        if not self.training or self.p == 0.0:
-            return F.embedding_dropout(input, e.weight, self.p, False, **options)
-        seed, step = self._next_counter()
-        return F.embedding_dropout(input, e.weight, self.p, True, seed=seed, step=step, replica=self.replica,
-                                   **options)
+        return self._call_functional(self._lookup, input, **options)
+
+    def _lookup(self, input: torch.Tensor, p: float, training: bool, **kwargs) -> torch.Tensor:
+        return F.embedding_dropout(input, self.embedding.weight, p, training, **kwargs)

@@ -48,9 +48,5 @@ class LockedDropout(StochasticModule):
         return [("batch_first", self.batch_first), ("inplace", self.inplace)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return F.locked_dropout(input, self.p, False, self.inplace, batch_first=self.batch_first,
-                                    scaling=self.scaling)
-        seed, step = self._next_counter()
-        return F.locked_dropout(input, self.p, True, self.inplace, batch_first=self.batch_first, seed=seed,
-                                step=step, replica=self.replica, scaling=self.scaling)
+        return self._call_functional(F.locked_dropout, input, inplace=self.inplace, batch_first=self.batch_first,
+                                     scaling=self.scaling)

@@ -32,9 +32,7 @@ class _VariationalRNN(nn.Module):
         _positive_int("hidden_size", hidden_size)
         _positive_int("num_layers", num_layers)
         rates = [F.check_probability(r) for r in (input_dropout, recurrent_dropout, output_dropout)]
-        if seed is None:
-            seed = F.new_seed()
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, but got {type(seed).__name__}")
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -50,9 +48,11 @@ class _VariationalRNN(nn.Module):
                 setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(self._gates * hidden_size, **factory)))
                 setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(self._gates * hidden_size, **factory)))
         # time-first inside: the masks are (1, N, F), shared over time; distinct seeds keep them independent
-        self.input_drop = LockedDropout(rates[0], seed=seed, share_across_ranks=share_across_ranks)
-        self.recurrent_drop = LockedDropout(rates[1], seed=seed + 1, share_across_ranks=share_across_ranks)
-        self.output_drop = LockedDropout(rates[2], seed=seed + 2, share_across_ranks=share_across_ranks)
+        # (unseeded sites draw a fresh key each forward, as torch.nn's dropout does)
+        site_seeds = [None if seed is None else seed + k for k in range(3)]
+        self.input_drop = LockedDropout(rates[0], seed=site_seeds[0], share_across_ranks=share_across_ranks)
+        self.recurrent_drop = LockedDropout(rates[1], seed=site_seeds[1], share_across_ranks=share_across_ranks)
+        self.output_drop = LockedDropout(rates[2], seed=site_seeds[2], share_across_ranks=share_across_ranks)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -88,8 +88,9 @@ class _VariationalRNN(nn.Module):
     def extra_repr(self) -> str:
         s = (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
              f"batch_first={self.batch_first}, input_dropout={self.input_dropout}, "
-             f"recurrent_dropout={self.recurrent_dropout}, output_dropout={self.output_dropout}, "
-             f"seed={int(self.input_drop.seed) % 2**64}")
+             f"recurrent_dropout={self.recurrent_dropout}, output_dropout={self.output_dropout}")
+        if self.input_drop.seeded:  # shown only when given
+            s += f", seed={int(self.input_drop.seed) % 2**64}"
         return s
 
     def _layer(self, k: int):
@@ -122,9 +123,7 @@ class _VariationalRNN(nn.Module):
             w_ih, w_hh, b_ih, b_hh = self._layer(k)
             mask = None
             if draws[1] is not None:
-                mask = F.variational_mask((n, self.hidden_size), self.recurrent_drop.p, seed=draws[1][0],
-                                          step=draws[1][1], replica=self.recurrent_drop.replica, stream=k,
-                                          dtype=x.dtype, device=x.device)
+                mask = self._recurrent_mask(draws[1], k)
             if self._mode == "LSTM":
                 b = None if b_ih is None else b_ih + b_hh
                 # input projections of all steps in one matmul; only h @ W_hh stays in the loop
@@ -144,6 +143,16 @@ class _VariationalRNN(nn.Module):
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
         return (output, (h_n, c_n)) if self._mode == "LSTM" else (output, h_n)
+
+    def _recurrent_mask(self, draw, layer: int):
+        """Layer ``layer``'s recurrent mask as a function ``h -> h m / q`` (the one op, regenerated in
+        backward, never stored): the same counters give the same mask at every time step."""
+        site = self.recurrent_drop
+        seed, step = draw
+
+        def apply(h: torch.Tensor) -> torch.Tensor:
+            return F.dropout(h, site.p, True, seed=seed, step=step, replica=site.replica, stream=layer)
+        return apply
 
     @staticmethod
     def _locked(site: LockedDropout, x: torch.Tensor, draw, stream: int) -> torch.Tensor:
@@ -202,7 +211,8 @@ class VariationalLSTM(_VariationalRNN):
         output_dropout: rate of the mask on each layer's output. Default: 0.0.
         seed: 64-bit seed (the three dropout sites use ``seed``, ``seed + 1``, ``seed + 2``; layer
             ``k``'s recurrent and output masks are stream ``k`` of their site's one draw per forward);
-            ``None`` draws one from torch's global generator. Default: None.
+            ``None``: each site draws a fresh key from torch's default generator at every training
+            forward, as ``torch.nn`` dropout does. Default: None.
         share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
 
     Shape:
@@ -220,6 +230,12 @@ class VariationalLSTM(_VariationalRNN):
 
     Reference: Gal & Ghahramani, "A Theoretically Grounded Application of Dropout in Recurrent Neural
     Networks", NeurIPS 2016.
+
+    .. warning::
+        It does not compile as one graph (``torch.compile(fullgraph=True)`` fails): the time loop runs in a
+        hand-written ``autograd.Function`` whose backward regenerates the recurrent mask from a Python
+        closure over the counters, which dynamo cannot trace. Without ``fullgraph`` it compiles with
+        graph breaks around the recurrence. Every mask still comes from the one op and none is saved.
 
     .. warning::
         The recurrence runs step by step in PyTorch ops (torch's fused kernels cannot apply a hidden
