@@ -53,10 +53,11 @@ _COMMUTING_METHODS = {"relu", "view", "reshape", "flatten", "contiguous", "permu
 
 
 def _is_noop_at_inference(module: nn.Module, scaling: str) -> bool:
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        return True
-    return (isinstance(module, StochasticModule) and scaling in ("inverted", "noise")
-            and not any(True for _ in module.parameters()) and not any(True for _ in module.children()))
+    # droplab's modules subclass torch's (isinstance checks find them), so they are asked first
+    if isinstance(module, StochasticModule):
+        return (scaling in ("inverted", "noise") and not any(True for _ in module.parameters())
+                and not any(True for _ in module.children()))
+    return isinstance(module, nn.modules.dropout._DropoutNd)
 
 
 def _noop_sites(model: nn.Module) -> list[str]:

@@ -1,0 +1,256 @@
+r"""Functional dropout call sites: which torch calls apply dropout, which module issued them, and their droplab form.
+
+A functional site is a dropout call made inside a module's forward rather than a dropout module. The
+covered call forms (:data:`CALL_FORMS`):
+
+* ``torch.nn.functional.dropout``, ``dropout1d``, ``dropout2d``, ``dropout3d``, ``alpha_dropout``,
+  ``feature_alpha_dropout``;
+* ``torch.dropout``, ``torch.alpha_dropout``, ``torch.feature_alpha_dropout`` (the forms ``F.*`` call
+  underneath, which some libraries call directly);
+* ``torch.nn.functional.scaled_dot_product_attention(..., dropout_p > 0)``, including the one
+  ``nn.MultiheadAttention`` issues inside ``F.multi_head_attention_forward``.
+
+Not covered: the in-place ``torch.dropout_`` family, ``torch.nn.functional.multi_head_attention_forward``
+called with ``need_weights=True`` *and* a custom fused kernel, dropout written by hand
+(``x * torch.bernoulli(...)``, timm's ``drop_path`` function: its module form ``DropPath`` has a
+conversion rule), and calls inside ``torch.jit.script``'ed code (TorchScript bypasses Python dispatch).
+
+Calls are seen through a :class:`~torch.overrides.TorchFunctionMode` and attributed to the innermost
+module whose forward is running (per-module forward hooks keep the stack); the ``i``-th dropout call
+a module issues in one forward is its call site ``i``, named ``"<module path>#<i>"``.
+
+Why droplab's attention dropout does not use a fused kernel: torch's fused attention kernels (flash,
+memory-efficient, cuDNN) draw their dropout mask inside the kernel from their own Philox state and
+take no mask argument, so a mask that must be droplab's (seeded, the same on every device,
+regenerated in backward from integers) cannot be fed to them. A routed
+``scaled_dot_product_attention`` with ``dropout_p > 0`` therefore runs the math composition
+(:math:`\mathrm{softmax}(QK^\top s + M)` materialized, then droplab's dropout, then :math:`\cdot V`).
+On the CPU torch itself takes the math path whenever ``dropout_p > 0``, so nothing is lost there; on a
+GPU the attention matrix is materialized. Calls with ``dropout_p = 0`` (inference) are never routed
+and keep torch's fused kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as TF
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from . import functional as DF
+
+__all__ = ["CallForm", "CALL_FORMS", "Call", "bind", "attention_math", "issuing_modules", "routing_suspended",
+           "routing_is_suspended", "unwrapped_multi_head_attention"]
+
+
+@dataclass(frozen=True)
+class CallForm:
+    """How to read one torch dropout call and what droplab runs in its place."""
+
+    name: str  #: printed kind, e.g. "F.dropout"
+    params: tuple[str, ...]  #: positional parameter names, input first
+    defaults: dict  #: defaults of trailing parameters
+    rate: str  #: the parameter holding the drop probability
+    training: str | None  #: the parameter holding the training flag (None: active whenever rate > 0)
+    droplab: Callable | None  #: droplab functional for the element-wise forms (None: attention)
+
+
+_DROPOUT = ("input", "p", "training", "inplace")
+_TORCH = ("input", "p", "train")
+_SDPA = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _form(name, params, defaults, droplab, rate="p", training="training") -> CallForm:
+    return CallForm(name, params, defaults, rate, training, droplab)
+
+
+CALL_FORMS: dict[Callable, CallForm] = {
+    TF.dropout: _form("F.dropout", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout),
+    TF.dropout1d: _form("F.dropout1d", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout1d),
+    TF.dropout2d: _form("F.dropout2d", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout2d),
+    TF.dropout3d: _form("F.dropout3d", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout3d),
+    TF.alpha_dropout: _form("F.alpha_dropout", _DROPOUT, {"p": 0.5, "training": False, "inplace": False},
+                            DF.alpha_dropout),
+    TF.feature_alpha_dropout: _form("F.feature_alpha_dropout", _DROPOUT,
+                                    {"p": 0.5, "training": False, "inplace": False}, DF.feature_alpha_dropout),
+    torch.dropout: _form("torch.dropout", _TORCH, {}, DF.dropout, training="train"),
+    torch.alpha_dropout: _form("torch.alpha_dropout", _TORCH, {}, DF.alpha_dropout, training="train"),
+    torch.feature_alpha_dropout: _form("torch.feature_alpha_dropout", _TORCH, {}, DF.feature_alpha_dropout,
+                                       training="train"),
+    TF.scaled_dot_product_attention: _form(
+        "F.scaled_dot_product_attention", _SDPA,
+        {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False},
+        None, rate="dropout_p", training=None),
+}
+
+
+@dataclass
+class Call:
+    """One intercepted dropout call, its arguments bound to parameter names."""
+
+    form: CallForm
+    arguments: dict
+
+    @property
+    def p(self) -> float:
+        return float(self.arguments[self.form.rate])
+
+    @property
+    def active(self) -> bool:
+        """Whether torch would drop anything for this call (training and p > 0)."""
+        training = True if self.form.training is None else bool(self.arguments[self.form.training])
+        return training and self.p > 0
+
+    @property
+    def is_site(self) -> bool:
+        """Element-wise dropout calls are sites at any p; attention only with ``dropout_p > 0``."""
+        return self.form.droplab is not None or self.p > 0
+
+    def run_droplab(self, input: torch.Tensor, *, seed, step, replica: int = 0) -> torch.Tensor:
+        """The element-wise form on droplab's generator (always in training mode: the caller decided)."""
+        inplace = bool(self.arguments.get("inplace", False))
+        return self.form.droplab(input, self.p, True, inplace, seed=seed, step=step, replica=replica)
+
+
+def bind(func: Callable, args: tuple, kwargs: dict | None) -> Call | None:
+    """The :class:`Call` for ``func(*args, **kwargs)``, or None when ``func`` is not a dropout form."""
+    form = CALL_FORMS.get(func)
+    if form is None:
+        return None
+    arguments = dict(form.defaults)
+    arguments.update(zip(form.params, args))
+    arguments.update(kwargs or {})
+    return Call(form, arguments)
+
+
+def attention_math(call: Call, drop: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``scaled_dot_product_attention`` as torch's math reference, with ``drop`` applied to the weights.
+
+    Same masks and scale as torch: a boolean ``attn_mask`` marks positions that *take part*; a float
+    one is added to the scores; ``is_causal`` keeps the lower triangle; ``enable_gqa`` repeats key and
+    value heads. A query whose every key is masked gets zero weights (torch's safe softmax).
+    """
+    a = call.arguments
+    q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
+    if a["enable_gqa"] and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if a["scale"] is None else a["scale"]
+    scores = (q @ k.transpose(-2, -1)) * scale
+    masked = False
+    if a["is_causal"]:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        masked = True
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+            masked = True
+        else:
+            scores = scores + mask
+            masked = masked or bool(torch.isinf(mask).any())
+    weights = torch.softmax(scores, dim=-1)
+    if masked:
+        weights = weights.nan_to_num(0.0)
+    return drop(weights) @ v
+
+
+# ------------------------------------------------------------------------- who issued the call
+
+class _Stack(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ran: set[str] = set()
+
+
+@contextlib.contextmanager
+def issuing_modules(model: nn.Module) -> Iterator[list[str]]:
+    """Keep the stack of running modules' paths: ``stack[-1]`` is the innermost (``""`` for the root).
+
+    Per-module forward hooks (``always_call=True``, so an exception pops too), removed on exit.
+    ``stack.ran`` collects the paths of every module that ran.
+    """
+    stack = _Stack()
+    handles = []
+
+    def push(name):
+        def hook(module, args):
+            stack.append(name)
+            stack.ran.add(name)
+        return hook
+
+    def pop(module, args, output):
+        if stack:
+            stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(push(name)))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def routing_suspended() -> Iterator[None]:
+    """Converted modules leave their calls to torch (or to an outer mode) inside the block."""
+    previous = getattr(_STATE, "suspended", False)
+    _STATE.suspended = True
+    try:
+        yield
+    finally:
+        _STATE.suspended = previous
+
+
+def routing_is_suspended() -> bool:
+    return getattr(_STATE, "suspended", False)
+
+
+_MHA_CLONE: list[Callable] = []
+
+
+def unwrapped_multi_head_attention() -> Callable:
+    """``F.multi_head_attention_forward`` without its own ``__torch_function__`` check.
+
+    A mode that wants to see the dropout ``nn.MultiheadAttention`` issues inside this function calls
+    the clone: it runs the same code, and the ``scaled_dot_product_attention``/``dropout`` calls in it
+    still dispatch to the mode (the clone only skips the outer re-dispatch, which would recurse).
+    """
+    if not _MHA_CLONE:
+        original = TF.multi_head_attention_forward
+        scope = dict(original.__globals__)
+        scope["has_torch_function"] = lambda *args: False
+        clone = types.FunctionType(original.__code__, scope, original.__name__, original.__defaults__,
+                                   original.__closure__)
+        clone.__kwdefaults__ = original.__kwdefaults__
+        _MHA_CLONE.append(clone)
+    return _MHA_CLONE[0]
+
+
+class CallMode(TorchFunctionMode):
+    """Base of the modes that watch dropout calls: subclasses implement :meth:`on_call`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is TF.multi_head_attention_forward:
+            with self:
+                return unwrapped_multi_head_attention()(*args, **kwargs)
+        call = bind(func, args, kwargs)
+        if call is None or not call.is_site:
+            return func(*args, **kwargs)
+        return self.on_call(func, call, args, kwargs)
+
+    def on_call(self, func, call: Call, args, kwargs):  # pragma: no cover - every subclass overrides it
+        return func(*args, **kwargs)
