@@ -8,10 +8,6 @@ compiled graph without recompiling; ``seed`` holds the 64-bit seed in two's comp
 is the same op applied to the incoming gradient: the mask is regenerated from the integers, so
 autograd saves nothing but those two integer scalars. The output keeps the input's dimension order
 (channels_last in, channels_last out), as torch's element-wise ops do.
-
-``droplab::counter_value(counter)`` is a copy of a counter that compilers treat as opaque: a module
-reads its step through it once per forward, so backward receives that value and cannot re-read the
-buffer after the forward advanced it.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import torch
 
 from . import masked_scale as _dispatch_masked_scale
 
-__all__ = ["counter_value", "dense_like", "masked_scale", "masked_scale_op"]
+__all__ = ["dense_like", "masked_scale", "masked_scale_op"]
 
 
 def dense_like(x: torch.Tensor) -> torch.Tensor:
@@ -44,24 +40,6 @@ def _impl(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int,
     if x.is_contiguous() and y.is_contiguous():
         return y
     return dense_like(x).copy_(y)  # the backends compute in logical order; restore the input's layout
-
-
-@torch.library.custom_op("droplab::counter_value", mutates_args=())
-def _counter_value_op(counter: torch.Tensor) -> torch.Tensor:
-    return counter.clone()
-
-
-@_counter_value_op.register_fake
-def _(counter):
-    return torch.empty_like(counter)
-
-
-def counter_value(counter: torch.Tensor) -> torch.Tensor:
-    """The counter's current value as a new tensor; under ``torch.compile`` an opaque op, so the
-    partitioner saves it for backward instead of recomputing it from the (since advanced) buffer."""
-    if torch.compiler.is_compiling():
-        return _counter_value_op(counter)
-    return counter.clone()
 
 
 masked_scale_op = torch.library.custom_op("droplab::masked_scale", _impl, mutates_args=())

@@ -41,7 +41,6 @@ from torch import nn
 from .._fx import fx_leaf_forward
 from .._modes import training_flags_restored
 from ..functional import check_probability, check_scaling, fresh_key, seed_tensor
-from ..kernels.ops import counter_value
 from ..rng import philox4x32_scalar, split_seed
 
 __all__ = ["StochasticModule", "current_replica", "in_recomputation", "MCSampling", "mc_sampling", "mc_seed",
@@ -275,10 +274,12 @@ class StochasticModule(nn.Module):
         if self._issued and in_recomputation():
             return self._issued.pop()
         if self.seeded:
-            # counter_value hands the step on as a value that no compiler can re-read from the
-            # buffer after the increment below (inductor did, and backward used the next step's mask)
-            counters = (self.seed, counter_value(self.step))
-            self.step.add_(1)
+            # the step tensor this forward read is never written again: the buffer is rebound to a new
+            # tensor, so whatever re-reads the value later (inductor's backward, a compiled checkpoint's
+            # recomputation) gets this forward's step, never the next one
+            step = self.step
+            self.step = step + 1
+            counters = (self.seed, step)
         else:
             counters = (fresh_key(), torch.zeros((), dtype=torch.int64))
         if not torch.compiler.is_compiling():

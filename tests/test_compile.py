@@ -1,0 +1,120 @@
+"""torch.compile: backward regenerates the forward's own mask under every backend.
+
+Seeded modules: compiled and eager outputs and gradients agree bit for bit over several steps.
+Unseeded modules (whose key may come from inductor's own generator): each step's input gradient is
+zero exactly where that step's output is. The matrix is kept small: inductor compiles are slow.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import droplab.nn as dnn
+
+BACKENDS = ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+
+
+class _Scale(nn.Module):
+    """An element-wise learned scale: no reduction, so compiled arithmetic is eager's bit for bit."""
+
+    def __init__(self, shape) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(shape))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def _mlp() -> nn.Sequential:
+    """Two seeded dropout sites (element-wise, channel) around element-wise parameters."""
+    torch.manual_seed(0)
+    return nn.Sequential(_Scale((5, 4, 8)), dnn.Dropout(0.5, seed=3), _Scale((5, 4, 8)),
+                         dnn.Dropout1d(0.3, seed=4), _Scale((5, 4, 8)))
+
+
+def _step(model: nn.Module, x: torch.Tensor):
+    """One training step's output and the gradients of the input and every parameter."""
+    x = x.detach().clone().requires_grad_(True)
+    model.zero_grad()
+    y = model(x)
+    y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+    return y.detach(), [x.grad] + [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_steps_equal(compiled_model, eager, x, steps=3):
+    for t in range(steps):
+        y_c, grads_c = _step(compiled_model, x)
+        y_e, grads_e = _step(eager, x)
+        torch.testing.assert_close(y_c, y_e, rtol=0, atol=0, msg=f"output, step {t}")
+        for i, (a, b) in enumerate(zip(grads_c, grads_e)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"gradient {i}, step {t}")
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeded_compiled_equals_eager_outputs_and_gradients(backend, fullgraph):
+    torch._dynamo.reset()
+    eager = _mlp()
+    model = copy.deepcopy(eager)
+    compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
+    x = torch.randn(5, 4, 8)
+    _assert_steps_equal(compiled, eager, x)
+    assert int(model[1].step) == int(eager[1].step) == 3
+
+
+class _Checkpointed(nn.Module):
+    """The MLP with its first half under torch.utils.checkpoint (recomputed in backward)."""
+
+    def __init__(self, mlp: nn.Sequential) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x):
+        h = checkpoint(self.mlp[:2], x, use_reentrant=False)
+        return self.mlp[2:](h)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeded_checkpoint_inside_the_compiled_region(backend):
+    torch._dynamo.reset()
+    eager = _mlp()
+    model = _Checkpointed(copy.deepcopy(eager))
+    compiled = torch.compile(model, backend=backend)
+    _assert_steps_equal(compiled, eager, torch.randn(5, 4, 8))
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_unseeded_gradient_is_zero_exactly_where_its_own_output_is(backend, fullgraph):
+    torch._dynamo.reset()
+    site = dnn.Dropout(0.5)
+    compiled = torch.compile(site, backend=backend, fullgraph=fullgraph)
+    outputs = []
+    for _ in range(3):
+        x = (torch.rand(256) + 0.5).requires_grad_(True)  # no zeros in the input
+        y = compiled(x)
+        y.backward(torch.ones_like(y))
+        assert torch.equal(x.grad == 0, y == 0)
+        torch.testing.assert_close(x.grad[y != 0], torch.full_like(x.grad[y != 0], 2.0), rtol=0, atol=0)
+        outputs.append(y != 0)
+    assert not torch.equal(outputs[0], outputs[1])  # a fresh mask each step
+
+
+@pytest.mark.slow
+def test_unseeded_checkpoint_inside_the_compiled_region():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(8, 8), dnn.Dropout(0.5))
+    compiled = torch.compile(lambda x: checkpoint(block, x, use_reentrant=False) * 1.0, backend="inductor")
+    for _ in range(2):
+        x = torch.randn(6, 8, requires_grad=True)
+        h = block[0](x).detach().requires_grad_(True)  # the pre-dropout activation, to read the mask off
+        y = compiled(x)
+        y.backward(torch.ones_like(y))
+        # d y / d x = W^T (mask * 2): recompute with the mask the forward used
+        mask = (y != 0).float() * 2.0
+        torch.testing.assert_close(x.grad, mask @ block[0].weight, rtol=1e-6, atol=1e-6)
+        del h
