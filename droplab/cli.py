@@ -13,7 +13,7 @@ from typing import NoReturn
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("droplab.lab.compare", "does dropout help? no vs intended vs reduced dropout: table, verdict, report"),
+    "compare": ("droplab.lab.compare_command", "does dropout help? off vs as built vs halved: table, verdict, report"),
     "runs": ("droplab.lab.runs", "list stored runs; 'runs show ID' shows one"),
     "bench": ("droplab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
     "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
@@ -29,20 +29,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_clean(message)}\n  (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` (default ``sys.argv[1:]``) is imported and configured."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = _Parser(prog="droplab", description="Dropout regularization lab for PyTorch.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(command_parser)
-        command_parser.set_defaults(_run=module.run)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.configure(command_parser)
+            command_parser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or an argument error already printed: a status, so main(argv) returns

@@ -4,7 +4,8 @@ import pytest
 from lab_fixtures import write_npz
 
 from droplab.cli import main
-from droplab.lab.compare import assign_roles, build_configs, parse_rates
+from droplab.lab.api import assign_roles, run_comparison
+from droplab.lab.compare_command import build_configs, parse_rates
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.store import RunStore
 
@@ -20,14 +21,19 @@ def test_parse_rates():
         parse_rates("0,half")
 
 
-def test_roles_and_baseline_has_no_dropout_at_all():
+def test_default_runs_are_off_as_built_and_halved():
+    configs = build_configs(ExperimentConfig(input_dropout=0.2), None)
+    assert [c.label() for c in configs] == ["off (p=0)", "as built", "halved"]
+    assert [c.rate_scale for c in configs] == [0.0, 1.0, 0.5]
+    assert assign_roles(configs) == {"baseline": 0, "intended": 1, "reduced": 2}
+
+
+def test_rates_set_every_site_and_roles():
     configs = build_configs(ExperimentConfig(input_dropout=0.2), parse_rates("0,0.2,0.5"))
     assert assign_roles(configs) == {"baseline": 0, "intended": 2, "reduced": 1}
-    assert configs[0].input_dropout == 0.0 and configs[2].input_dropout == 0.2
-    per_layer = build_configs(ExperimentConfig(), parse_rates("0,0.1/0.5"))
-    assert per_layer[1].layer_rates == [0.1, 0.5]
-    with pytest.raises(ValueError, match="give 3 layers but depth=2"):
-        build_configs(ExperimentConfig(), parse_rates("0,0.1/0.2/0.3"))
+    assert [c.rates for c in configs] == [[0.0], [0.2], [0.5]] and configs[2].label() == "p=0.5"
+    per_site = build_configs(ExperimentConfig(), parse_rates("0,0.1/0.5"))
+    assert per_site[1].rates == [0.1, 0.5] and per_site[1].label() == "p=0.1/0.5"
 
 
 def test_dry_run_prints_the_resolved_configs(tmp_path, capsys):
@@ -37,12 +43,17 @@ def test_dry_run_prints_the_resolved_configs(tmp_path, capsys):
     runs = json.loads(capsys.readouterr().out)
     assert [r["role"] for r in runs] == ["baseline", "intended"]
     assert runs[1]["config"]["model"] == "cnn1d" and runs[1]["config"]["epochs"] == 7
-    assert runs[1]["config"]["dropout"] == 0.3 and runs[1]["config"]["variant"] == "channel"
+    assert runs[1]["config"]["rates"] == [0.3] and runs[1]["config"]["variant"] == "channel"
 
 
 def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert main(["compare", "--set", "dropuot=0.5", "--dry-run"]) == 2
     assert "did you mean 'dropout'" in capsys.readouterr().err
+
+
+def test_schedule_longer_than_the_run_is_an_error(capsys):
+    assert main(["compare", "--schedule", "ramp:10", "--epochs", "3", "--dry-run"]) == 2
+    assert "reaches the configured rate at epoch 10" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -53,35 +64,53 @@ def test_compare_end_to_end(tmp_path, capsys):
                  "--db", str(db), "--report-dir", str(reports), "--save", str(tmp_path / "ckpt"), "--no-progress"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "best val acc" in out and "epochs to best" in out and "report:" in out
-    assert "co-adaptation" in out and "1-unit ablation drop" in out
+    assert "task: classification" in out and "best val acc" in out and "report:" in out
     with RunStore(db) as store:
         runs = store.list_runs()
-        assert sorted(r["name"] for r in runs) == ["p=0.0", "p=0.25", "p=0.5"]
+        assert sorted(r["name"] for r in runs) == ["as built", "halved", "off (p=0)"]
         assert all(r["status"] == "finished" and len(store.epochs(r["id"])) == 3 for r in runs)
         group = runs[0]["group_id"]
         comparison = store.get_comparison(group)
         assert comparison["verdict"]["outcome"] and comparison["config"]["roles"]["intended"] == 1
+        assert comparison["report"]
     page = reports / group / "index.html"
     assert page.is_file() and (reports / group / "reliability.png").is_file()
-    assert "<h2>Co-adaptation</h2>" in page.read_text()
     run_id = min(r["id"] for r in runs)
     assert main(["compare", "--resume", str(run_id), "--set", "epochs=4", "--db", str(db), "--no-progress"]) == 0
     with RunStore(db) as store:
-        assert len(store.epochs(run_id)) == 4
+        assert len(store.epochs(run_id)) == 4 and store.get_run(run_id)["config"]["epochs"] == 4
 
 
-def test_compare_adds_coadaptation_measures_to_each_run(tmp_path):
-    from droplab.lab.compare import compare
+def test_a_failed_report_loses_nothing(tmp_path, capsys):
+    """A run name with matplotlib mathtext draws; an unwritable report dir leaves the comparison stored."""
+    data = write_npz(tmp_path / "d.npz", n=90, features=8)
+    db = tmp_path / "runs.db"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["compare", "--dataset", str(data), "--set", "width=8", "--epochs", "1", "--set", "name=$\\x{$",
+                 "--db", str(db), "--report-dir", str(blocker), "--no-progress", "--no-coadaptation"])
+    captured = capsys.readouterr()
+    assert code == 1 and "report could not be written" in captured.err
+    assert "best val acc" in captured.out and "comparison" in captured.err
+    with RunStore(db) as store:
+        runs = store.list_runs()
+        assert len(runs) == 3 and store.get_comparison(runs[0]["group_id"])["verdict"]["outcome"]
+    from droplab.lab.report import write_report
 
+    summaries = [{"label": "$\\x{$", "history": [{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "train_loss": 1.0,
+                                                   "val_loss": 1.1, "gap": 0.1}]}]
+    assert write_report(tmp_path / "ok", summaries, title="t").is_file()
+
+
+def test_coadaptation_measures_join_each_run_within_budget(tmp_path):
     data = write_npz(tmp_path / "d.npz", n=120, features=12)
     base = ExperimentConfig(dataset=str(data), width=8, epochs=2, batch_size=40)
-    summary = compare(build_configs(base, [0.0, 0.5]), report_dir=tmp_path / "r", progress=False,
-                      echo=lambda *a, **k: None)
-    for run in summary["runs"]:
+    result = run_comparison(build_configs(base, [0.0, 0.5]), coadaptation_budget=100.0)
+    for run in result.runs:
         assert 0.0 <= run["correlation"] <= 1.0
         assert 1.0 <= run["effective_rank"] <= 8.0  # at most the layer width
-        assert 0.0 <= run["near_zero"] <= 1.0 and "single_unit_drop" in run and "drop_50pct" in run
-    quiet = compare(build_configs(base, [0.0, 0.5]), report_dir=None, progress=False, echo=lambda *a, **k: None,
-                    measure_coadaptation=False)
-    assert all("correlation" not in run for run in quiet["runs"])
+        assert run["ablation_units"] == 32 and "single_unit_drop" in run and run["coadaptation_s"] >= 0
+    tight = run_comparison(build_configs(base, [0.0, 0.5]), coadaptation_budget=0.0)
+    assert all(run["ablation_units"] == 0 and "single_unit_drop" not in run for run in tight.runs)
+    quiet = run_comparison(build_configs(base, [0.0, 0.5]), coadaptation=False)
+    assert all("correlation" not in run for run in quiet.runs)

@@ -52,7 +52,7 @@ def test_missing_file(tmp_path):
 
 
 def test_wrong_extension(tmp_path):
-    with pytest.raises(ValueError, match="dataset must be 'mnist1d', 'digits' or a path"):
+    with pytest.raises(ValueError, match="dataset must be 'mnist1d', 'digits', a path"):
         load_dataset(cfg(tmp_path / "data.parquet"))
 
 

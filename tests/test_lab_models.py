@@ -39,9 +39,10 @@ def test_mlp_sites_and_batchnorm_placement():
     model = build_model(cfg, 40, 10)
     sites = droplab.sites(model)
     assert [s.p for s in sites] == [0.2, 0.4, 0.4]
-    kinds = [type(m).__name__ for m in model.net]
+    assert sites[0].name == "input_drop"  # the lab wraps the input: the first site
+    kinds = [type(m).__name__ for m in model.model.net]
     assert kinds[kinds.index("Dropout", 2) + 1] == "BatchNorm1d"  # BN sits after the hidden site
-    before = [type(m).__name__ for m in build_model(cfg.replace(batchnorm="before_dropout"), 40, 10).net]
+    before = [type(m).__name__ for m in build_model(cfg.replace(batchnorm="before_dropout"), 40, 10).model.net]
     assert before[before.index("BatchNorm1d") + 2] == "Dropout"
 
 

@@ -63,9 +63,22 @@ def test_schedules():
 
 
 def test_schedule_sets_the_site_rates(data):
-    result = train(tiny(data, epochs=2, schedule="ramp:4"), progress=False)
-    assert [m["rate_factor"] for m in result.history] == [0.25, 0.5]
-    assert sorted(m.p for _, m in dropout_modules(result.model)) == [0.1, 0.25, 0.25]
+    result = train(tiny(data, epochs=2, schedule="ramp:2"), progress=False)
+    assert [m["rate_factor"] for m in result.history] == [0.5, 1.0]
+    assert sorted(m.p for _, m in dropout_modules(result.model)) == [0.2, 0.5, 0.5]
+
+
+def test_a_schedule_that_never_reaches_the_rate_is_an_error(data):
+    with pytest.raises(ValueError, match="reaches the configured rate at epoch 10, but the run has only 3 epochs"):
+        train(tiny(data, epochs=3, schedule="ramp:10"), progress=False)
+    assert "ramp:10" in tiny(data, schedule="ramp:10").label()
+
+
+def test_resume_with_more_epochs_stores_the_new_config(tmp_path, data):
+    store = RunStore(tmp_path / "r.db")
+    half = train(tiny(data, epochs=2), store=store, save=tmp_path / "ckpt", progress=False)
+    resume(half.run_id, store=store, epochs=3, progress=False)
+    assert store.get_run(half.run_id)["config"]["epochs"] == 3
 
 
 def test_max_norm_caps_incoming_weights(data):

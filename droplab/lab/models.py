@@ -1,6 +1,13 @@
-"""The lab's models, each with one droplab dropout site per hidden layer (rates from the config).
+"""The lab's built-in models as factories: ``droplab.lab.models:mlp``, ``:cnn1d``, ``:gru``, ``:transformer``.
 
-* ``mlp``: ``[input dropout] -> (Linear -> [BN] -> act -> dropout [-> BN]) x depth -> Linear``.
+They are factories of the kind a user writes for ``--model FILE.py:FACTORY``: the lab calls each with
+the arguments it declares (``input_shape``, ``n_outputs`` and config fields such as ``width``,
+``depth``, ``dropout``), so ``--set width=...`` keeps working, and ``width`` left unset takes the
+model's own default, sized so the default ``droplab compare --model NAME`` finishes in under two
+minutes on a 2-core CPU. Input dropout is not built here: the lab wraps any model's input
+(``--input-dropout``). Each model has one droplab dropout site per hidden layer:
+
+* ``mlp``: ``(Linear -> [BN] -> act -> dropout [-> BN]) x depth -> Linear``.
   ``batchnorm="before_dropout"`` normalizes before the site (the safe order); ``"after_dropout"``
   puts BN after the site, the order that suffers the train/test variance shift.
 * ``cnn1d``: ``(Conv1d(k=5) -> [BN] -> act -> dropout -> MaxPool(2)) x depth -> global average -> Linear``;
@@ -13,19 +20,31 @@
   droplab :class:`~droplab.nn.transformer.TransformerBlock` s (each block's rate is its layer rate),
   mean pooling, Linear.
 
-Every site's seed derives from the config seed, so a run's masks are a function of its config.
+Every site's seed derives from the ``seed`` argument, so a run's masks are a function of its config.
+
+Example::
+
+    >>> import torch
+    >>> model = mlp(input_shape=(40,), n_outputs=10, width=16)
+    >>> model(torch.zeros(3, 40)).shape
+    torch.Size([3, 10])
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import nn as dnn
 
-__all__ = ["build_model", "dropout_modules", "max_norm_"]
+__all__ = ["mlp", "cnn1d", "gru", "transformer", "DEFAULT_WIDTHS", "build_model", "dropout_modules", "max_norm_"]
+
+#: width when the config leaves it unset: sized so each default compare runs in under 2 minutes on 2 CPU cores
+DEFAULT_WIDTHS = {"mlp": 512, "cnn1d": 32, "gru": 32, "transformer": 32}
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "selu": nn.SELU, "silu": nn.SiLU}
 
@@ -92,7 +111,7 @@ def _concrete(config, layer: nn.Module, index: int, p: float) -> nn.Module:
 
 
 class MLP(nn.Module):
-    def __init__(self, config, n_features: int, n_classes: int) -> None:
+    def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         rates = config.hidden_rates()
         act = _ACTIVATIONS[config.activation]
@@ -100,9 +119,7 @@ class MLP(nn.Module):
         # travels to the next Linear
         concrete = config.variant == "concrete"
         layers: list[nn.Module] = [nn.Flatten()]
-        if config.input_dropout > 0 and not concrete:
-            layers.append(_site(config, config.input_dropout, 0, "features"))
-        width_in, pending = n_features, (0, config.input_dropout)
+        width_in, pending = math.prod(input_shape), (0, 0.0)
         for i, rate in enumerate(rates):
             layers.append(_concrete(config, nn.Linear(width_in, config.width), *pending) if concrete
                           else nn.Linear(width_in, config.width))
@@ -121,13 +138,12 @@ class MLP(nn.Module):
 
 
 class CNN1d(nn.Module):
-    def __init__(self, config, n_features: int, n_classes: int) -> None:
+    def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         rates = config.hidden_rates()
         act = _ACTIVATIONS[config.activation]
-        self.input_drop = _site(config, config.input_dropout, 0, "channels") if config.input_dropout > 0 else None
         blocks: list[nn.Module] = []
-        channels_in = 1
+        channels_in = input_shape[0] if len(input_shape) == 2 else 1  # (C, L) signals keep their channels
         for i, rate in enumerate(rates):
             blocks.append(nn.Conv1d(channels_in, config.width, kernel_size=5, padding=2))
             if config.batchnorm == "before_dropout":
@@ -142,19 +158,16 @@ class CNN1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], 1, -1) if x.dim() == 2 else x
-        if self.input_drop is not None:
-            x = self.input_drop(x)
         return self.head(self.blocks(x).mean(dim=-1))
 
 
 class GRUClassifier(nn.Module):
-    def __init__(self, config, n_features: int, n_classes: int) -> None:
+    def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         rates = config.hidden_rates()
-        self.input_drop = _site(config, config.input_dropout, 0, "sequence") if config.input_dropout > 0 else None
         self.grus = nn.ModuleList()
         self.drops = nn.ModuleList()
-        size_in = 1
+        size_in = input_shape[0] if len(input_shape) == 2 else 1  # (C, L): C features per time step
         for i, rate in enumerate(rates):
             self.grus.append(nn.GRU(size_in, config.width, batch_first=True))
             self.drops.append(_site(config, rate, i + 1, "sequence"))
@@ -163,15 +176,13 @@ class GRUClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1, 1) if x.dim() == 2 else x.transpose(1, 2)
-        if self.input_drop is not None:
-            h = self.input_drop(h)
         for gru, drop in zip(self.grus, self.drops):
             h = drop(gru(h)[0])
         return self.head(h[:, -1])
 
 
 class TransformerClassifier(nn.Module):
-    def __init__(self, config, n_features: int, n_classes: int) -> None:
+    def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         try:
             from ..nn.transformer import TransformerBlock
@@ -186,9 +197,8 @@ class TransformerClassifier(nn.Module):
         d = config.width
         heads = next(h for h in (4, 2, 1) if d % h == 0)
         self.embed = nn.Linear(1, d)
-        self.position = nn.Parameter(torch.zeros(1, n_features, d))
+        self.position = nn.Parameter(torch.zeros(1, math.prod(input_shape), d))
         nn.init.normal_(self.position, std=0.02)
-        self.input_drop = _site(config, config.input_dropout, 0, "sequence") if config.input_dropout > 0 else None
         self.blocks = nn.ModuleList(
             TransformerBlock(d, heads, 2 * d, dropout=rate,
                              activation="gelu" if config.activation == "gelu" else "relu",
@@ -199,8 +209,6 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x.reshape(x.shape[0], -1, 1)) + self.position
-        if self.input_drop is not None:
-            h = self.input_drop(h)
         for block in self.blocks:
             h = block(h)
         return self.head(self.norm(h).mean(dim=1))
@@ -209,9 +217,77 @@ class TransformerClassifier(nn.Module):
 _MODELS = {"mlp": MLP, "cnn1d": CNN1d, "gru": GRUClassifier, "transformer": TransformerClassifier}
 
 
-def build_model(config, n_features: int, n_classes: int) -> nn.Module:
-    """The model named by ``config.model``; initialization draws from torch's generator seeded by the caller."""
-    return _MODELS[config.model](config, n_features, n_classes)
+@dataclass(frozen=True)
+class _Spec:
+    """What the model classes read: the factory's arguments."""
+
+    model: str
+    width: int
+    depth: int
+    activation: str
+    batchnorm: str
+    dropout: float
+    layer_rates: list[float] | None
+    variant: str
+    seed: int
+
+    def hidden_rates(self) -> list[float]:
+        return list(self.layer_rates) if self.layer_rates is not None else [self.dropout] * self.depth
+
+
+def _build(model: str, input_shape, n_outputs: int, width: int | None, depth: int, activation: str, batchnorm: str,
+           dropout: float, layer_rates: list[float] | None, variant: str, seed: int) -> nn.Module:
+    from ..functional import check_probability
+
+    if layer_rates is not None:
+        if len(layer_rates) != depth:
+            raise ValueError(f"layer_rates must give one rate per hidden layer (depth={depth}), "
+                             f"but got {len(layer_rates)}: {layer_rates}")
+        for rate in layer_rates:
+            check_probability(rate)
+    check_probability(dropout)
+    spec = _Spec(model, DEFAULT_WIDTHS[model] if width is None else int(width), int(depth), activation, batchnorm,
+                 float(dropout), layer_rates, variant, int(seed))
+    return _MODELS[model](spec, tuple(int(n) for n in input_shape), int(n_outputs))
+
+
+def mlp(input_shape, n_outputs: int, width: int | None = None, depth: int = 2, activation: str = "relu",
+        batchnorm: str = "none", dropout: float = 0.5, layer_rates: list[float] | None = None,
+        variant: str = "dropout", seed: int = 0) -> nn.Module:
+    """The MLP of Srivastava et al. (2014) on flattened inputs; ``width`` None is 512 units."""
+    return _build("mlp", input_shape, n_outputs, width, depth, activation, batchnorm, dropout, layer_rates, variant,
+                  seed)
+
+
+def cnn1d(input_shape, n_outputs: int, width: int | None = None, depth: int = 2, activation: str = "relu",
+          batchnorm: str = "none", dropout: float = 0.5, layer_rates: list[float] | None = None,
+          variant: str = "dropout", seed: int = 0) -> nn.Module:
+    """A 1-D CNN over ``(L,)`` or ``(C, L)`` signals; ``width`` None is 32 channels."""
+    return _build("cnn1d", input_shape, n_outputs, width, depth, activation, batchnorm, dropout, layer_rates, variant,
+                  seed)
+
+
+def gru(input_shape, n_outputs: int, width: int | None = None, depth: int = 2, dropout: float = 0.5,
+        layer_rates: list[float] | None = None, variant: str = "dropout", seed: int = 0) -> nn.Module:
+    """Stacked GRUs with variational dropout over ``(L,)`` or ``(C, L)`` sequences; ``width`` None is 32."""
+    return _build("gru", input_shape, n_outputs, width, depth, "tanh", "none", dropout, layer_rates, variant, seed)
+
+
+def transformer(input_shape, n_outputs: int, width: int | None = None, depth: int = 2, activation: str = "relu",
+                dropout: float = 0.5, layer_rates: list[float] | None = None, variant: str = "dropout",
+                seed: int = 0) -> nn.Module:
+    """A small encoder over the input's scalars as tokens; ``width`` None is a model dim of 32."""
+    return _build("transformer", input_shape, n_outputs, width, depth, activation, "none", dropout, layer_rates,
+                  variant, seed)
+
+
+def build_model(config, n_features: int | tuple[int, ...], n_classes: int) -> nn.Module:
+    """``config``'s model as the lab trains it (factory, input dropout, conversion, rates); see
+    :func:`droplab.lab.build.build_model`. Initialization draws from torch's generator seeded by the caller."""
+    from .build import build_model as lab_build
+
+    shape = (n_features,) if isinstance(n_features, int) else tuple(n_features)
+    return lab_build(config, shape, n_classes)
 
 
 def dropout_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,9 +1,18 @@
-"""The comparison report: one self-contained HTML page with PNG figures beside it.
+r"""The lab's one HTML report module: the page shell, tables, figures and escaping for every command.
 
-``reports/<id>/index.html`` holds the summary table, the verdict and four figures (matplotlib, Agg):
-training vs validation accuracy and loss for every run on shared axes, the generalization gap over
-epochs, and a reliability diagram. The page loads nothing from the network; every user-provided string
-(run names, dataset paths, the verdict) is HTML-escaped.
+``droplab compare`` (:func:`write_report`), ``droplab sweep show`` and ``droplab uncertainty`` build
+their pages from the same parts: :func:`page` (one self-contained HTML shell that loads nothing from
+the network), :func:`html_table`, :func:`save_figure` (matplotlib, Agg, PNGs beside the page) and
+:func:`write_page` (atomic). Every user-provided string (run names, dataset paths, the verdict) is
+HTML-escaped with :func:`escape`, and escaped for matplotlib's mathtext with :func:`mpl_text` before it
+reaches a plot, so a run named ``$\x{$`` draws as written.
+
+Example::
+
+    >>> mpl_text("p=$0.5$ 100%")
+    'p=\\$0.5\\$ 100%'
+    >>> "<b>" in page("a <b> run", ["<p>hi</p>"])
+    False
 """
 
 from __future__ import annotations
@@ -12,18 +21,10 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["TABLE_COLUMNS", "COADAPTATION_COLUMNS", "table_rows", "format_table", "write_report"]
+from .tasks.classification import TABLE_COLUMNS
 
-# (key in the run summary, column title, format)
-TABLE_COLUMNS = (
-    ("train_acc", "train acc", "{:.3f}"), ("best_train_acc", "best train acc", "{:.3f}"),
-    ("val_acc", "val acc", "{:.3f}"), ("best_val_acc", "best val acc", "{:.3f}"),
-    ("test_acc", "test acc", "{:.3f}"),
-    ("train_loss", "train loss", "{:.3f}"), ("best_train_loss", "best train loss", "{:.3f}"),
-    ("val_loss", "val loss", "{:.3f}"), ("best_val_loss", "best val loss", "{:.3f}"),
-    ("gap", "gap", "{:.3f}"), ("ece", "ECE", "{:.3f}"), ("best_epoch", "epochs to best", "{:d}"),
-    ("wall_time_s", "wall s", "{:.1f}"),
-)
+__all__ = ["TABLE_COLUMNS", "COADAPTATION_COLUMNS", "table_rows", "format_table", "write_report", "escape",
+           "mpl_text", "pyplot", "html_table", "page", "write_page", "save_figure", "STYLE"]
 
 # co-adaptation measures on the validation split (droplab.diagnostics.coadaptation_summary), averaged
 # over the hidden layers: dropout should lower the correlation, raise the effective rank and make the
@@ -32,8 +33,18 @@ COADAPTATION_COLUMNS = (
     ("correlation", "unit |corr|", "{:.3f}"), ("effective_rank", "effective rank", "{:.1f}"),
     ("mean_activation", "mean activation", "{:.3f}"), ("near_zero", "near-zero frac", "{:.3f}"),
     ("single_unit_drop", "1-unit ablation drop", "{:.4f}"), ("drop_10pct", "10% ablation drop", "{:.3f}"),
-    ("drop_50pct", "50% ablation drop", "{:.3f}"),
+    ("drop_50pct", "50% ablation drop", "{:.3f}"), ("coadaptation_s", "measure s", "{:.1f}"),
 )
+
+
+def escape(text: object) -> str:
+    """``text`` for HTML (quotes included)."""
+    return html.escape(str(text))
+
+
+def mpl_text(text: object) -> str:
+    """``text`` for a matplotlib label: ``$`` escaped, so mathtext never parses a user's string."""
+    return str(text).replace("$", "\\$")
 
 
 def table_rows(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> list[list[str]]:
@@ -59,7 +70,8 @@ def format_table(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] =
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (asks for the lab extra when missing)."""
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -70,119 +82,166 @@ def _pyplot():
     return plt
 
 
-def _figures(directory: Path, runs: Sequence[dict]) -> list[tuple[str, str]]:
-    plt = _pyplot()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    figures = []
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for i, run in enumerate(runs):
-        epochs = [m["epoch"] for m in run["history"]]
-        color = colors[i % len(colors)]
-        for ax, key in zip(axes, ("acc", "loss")):
-            ax.plot(epochs, [m[f"train_{key}"] for m in run["history"]], color=color, label=f"{run['label']} train")
-            ax.plot(epochs, [m[f"val_{key}"] for m in run["history"]], color=color, linestyle="--",
-                    label=f"{run['label']} val")
-    axes[0].set(title="accuracy (solid: train, dashed: validation)", xlabel="epoch", ylabel="accuracy")
-    axes[1].set(title="loss (solid: train, dashed: validation)", xlabel="epoch", ylabel="cross-entropy")
-    axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(directory / "curves.png", dpi=90)
-    plt.close(fig)
-    figures.append(("curves.png", "Training vs validation accuracy and loss for every run"))
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, run in enumerate(runs):
-        ax.plot([m["epoch"] for m in run["history"]], [m["gap"] for m in run["history"]],
-                color=colors[i % len(colors)], label=run["label"])
-    ax.axhline(0, color="gray", linewidth=0.8)
-    ax.set(title="generalization gap (train - val accuracy)", xlabel="epoch", ylabel="gap")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "gap.png", dpi=90)
-    plt.close(fig)
-    figures.append(("gap.png", "Generalization gap over epochs"))
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
-    for i, run in enumerate(runs):
-        rel = run.get("reliability")
-        if not rel:
-            continue
-        points = [(c, a) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n > 0]
-        if points:
-            ax.plot(*zip(*points), marker="o", color=colors[i % len(colors)],
-                    label=f"{run['label']} (ECE {run.get('ece', float('nan')):.3f})")
-    ax.set(title="reliability diagram (test set)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / "reliability.png", dpi=90)
-    plt.close(fig)
-    figures.append(("reliability.png", "Reliability diagram: accuracy against confidence on the test set"))
-    return figures
+def save_figure(fig, directory: Path, filename: str, caption: str, dpi: int = 90) -> tuple[str, str]:
+    """Save ``fig`` as ``directory/filename``, close it; returns ``(filename, caption)`` for :func:`page`."""
+    plt = pyplot()
+    try:
+        fig.tight_layout()
+        fig.savefig(Path(directory) / filename, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return filename, caption
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; }
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table; cells are escaped, floats printed with 4 decimals."""
+    def cell(value: object) -> str:
+        return escape(f"{value:.4f}" if isinstance(value, float) else value)
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figures_html(figures: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}'
+                     "</figcaption></figure>" for name, caption in figures)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; padding: 0 1em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; }
 th:first-child, td:first-child { text-align: left; }
 .verdict { background: #f4f7fb; border-left: 4px solid #3572b0; padding: 0.6em 1em; }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.6em; }
+pre { background: #f4f7fb; padding: 1em; overflow-x: auto; }
 figure { display: inline-block; margin: 0.5em; }
 img { max-width: 100%; }
 """
 
 
+def page(title: str, body: Sequence[str]) -> str:
+    """The shared page shell around ``body`` (trusted HTML parts); ``title`` is escaped."""
+    head = ['<!DOCTYPE html>', '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<link rel="icon" href="data:,">',  # no favicon request: the page loads only its own PNGs
+            f"<title>{escape(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+            f"<h1>{escape(title)}</h1>"]
+    return "\n".join([*head, *body, "</body>", "</html>"]) + "\n"
+
+
+def write_page(directory: str | Path, title: str, body: Sequence[str]) -> Path:
+    """Write ``directory/index.html`` atomically; returns its path."""
+    from .files import write_text
+
+    return write_text(Path(directory) / "index.html", page(title, body))
+
+
+def _curves(directory: Path, runs: Sequence[dict], keys: tuple[str, str], titles: tuple[str, str]):
+    plt = pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for i, run in enumerate(runs):
+        epochs = [m["epoch"] for m in run["history"]]
+        label, color = mpl_text(run["label"]), colors[i % len(colors)]
+        for ax, key in zip(axes, keys):
+            ax.plot(epochs, [m[f"train_{key}"] for m in run["history"]], color=color, label=f"{label} train")
+            ax.plot(epochs, [m[f"val_{key}"] for m in run["history"]], color=color, linestyle="--",
+                    label=f"{label} val")
+    for ax, title in zip(axes, titles):
+        ax.set(title=f"{title} (solid: train, dashed: validation)", xlabel="epoch", ylabel=title)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, directory, "curves.png", f"Training vs validation {titles[0]} and {titles[1]} per run")
+
+
+def _gap(directory: Path, runs: Sequence[dict], ylabel: str):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for run in runs:
+        ax.plot([m["epoch"] for m in run["history"]], [m["gap"] for m in run["history"]], label=mpl_text(run["label"]))
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set(title=f"generalization gap ({ylabel})", xlabel="epoch", ylabel="gap")
+    ax.legend(fontsize=8)
+    return save_figure(fig, directory, "gap.png", "Generalization gap over epochs")
+
+
+def _reliability(directory: Path, runs: Sequence[dict]):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
+    for run in runs:
+        rel = run.get("reliability")
+        points = [(c, a) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n > 0] if rel else []
+        if points:
+            ece = run.get("ece", float("nan"))
+            ax.plot(*zip(*points), marker="o", label=f"{mpl_text(run['label'])} (ECE {ece:.3f})")
+    ax.set(title="reliability diagram (test set)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return save_figure(fig, directory, "reliability.png", "Reliability diagram: accuracy against confidence (test set)")
+
+
+def _coverage(directory: Path, runs: Sequence[dict]):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="calibrated")
+    for run in runs:
+        if run.get("calibration_mc"):
+            ax.plot(run["levels"], run["calibration_mc"], marker="o", label=f"{mpl_text(run['label'])} MC")
+            ax.plot(run["levels"], run["calibration_ws"], linestyle="--", label=f"{mpl_text(run['label'])} weight sc.")
+    ax.set(title="interval calibration (test set)", xlabel="nominal coverage", ylabel="observed coverage",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return save_figure(fig, directory, "calibration.png",
+                       "Share of test targets inside the central predictive interval, against its nominal level")
+
+
+def _figures(directory: Path, runs: Sequence[dict], task: str) -> list[tuple[str, str]]:
+    if task == "regression":
+        return [_curves(directory, runs, ("rmse", "loss"), ("RMSE", "loss")),
+                _gap(directory, runs, "val - train RMSE"), _coverage(directory, runs)]
+    return [_curves(directory, runs, ("acc", "loss"), ("accuracy", "cross-entropy")),
+            _gap(directory, runs, "train - val accuracy"), _reliability(directory, runs)]
+
+
+def _verdict_html(verdict: dict) -> list[str]:
+    parts = ['<div class="verdict">', f"<p><strong>{escape(verdict.get('headline', ''))}</strong></p>"]
+    if verdict.get("reasons"):
+        parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in verdict["reasons"]) + "</ul>")
+    if verdict.get("recommended"):
+        parts.append(f"<p>Best on validation: {escape(verdict['recommended'])}</p>")
+    return [*parts, "</div>"]
+
+
+def _run_table(runs: Sequence[dict], columns) -> str:
+    return html_table(["run", *(title for _, title, _ in columns)], table_rows(runs, columns))
+
+
 def write_report(directory: str | Path, runs: Sequence[dict], *, title: str, verdict: dict | None = None,
-                 config: dict | None = None) -> Path:
+                 config: dict | None = None, task: str = "classification") -> Path:
     """Write ``index.html`` and its PNGs into ``directory``; returns the HTML path.
 
-    ``runs``: dicts with ``label``, ``history`` (per-epoch metrics) and the summary keys of
-    :data:`TABLE_COLUMNS` (plus ``reliability`` for the reliability diagram).
+    ``runs``: dicts with ``label``, ``history`` (per-epoch metrics) and the summary keys of the task's
+    table (:data:`TABLE_COLUMNS`, or regression's), plus ``reliability`` (classification) or
+    ``calibration_mc``/``calibration_ws`` (regression) for the calibration figure.
     """
+    from .tasks import task_of
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    figures = _figures(directory, runs)
-    e = html.escape
-
-    def html_table(columns):
-        header = "".join(f"<th>{e(t)}</th>" for t in ["run", *(title for _, title, _ in columns)])
-        body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>"
-                       for row in table_rows(runs, columns))
-        return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
-
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        '<link rel="icon" href="data:,">',  # no favicon request: the page loads only its own PNGs
-        f"<title>{e(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
-        f"<h1>{e(title)}</h1>",
-    ]
-    if verdict:
-        parts.append('<div class="verdict">')
-        parts.append(f"<p><strong>{e(verdict.get('headline', ''))}</strong></p>")
-        if verdict.get("reasons"):
-            parts.append("<ul>" + "".join(f"<li>{e(r)}</li>" for r in verdict["reasons"]) + "</ul>")
-        if verdict.get("recommended"):
-            parts.append(f"<p>Best validation accuracy: {e(verdict['recommended'])}</p>")
-        parts.append("</div>")
-    parts += ["<h2>Summary</h2>", html_table(TABLE_COLUMNS)]
+    figures = _figures(directory, runs, task)
+    body = _verdict_html(verdict) if verdict else []
+    body += ["<h2>Summary</h2>", _run_table(runs, task_of(task).TABLE_COLUMNS)]
     if any("correlation" in run for run in runs):
-        parts += ["<h2>Co-adaptation</h2>",
-                  "<p>Measured on the validation split, averaged over the hidden layers: mean absolute "
-                  "correlation between units, effective rank of the representation, activation sparsity, "
-                  "and the accuracy lost when one unit or a random 10% / 50% of the units are removed at "
-                  "inference. A co-adapted network has correlated units and is fragile.</p>",
-                  html_table(COADAPTATION_COLUMNS)]
-    parts.append("<h2>Curves</h2>")
-    for filename, caption in figures:
-        parts.append(f'<figure><img src="{e(filename)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption>'
-                     "</figure>")
+        body += ["<h2>Co-adaptation</h2>",
+                 "<p>Measured on (a sample of) the validation split, averaged over the hidden layers: mean absolute "
+                 "correlation between units, effective rank of the representation, activation sparsity, "
+                 "and the accuracy lost when one unit or a random 10% / 50% of the units are removed at "
+                 "inference. A co-adapted network has correlated units and is fragile.</p>",
+                 _run_table(runs, COADAPTATION_COLUMNS)]
+    body += ["<h2>Curves</h2>", figures_html(figures)]
     if config:
-        rows = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in config.items())
-        parts += ["<h2>Configuration</h2>", f"<table><tbody>{rows}</tbody></table>"]
-    parts += ["</body>", "</html>"]
-    path = directory / "index.html"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path
+        body += ["<h2>Configuration</h2>", html_table(["key", "value"], [[k, str(v)] for k, v in config.items()])]
+    return write_page(directory, title, body)

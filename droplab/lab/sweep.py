@@ -285,6 +285,13 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
         changes["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
     if "batch_size" in spec.search:
         changes["batch_size"] = int(trial.suggest_categorical("batch_size", list(BATCH_SIZES)))
+    from .factories import is_factory_spec
+
+    if is_factory_spec(base.model):  # a user's model declares no rate argument: set its sites after building
+        if "dropout" in changes:
+            changes["rates"] = [changes.pop("dropout")]
+        elif "layer_rates" in changes:
+            changes["rates"] = changes.pop("layer_rates")
     return changes
 
 
@@ -537,6 +544,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
     parser.add_argument("--config", help="TOML experiment config of the fixed knobs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config knob")
+    from .compare_command import add_model_arguments
+
+    add_model_arguments(parser)  # --model/--dataset: the user's own factories, as for compare
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds (default: 10)")
     parser.add_argument("--grace", type=int, default=None,
                         help="seconds without heartbeat before a trial is failed and retried (default: 3x heartbeat)")
@@ -554,7 +564,8 @@ def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
     from .config import ExperimentConfig
 
     base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    base = base.with_overrides(args.set)
+    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
+    base = base.replace(**{k: v for k, v in shorthand.items() if v is not None}).with_overrides(args.set)
     name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     return SweepSpec(name=name, base=base.to_dict(), search=list(args.search), trials=args.trials or 20,
                      sampler=args.sampler, seed=args.seed, max_rate=args.max_rate, grid_rates=list(args.grid_rates),
@@ -565,7 +576,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "show":
         from .sweep_report import show
 
-        return show(args.study, args.show_storage or args.storage, out_dir=args.out)
+        study, _ = load_spec(args.study, open_storage(args.show_storage or args.storage))
+        return show(study, out_dir=args.out)
     if args.worker:
         if not args.name:
             raise SystemExit("droplab sweep --worker needs --name")

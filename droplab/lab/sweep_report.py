@@ -8,7 +8,6 @@ per-layer rates, a batch size x rate heat map of validation loss, and the parame
 
 from __future__ import annotations
 
-import html
 import math
 import os
 from pathlib import Path
@@ -46,7 +45,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         config = t.user_attrs.get("config", {})
         final = t.user_attrs.get("final", {})
-        rates = config.get("layer_rates") or ([config["dropout"]] * int(config.get("depth", 1))
+        rates = config.get("rates") or config.get("layer_rates") or ([config["dropout"]] * int(config.get("depth", 1))
                                               if "dropout" in config else [])
         rows.append({
             "number": t.number,
@@ -75,8 +74,10 @@ def rate_curve(rows: list[dict], bins: int = 8) -> list[tuple[float, float, floa
     width = (hi - lo) / bins or 1.0
     out = []
     for b in range(bins):
-        a, z = lo + b * width, lo + (b + 1) * width
-        inside = [v for p, v in points if a <= p < z or (b == bins - 1 and p == z)]
+        last = b == bins - 1
+        # the last edge is the maximum itself: lo + bins * width can round a hair below it
+        a, z = lo + b * width, (max(hi, lo + bins * width) if last else lo + (b + 1) * width)
+        inside = [v for p, v in points if a <= p < z or (last and p == z)]
         if inside:
             out.append((a, z, sum(inside) / len(inside), len(inside)))
     return out
@@ -140,18 +141,17 @@ def summarize(study) -> str:
 
 def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str, str]]:
     """Write the PNGs; returns (file name, caption) pairs."""
-    from .report import _pyplot
+    from .report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
 
     figures = []
     done = [r for r in rows if r["rate"] is not None]
 
     def save(fig, name: str, caption: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        figures.append((name, caption))
+        from .report import save_figure
+
+        figures.append(save_figure(fig, out, name, caption, dpi=110))
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, label in zip(axes, ("value", "val_acc", "gap"),
@@ -211,56 +211,31 @@ def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str
 
 
 def write_report(study, out_dir: str | os.PathLike = "reports") -> Path:
-    """Write ``<out_dir>/sweep-<name>/index.html`` and its PNGs; returns the page's path."""
-    from .report import _STYLE
+    """Write ``<out_dir>/sweep-<name>/index.html`` and its PNGs; returns the page's path.
+
+    The directory is one sanitized path component inside ``out_dir``, whatever the study's name.
+    """
+    from .files import confined_path
+    from .report import escape, figures_html, html_table, write_page
 
     rows = trial_rows(study)
     imp = importances(study)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study.study_name)
-    out = Path(out_dir) / f"sweep-{safe}"
+    out = confined_path(out_dir, f"sweep-{study.study_name}")
     out.mkdir(parents=True, exist_ok=True)
     figures = _plots(rows, imp, out)
-    e = html.escape
-    summary = summarize(study)
     header = ["trial", "state", "val loss", "rate", "layer rates", "input", "batch", "val acc", "test acc", "gap",
               "run", "retry of"]
-    body = []
-    for r in sorted(rows, key=lambda r: (r["value"] is None, r["value"] if r["value"] is not None else 0)):
-        cells = [r["number"], r["state"], _fmt(r["value"]), _fmt(r["rate"], 3),
-                 ", ".join(f"{x:.2f}" for x in r["layer_rates"]), _fmt(r["input_dropout"], 3), _fmt(r["batch_size"]),
-                 _fmt(r["val_acc"]), _fmt(r["test_acc"]), _fmt(r["gap"]), _fmt(r["run_id"]), _fmt(r["retry_of"])]
-        body.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
-    images = "\n".join(f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption>'
-                       "</figure>" for name, caption in figures)
-    # the look of compare's report page
-    style = _STYLE + "pre { background: #f4f7fb; padding: 1em; overflow-x: auto; }"
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
-<title>droplab sweep {e(study.study_name)}</title>
-<style>{style}</style></head><body>
-<h1>Sweep {e(study.study_name)}</h1>
-<pre>{e(summary)}</pre>
-{images}
-<h2>Trials</h2>
-<table><thead><tr>{''.join(f'<th>{e(h)}</th>' for h in header)}</tr></thead>
-<tbody>{''.join(body)}</tbody></table>
-</body></html>
-"""
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    body = [[r["number"], r["state"], _fmt(r["value"]), _fmt(r["rate"], 3),
+             ", ".join(f"{x:.2f}" for x in r["layer_rates"]), _fmt(r["input_dropout"], 3), _fmt(r["batch_size"]),
+             _fmt(r["val_acc"]), _fmt(r["test_acc"]), _fmt(r["gap"]), _fmt(r["run_id"]), _fmt(r["retry_of"])]
+            for r in sorted(rows, key=lambda r: (r["value"] is None, r["value"] if r["value"] is not None else 0))]
+    return write_page(out, f"Sweep {study.study_name}", [f"<pre>{escape(summarize(study))}</pre>",
+                                                         figures_html(figures), "<h2>Trials</h2>",
+                                                         html_table(header, body)])
 
 
-def show(name: str, storage: str | None = None, *, out_dir: str | os.PathLike = "reports") -> int:
-    """Print the summary of sweep ``name`` and write its report; returns a process exit code."""
-    from .sweep import load_spec, open_storage
-
-    try:
-        study, _ = load_spec(name, open_storage(storage))
-    except ValueError as error:
-        print(f"error: {error}")
-        return 2
+def show(study, *, out_dir: str | os.PathLike = "reports") -> int:
+    """Print the summary of a loaded sweep ``study`` and write its report; returns a process exit code."""
     print(summarize(study))
     path = write_report(study, out_dir)
     print(f"report: {path}")

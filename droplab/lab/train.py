@@ -1,21 +1,22 @@
-"""Train one model from an :class:`~droplab.lab.config.ExperimentConfig`, logging every epoch to a run store.
+"""Train one model from an :class:`~droplab.lab.config.ExperimentConfig`: one short loop plus callbacks.
 
-The loop is deliberately plain: AdamW or SGD with momentum, optional max-norm after each step, the
-dropout rate schedule applied at the start of each epoch, evaluation (in ``eval()`` mode) of train,
-validation and test accuracy/loss after each epoch, early stopping on validation loss.
+The loop is deliberately plain: AdamW or SGD with momentum, optional max-norm after each step, then
+evaluation (in ``eval()`` mode) of every split after each epoch; everything else is a callback of
+:mod:`droplab.lab.callbacks` (rate schedule, health, early stopping, run store, checkpoint, progress,
+Optuna pruning), each with its state in the checkpoint. Classification and regression differ only in
+their task module (:mod:`droplab.lab.tasks`).
 
 Reproducibility: initialization follows ``torch.manual_seed(config.seed)``, the data order and the
 augmentation of epoch ``e`` come from a generator seeded by ``(seed, e)``, and every dropout mask is a
-function of the module's seed and step (in ``state_dict``). So a checkpoint holds everything a run
-needs, and ``resume`` continues it bit-identically.
+function of the module's seed and step (in ``state_dict``; the lab converts every model with a seed
+derived from the run's). So a checkpoint holds everything a run needs, and ``resume`` continues it
+bit-identically.
 
 Two single points are meant for data-parallel training: :func:`wrap_model` and :func:`epoch_batches`.
 """
 
 from __future__ import annotations
 
-import math
-import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,23 +24,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .. import schedules
-from ..diagnostics.health import HealthMonitor
-from ..schedules import Schedule
-from .config import ExperimentConfig, parse_schedule
+from . import callbacks as cb
+from .callbacks import CHECKPOINT_FORMAT, schedule_curve
+from .config import ExperimentConfig
 from .data import Splits, augment_batch, load_dataset
-from .errors import user_errors
-from .files import save_torch
-from .metrics import calibration, evaluate
-from .models import build_model, dropout_modules, max_norm_
-from .progress import RunProgress
+from .models import dropout_modules, max_norm_
+from .tasks import task_of
 
-__all__ = ["RunResult", "train", "resume", "load_checkpoint", "wrap_model", "epoch_batches", "schedule_curve",
-           "schedule_factor", "summarize"]
-
-CHECKPOINT_FORMAT = 1
+__all__ = ["RunResult", "TrainState", "train", "resume", "load_checkpoint", "wrap_model", "epoch_batches",
+           "schedule_curve", "schedule_factor", "summarize", "check_schedule", "CHECKPOINT_FORMAT"]
 
 
 @dataclass
@@ -53,6 +47,37 @@ class RunResult:
     model: nn.Module = field(repr=False)
     status: str = "finished"
     checkpoint: str | None = None
+    task: str = "classification"
+
+
+@dataclass
+class TrainState:
+    """Everything the loop and its callbacks share about one run."""
+
+    config: ExperimentConfig
+    name: str
+    core: nn.Module  #: the model itself
+    model: nn.Module  #: what is called in training (the DDP wrapper under torchrun)
+    optimizer: torch.optim.Optimizer
+    splits: Splits
+    ctx: object = None
+    callbacks: list = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    stop: bool = False
+    wall_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    pending_states: dict | None = None  #: callback states from the checkpoint being resumed
+
+    @property
+    def task(self):
+        return task_of(self.splits.task)
+
+    def wall_time_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        return summarize(self.history, wall_time_s=self.wall_time_s(), task=self.splits.task)
 
 
 def wrap_model(model: nn.Module, config: ExperimentConfig, ctx=None) -> nn.Module:
@@ -92,24 +117,31 @@ def epoch_batches(train: Splits | object, config: ExperimentConfig, epoch: int,
         yield x.to(config.device), y.to(config.device)
 
 
-def schedule_curve(spec: str) -> Schedule:
-    """The lab's ``--schedule`` as a :mod:`droplab.schedules` curve of the 1-based epoch, in [0, 1].
-
-    It multiplies every configured rate, so per-layer ratios survive: ``ramp:N`` is ``linear(0, 1, N)``
-    (reaching the full rates at epoch N), ``early:N`` is ``early(1, N + 1)`` (epochs 1..N) and
-    ``late:N`` is ``stepwise([0, 1], [N])`` (from epoch N on).
-    """
-    kind, n = parse_schedule(spec)
-    if kind == "ramp":
-        return schedules.linear(0.0, 1.0, steps=n)
-    if kind == "early":
-        return schedules.early(1.0, until=n + 1)
-    return schedules.stepwise([0.0, 1.0], milestones=[n])  # late
-
-
 def schedule_factor(spec: str | None, epoch: int) -> float:
     """The multiplier on every configured rate at 1-based ``epoch`` (1.0 without a schedule)."""
     return 1.0 if spec is None else schedule_curve(spec)(epoch)
+
+
+def check_schedule(config: ExperimentConfig) -> str | None:
+    """Raise ``ValueError`` when the schedule can never take effect in ``config.epochs``; a warning text when
+    it only partly does, else None (``ramp:10`` over 3 epochs would silently never reach the rate)."""
+    if config.schedule is None:
+        return None
+    from .config import parse_schedule
+
+    kind, n = parse_schedule(config.schedule)
+    if kind == "ramp" and n > config.epochs:
+        end = schedule_factor(config.schedule, config.epochs)
+        raise ValueError(f"schedule {config.schedule} reaches the configured rate at epoch {n}, but the run has only "
+                         f"{config.epochs} epochs (it would end at {end:.0%} of the rate): use ramp:N with "
+                         "N <= epochs, or more epochs")
+    if kind == "late" and n > config.epochs:
+        raise ValueError(f"schedule {config.schedule} turns dropout on at epoch {n}, after the last epoch "
+                         f"({config.epochs}): the run would have no dropout at all")
+    if kind == "early" and n >= config.epochs:
+        return (f"schedule {config.schedule} keeps dropout on for all {config.epochs} epochs: it is the same as no "
+                "schedule")
+    return None
 
 
 def _optimizer(config: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -124,33 +156,20 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: unpickling errors of every kind
+        raise ValueError(f"{path} is not a readable droplab checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a droplab lab checkpoint (format {CHECKPOINT_FORMAT})")
     return state
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    save_torch(state, path)  # atomic: a crash or a full disk never leaves a truncated or stray file
-
-
-def summarize(history: list[dict], *, wall_time_s: float = 0.0) -> dict:
+def summarize(history: list[dict], *, wall_time_s: float = 0.0, task: str = "classification") -> dict:
     """Final and best metrics of a history (best epoch = lowest validation loss, the early-stopping criterion)."""
     if not history:
         return {"epochs": 0, "wall_time_s": wall_time_s}
-    last = history[-1]
-    best = min(history, key=lambda m: m["val_loss"])
-    return {
-        "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-        "val_acc": last["val_acc"], "val_loss": last["val_loss"],
-        "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-        "best_train_acc": max(m["train_acc"] for m in history),
-        "best_train_loss": min(m["train_loss"] for m in history),
-        "best_val_acc": max(m["val_acc"] for m in history), "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"], "test_acc_at_best": best["test_acc"],
-        "gap": last["train_acc"] - last["val_acc"], "gap_at_best": best["train_acc"] - best["val_acc"],
-        "epochs": last["epoch"], "wall_time_s": wall_time_s,
-    }
+    return {**task_of(task).summary(history), "epochs": history[-1]["epoch"], "wall_time_s": wall_time_s}
 
 
 def _mean_over_ranks(total: float, count: int, ctx) -> float:
@@ -159,6 +178,141 @@ def _mean_over_ranks(total: float, count: int, ctx) -> float:
     from .distributed import all_reduce_mean
 
     return all_reduce_mean({"v": total}, count, ctx)["v"]
+
+
+def _train_epoch(run: TrainState, epoch: int) -> float:
+    """One pass over the training split; returns the mean loss with dropout on, as optimized."""
+    config, task = run.config, run.task
+    regularized = [m for _, m in dropout_modules(run.core) if callable(getattr(m, "regularization", None))]
+    run.model.train()
+    total, seen = torch.zeros(()), 0
+    for xb, yb in epoch_batches(run.splits.train, config, epoch, sequence=run.splits.sequence, ctx=run.ctx):
+        loss = task.loss(run.model(xb), yb, config.nll_head)
+        for module in regularized:  # Concrete dropout's KL term
+            loss = loss + module.regularization()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for callback in run.callbacks:
+            callback.after_backward(run)
+        run.optimizer.step()
+        if config.max_norm is not None:
+            max_norm_(run.core, config.max_norm)
+        total += loss.detach().cpu() * len(yb)
+        seen += len(yb)
+    return _mean_over_ranks(total.item(), seen, run.ctx)
+
+
+def _epoch(run: TrainState, epoch: int) -> None:
+    start = time.perf_counter()
+    batch_loss = _train_epoch(run, epoch)
+    run.model.eval()
+    metrics = {"epoch": epoch, **run.task.epoch_metrics(run.core, run.splits, run.config.nll_head, run.config.device),
+               "batch_loss": batch_loss, "epoch_time_s": time.perf_counter() - start}
+    for callback in run.callbacks:
+        callback.on_epoch_end(run, epoch, metrics)
+    run.history.append(metrics)
+
+
+def _fit(run: TrainState) -> str:
+    """The loop: epochs until ``config.epochs`` or a callback stops it; final metrics; callbacks closed."""
+    status, error = "finished", None
+    try:
+        for callback in run.callbacks:
+            callback.on_train_start(run)
+        for epoch in range(len(run.history) + 1, run.config.epochs + 1):
+            for callback in run.callbacks:
+                callback.on_epoch_start(run, epoch)
+            if run.stop:
+                break
+            _epoch(run, epoch)
+        run.model.eval()
+        run.final = {**run.summary(), **run.task.final_metrics(run.core, run.splits, run.config),
+                     "stopped_early": len(run.history) < run.config.epochs, "task": run.splits.task,
+                     "n_train": len(run.splits.train), "n_val": len(run.splits.val), "n_test": len(run.splits.test)}
+    except BaseException as raised:
+        status, error = ("pruned" if type(raised).__name__ == "TrialPruned" else "failed"), raised
+        raise
+    finally:
+        for callback in run.callbacks:
+            callback.on_train_end(run, status, error)
+    return status
+
+
+def _setup(config: ExperimentConfig, splits: Splits | None):
+    """Threads, the data-parallel context, the data and the seeded model."""
+    from .build import build_model
+    from .distributed import launched_by_torchrun, setup
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    ctx = setup(config.device) if launched_by_torchrun() else None
+    torch.manual_seed(config.seed)
+    splits = splits if splits is not None else load_dataset(config)
+    if config.augment and not splits.sequence:
+        raise ValueError(f"augment=true shifts and perturbs MNIST-1D-like sequences; dataset {config.dataset!r} is not "
+                         "one (set augment=false)")
+    if config.task != "auto" and config.task != splits.task:
+        raise ValueError(f"task={config.task} but the loaded dataset is {splits.task}")
+    n_out = task_of(splits.task).output_size(splits.n_outputs, config.nll_head)
+    core = build_model(config, splits.input_shape, n_out)
+    return ctx, splits, core
+
+
+def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple[int | None, Path | None]:
+    """Register the run (or reopen it for ``resume_from``) and restore a checkpoint's state."""
+    if resume_from is None:
+        run_id = store.start_run(run.config.to_dict(), name=run.name, seed=run.config.seed, group=group,
+                                 study=study) if store is not None else None
+        if save is None:
+            return run_id, None
+        from .files import safe_component
+
+        path = Path(save) / (f"run-{run_id}.pt" if run_id is not None else f"{safe_component(run.name)}.pt")
+        if store is not None:
+            store.set_checkpoint(run_id, str(path))
+        return run_id, path
+    stored = store.get_run(resume_from)
+    if not stored.get("checkpoint"):
+        raise ValueError(f"run {resume_from} has no checkpoint to resume from (train it with --save)")
+    state = load_checkpoint(stored["checkpoint"])
+    try:
+        run.core.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ValueError(f"checkpoint {stored['checkpoint']} does not fit run {resume_from}'s model: {error}") from None
+    run.history, run.wall_before = list(state["history"]), float(state["wall_time_s"])
+    run.pending_states = state.get("callbacks", {})
+    store.resume_run(resume_from)
+    return resume_from, Path(stored["checkpoint"])
+
+
+def _callbacks(run: TrainState, store, run_id, checkpoint, progress: bool, on_epoch) -> list:
+    parts: list = []
+    if run.config.schedule is not None:
+        parts.append(cb.RateSchedule(run.config.schedule))
+    parts += [cb.Health(), cb.EarlyStopping(run.config.early_stopping_patience)]
+    if store is not None:
+        parts.append(cb.Store(store, run_id))
+    if checkpoint is not None:
+        parts.append(cb.Checkpoint(checkpoint))
+    parts.append(cb.Progress(run.name, run.config.epochs, progress))
+    if on_epoch is not None:
+        parts.append(cb.EpochHook(on_epoch))
+    states = run.pending_states
+    if states is None and run.history:  # an older checkpoint without callback state: rebuild from the history
+        states = {"early_stopping": _early_stopping_from(run.history),
+                  "health": {"losses": [m["batch_loss"] for m in run.history]}}
+    for part in parts:
+        if states and part.name in states:
+            part.load_state_dict(states[part.name])
+    return parts
+
+
+def _early_stopping_from(history: list[dict]) -> dict:
+    best, stale = float("inf"), 0
+    for m in history:
+        best, stale = (m["val_loss"], 0) if m["val_loss"] < best else (best, stale + 1)
+    return {"best": best, "stale": stale}
 
 
 def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | None = None,
@@ -184,156 +338,32 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
         raise TypeError(f"config must be an ExperimentConfig, but got {type(config).__name__}")
     if resume_from is not None and store is None:
         raise ValueError("resume_from needs the store that holds the run")
-    name = name or config.label()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    from .distributed import launched_by_torchrun, setup
-
-    # under torchrun: DDP, one shard of each global batch per rank; only rank 0 writes store, checkpoints, bar
-    ctx = setup(config.device) if launched_by_torchrun() else None
+    check_schedule(config)
+    ctx, splits, core = _setup(config, splits)
     if ctx is not None and ctx.distributed:
         if resume_from is not None:
             raise ValueError("resume_from is not supported under torchrun; resume the run in one process")
-        if not ctx.is_main:
+        if not ctx.is_main:  # only rank 0 writes the store, the checkpoints and the bar
             store, save, progress = None, None, False
-    torch.manual_seed(config.seed)
-    splits = splits if splits is not None else load_dataset(config)
-    if config.augment and not splits.sequence:
-        raise ValueError(f"augment=true shifts and perturbs MNIST-1D-like sequences; dataset {config.dataset!r} is not "
-                         "one (set augment=false)")
-    core = build_model(config, splits.n_features, splits.n_classes)
-    # learned rates (Concrete dropout) are left to the optimizer: no schedule touches them
-    base_rates = {key: module.p for key, module in dropout_modules(core) if not getattr(module, "rate_is_learned", 0)}
-    regularized = [m for _, m in dropout_modules(core) if callable(getattr(m, "regularization", None))]
     model = wrap_model(core, config, ctx)
-    optimizer = _optimizer(config, model)
-    history: list[dict] = []
-    wall_before = 0.0
-    checkpoint_path: Path | None = None
-
-    if resume_from is not None:
-        run = store.get_run(resume_from)
-        if not run.get("checkpoint"):
-            raise ValueError(f"run {resume_from} has no checkpoint to resume from (train it with --save)")
-        # a corrupt, truncated or mismatched checkpoint is the user's file, not a droplab bug
-        with user_errors(f"run {resume_from}'s checkpoint {run['checkpoint']} cannot be resumed "
-                         "(corrupt, truncated, or from another model)",
-                         (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError)):
-            state = load_checkpoint(run["checkpoint"])
-            core.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = list(state["history"])
-            wall_before = float(state["wall_time_s"])
-        checkpoint_path = Path(run["checkpoint"])
-        run_id = resume_from
-        store.resume_run(run_id)
-    else:
-        run_id = store.start_run(config.to_dict(), name=name, seed=config.seed, group=group, study=study) \
-            if store is not None else None
-        if save is not None:
-            checkpoint_path = Path(save) / (f"run-{run_id}.pt" if run_id is not None else f"{_slug(name)}.pt")
-            if store is not None:
-                store.set_checkpoint(run_id, str(checkpoint_path))
-
-    started = time.perf_counter()
-    best_val_loss, stale = math.inf, 0
-    for m in history:  # early-stopping state, rebuilt from the history on resume
-        best_val_loss, stale = (m["val_loss"], 0) if m["val_loss"] < best_val_loss else (best_val_loss, stale + 1)
-    # per-layer gradient norms and the early-epoch loss slope (droplab.diagnostics.health)
-    monitor = HealthMonitor()
-    monitor.losses = [m["batch_loss"] for m in history]
-    status = "finished"
-    try:
-        with RunProgress(name, config.epochs, enabled=progress, start=len(history)) as bar:
-            for epoch in range(len(history) + 1, config.epochs + 1):
-                if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
-                    break
-                factor = schedule_factor(config.schedule, epoch)
-                if config.schedule is not None:
-                    for key, module in dropout_modules(core):
-                        if key in base_rates:
-                            module.p = base_rates[key] * factor
-                epoch_start = time.perf_counter()
-                model.train()
-                batch_loss = torch.zeros(())
-                grad_norms = []
-                seen = 0
-                for xb, yb in epoch_batches(splits.train, config, epoch, sequence=splits.sequence, ctx=ctx):
-                    loss = F.cross_entropy(model(xb), yb)
-                    for module in regularized:  # Concrete dropout's KL term
-                        loss = loss + module.regularization()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norms.append(monitor.after_backward(core).get("<total>", 0.0))
-                    optimizer.step()
-                    if config.max_norm is not None:
-                        max_norm_(core, config.max_norm)
-                    batch_loss += loss.detach().cpu() * len(yb)
-                    seen += len(yb)
-                epoch_loss = _mean_over_ranks(batch_loss.item(), seen, ctx)  # dropout on, as optimized
-                health = monitor.end_epoch(epoch, epoch_loss)
-                model.eval()
-                metrics: dict = {"epoch": epoch}
-                for split_name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-                    result, _ = evaluate(core, split.x.to(config.device), split.y.to(config.device))
-                    metrics[f"{split_name}_acc"], metrics[f"{split_name}_loss"] = result["acc"], result["loss"]
-                metrics.update({
-                    "gap": metrics["train_acc"] - metrics["val_acc"],
-                    "batch_loss": epoch_loss,
-                    "grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
-                    "grad_norm_max": max(grad_norms, default=0.0),
-                    **{f"grad_norm[{layer}]": value for layer, value in health.grad_norms.items()
-                       if layer != "<total>"},
-                    "loss_slope": health.loss_slope if math.isfinite(health.loss_slope) else None,
-                    "health": health.warnings,
-                    "rate_factor": factor,
-                    "epoch_time_s": time.perf_counter() - epoch_start,
-                })
-                history.append(metrics)
-                if metrics["val_loss"] < best_val_loss:
-                    best_val_loss, stale = metrics["val_loss"], 0
-                else:
-                    stale += 1
-                if store is not None:
-                    store.log_epoch(run_id, epoch, metrics)
-                if checkpoint_path is not None:
-                    _save_checkpoint(checkpoint_path, {
-                        "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epoch,
-                        "model": core.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                        "wall_time_s": wall_before + time.perf_counter() - started})
-                bar.update(epoch, metrics)
-                if on_epoch is not None:
-                    on_epoch(epoch, metrics)
-        model.eval()
-        _, logits = evaluate(core, splits.test.x.to(config.device), splits.test.y.to(config.device))
-        calib = calibration(logits.cpu(), splits.test.y)
-        final = summarize(history, wall_time_s=wall_before + time.perf_counter() - started)
-        final.update({"ece": calib["ece"], "reliability": {k: calib[k] for k in ("edges", "confidence", "accuracy",
-                                                                                   "count")},
-                      "stopped_early": final.get("epochs", 0) < config.epochs,
-                      "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)})
-    except BaseException as error:
-        status = "pruned" if type(error).__name__ == "TrialPruned" else "failed"
-        if store is not None:
-            store.finish_run(run_id, summarize(history, wall_time_s=wall_before + time.perf_counter() - started),
-                             status=status, error=f"{type(error).__name__}: {error}",
-                             wall_time_s=wall_before + time.perf_counter() - started)
-        raise
-    if store is not None:
-        store.finish_run(run_id, final, wall_time_s=final["wall_time_s"])
-    return RunResult(run_id, config, history, final, core, status,
-                     str(checkpoint_path) if checkpoint_path is not None else None)
+    run = TrainState(config, name or config.label(), core, model, _optimizer(config, model), splits, ctx)
+    run_id, checkpoint = _start_run(run, store, group, study, save, resume_from)
+    run.callbacks = _callbacks(run, store, run_id, checkpoint, progress, on_epoch)
+    run.started = time.perf_counter()
+    status = _fit(run)
+    return RunResult(run_id, config, run.history, run.final, core, status,
+                     str(checkpoint) if checkpoint is not None else None, splits.task)
 
 
 def resume(run_id: int, *, store, epochs: int | None = None, progress: bool = True,
            splits: Splits | None = None) -> RunResult:
-    """Continue stored run ``run_id`` from its checkpoint, optionally to a new total of ``epochs``."""
-    run = store.get_run(run_id)
-    config = ExperimentConfig.from_dict(run["config"])
-    if epochs is not None:
+    """Continue stored run ``run_id`` from its checkpoint, optionally to a new total of ``epochs``.
+
+    The stored config is updated to the new ``epochs``, so ``droplab runs show`` shows what ran.
+    """
+    stored = store.get_run(run_id)
+    config = ExperimentConfig.from_dict(stored["config"])
+    if epochs is not None and epochs != config.epochs:
         config = config.replace(epochs=epochs)
-    return train(config, store=store, name=run["name"], progress=progress, resume_from=run_id, splits=splits)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60] or "run"
+        store.update_config(run_id, config.to_dict())
+    return train(config, store=store, name=stored["name"], progress=progress, resume_from=run_id, splits=splits)

@@ -17,10 +17,7 @@ Dropout alone is no defence against adversarial examples; the report says so nex
 from __future__ import annotations
 
 import argparse
-import html
 import json
-import math
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +36,10 @@ NO_DEFENCE = ("Dropout alone is no defence against adversarial examples: FGSM pe
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from .compare_command import add_model_arguments
+
     parser.add_argument("--config", default=None, help="an experiment .toml (defaults: MLP on MNIST-1D, p = 0.5)")
+    add_model_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--checkpoint", default=None, help="load this lab checkpoint instead of training")
     parser.add_argument("--samples", type=int, default=50, help="MC samples for calibration, OOD and FGSM (50)")
@@ -110,7 +110,7 @@ def ood_sets(x: torch.Tensor, *, seed: int = 0, digits: bool = True) -> dict[str
         "scaled": x * 3.0,
         "noised": x + x.std() * torch.randn(x.shape, generator=generator),
     }
-    if digits:
+    if digits and x.dim() == 2:  # digits read as sequences only stand in for 1-D signals
         sets["digits"] = _digits_as_sequences(x)[: len(x)]
     return sets
 
@@ -147,10 +147,10 @@ def _mc_probs(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> tor
 
 def _scores(probs: torch.Tensor, y: torch.Tensor) -> dict:
     from .. import mc
-    from .metrics import calibration
+    from .tasks.classification import reliability
 
     mean = probs.mean(0) if probs.dim() == 3 else probs
-    calib = calibration(mean.clamp_min(1e-12).log(), y)
+    calib = reliability(mean, y)
     return {"accuracy": float((mean.argmax(-1) == y).double().mean()), "ece": calib["ece"],
             "nll": float(mc.nll(mean, y)), "brier": float(mc.brier_score(mean, y)),
             "reliability": {k: calib[k] for k in ("edges", "confidence", "accuracy", "count")}}
@@ -200,13 +200,9 @@ def uncertainty_report(model: nn.Module, test_x: torch.Tensor, test_y: torch.Ten
 
 
 def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
-    try:
-        import matplotlib
+    from .report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError('droplab uncertainty needs matplotlib: pip install "droplab[lab]"') from error
+    plt = pyplot()
     figures = []
 
     fig, ax = plt.subplots(figsize=(5, 4.2))
@@ -267,17 +263,6 @@ def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
     return figures
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}" if math.isfinite(value) else "-"
-        return html.escape(str(value))
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
     cal = results["calibration"]
     tables = {
@@ -300,100 +285,145 @@ def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
 
 def write_report(results: dict, out: Path, title: str) -> Path:
     """``out/index.html`` with the tables and figures, plus ``results.json``."""
+    from .files import write_text
+    from .report import escape, html_table, write_page
+
     out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.json", json.dumps({k: v for k, v in results.items() if k != "ood_scores"}, indent=2))
+    if results.get("task") == "regression":
+        return _write_regression(results, out, title)
     figures = _figures(results, out)
     tables = _tables(results)
-    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "ood_scores"}, indent=2))
     sections = [
         ("Calibration: MC dropout vs weight scaling", tables["calibration"], figures[0]),
         ("MC averaging over k samples vs weight scaling", tables["curve"], figures[1]),
         ("Out-of-distribution detection", tables["ood"], figures[2]),
         ("Adversarial (FGSM)", tables["fgsm"], figures[3]),
     ]
-    body = []
+    body = [f"<p>{results['n_test']} test examples; MC dropout with {results['samples']} samples.</p>"]
     for heading, (headers, rows), (png, alt) in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>{_table(headers, rows)}"
-                    f'<img src="{html.escape(png)}" alt="{html.escape(alt)}">')
+        body.append(f"<h2>{escape(heading)}</h2>{html_table(headers, rows)}"
+                    f'<img src="{escape(png)}" alt="{escape(alt)}">')
         if heading.startswith("Adversarial"):
-            body.append(f'<p class="warn"><strong>{html.escape(NO_DEFENCE)}</strong></p>')
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:right}}
-th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%;display:block;margin:.6em 0}}
-.warn{{background:#fff4e5;border-left:4px solid #f0a020;padding:.6em}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>{results['n_test']} test examples; MC dropout with {results['samples']} samples.</p>
-{''.join(body)}
-</body></html>
-"""
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+            body.append(f'<p class="warn"><strong>{escape(NO_DEFENCE)}</strong></p>')
+    return write_page(out, title, body)
+
+
+def _regression_table(results: dict) -> tuple[list[str], list[list[object]]]:
+    rows = [[name, results[f"test_rmse_{key}"], results[f"test_ll_{key}"], results[f"coverage90_{key}"]]
+            for key, name in (("ws", "weight scaling"), ("mc", f"MC dropout ({results['mc_samples']} samples)"))]
+    return ["pass", "test RMSE", "test log-likelihood", "90% interval coverage"], rows
+
+
+def _write_regression(results: dict, out: Path, title: str) -> Path:
+    from .report import html_table, pyplot, save_figure, write_page
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+    ax.plot(results["levels"], results["calibration_mc"], "o-", label="MC dropout")
+    ax.plot(results["levels"], results["calibration_ws"], "s--", label="weight scaling")
+    ax.set(xlabel="nominal interval level", ylabel="observed coverage", title="Interval calibration (test)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    png, caption = save_figure(fig, out, "calibration.png", "Observed coverage of central predictive intervals")
+    headers, rows = _regression_table(results)
+    return write_page(out, title, [f"<p>{results['n_test']} test examples (regression).</p>",
+                                   "<h2>MC dropout vs weight scaling</h2>", html_table(headers, rows),
+                                   f'<img src="{png}" alt="{caption}">'])
 
 
 # ------------------------------------------------------------------------------------------------ command
 
 
-def _load(args: argparse.Namespace):
+def _config(args: argparse.Namespace, stored: dict | None = None):
     from .config import ExperimentConfig
+
+    config = ExperimentConfig.from_dict(stored) if stored is not None else \
+        ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
+    changes = {k: v for k, v in shorthand.items() if v is not None}
+    return (config.replace(**changes) if changes else config).with_overrides(args.set)
+
+
+def _load(args: argparse.Namespace):
+    from .build import build_model
     from .data import load_dataset
-    from .models import build_model
+    from .tasks import task_of
     from .train import load_checkpoint, train
 
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint)
-        config = ExperimentConfig.from_dict(state["config"]).with_overrides(args.set)
+        config = _config(args, state["config"])
         splits = load_dataset(config)
-        model = build_model(config, splits.n_features, splits.n_classes)
+        torch.manual_seed(config.seed)
+        model = build_model(config, splits.input_shape,
+                            task_of(splits.task).output_size(splits.n_outputs, config.nll_head))
         model.load_state_dict(state["model"])
         return config, splits, model, None
-    config = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    config = config.with_overrides(args.set)
+    config = _config(args)
     splits = load_dataset(config)
     model = train(config, splits=splits, progress=not args.no_progress).model
     baseline = None
-    if not args.no_baseline and any(p > 0 for p in config.hidden_rates()):
-        baseline = train(config.replace(dropout=0.0, layer_rates=None, input_dropout=0.0, name="p=0"),
-                         splits=splits, progress=not args.no_progress).model
+    if not args.no_baseline and splits.task == "classification":
+        baseline = train(config.replace(rates=None, rate_scale=0.0, name="off (p=0)"), splits=splits,
+                         progress=not args.no_progress).model
     return config, splits, model, baseline
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        curve = _ints(args.curve, "--curve")
-        eps = _floats(args.eps, "--eps")
-        if args.samples < 2:
-            raise ValueError(f"--samples must be at least 2, but got {args.samples}")
-        if args.max_test is not None and args.max_test < 2:
-            raise ValueError(f"--max-test must be at least 2, but got {args.max_test}")
-        config, splits, model, baseline = _load(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"droplab uncertainty: {error}", file=sys.stderr)
-        return 2
-    model.eval()
-    x, y = splits.test.x, splits.test.y
-    if args.max_test is not None:
-        x, y = x[:args.max_test], y[:args.max_test]
-    from ..convert import sites
+def _checked(args: argparse.Namespace) -> tuple[list[int], list[float]]:
+    curve, eps = _ints(args.curve, "--curve"), _floats(args.eps, "--eps")
+    if args.samples < 2:
+        raise ValueError(f"--samples must be at least 2, but got {args.samples}")
+    if args.max_test is not None and args.max_test < 2:
+        raise ValueError(f"--max-test must be at least 2, but got {args.max_test}")
+    return curve, eps
 
-    if not any(s.p > 0 for s in sites(model)):
-        print("droplab uncertainty: the model has no dropout site with p > 0, so MC dropout has nothing to sample",
-              file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    results = uncertainty_report(model, x, y, samples=args.samples, curve=curve, eps=eps, baseline=baseline,
-                                 digits=config.dataset != "digits", seed=args.seed)
-    results["config"] = config.to_dict()
-    out = Path(args.out) / f"uncertainty-{time.strftime('%Y%m%d-%H%M%S')}-{config.label()}"
-    out = out.with_name("".join(c if c.isalnum() or c in "-_.=" else "_" for c in out.name))
-    index = write_report(results, out, f"droplab uncertainty: {config.label()} on {config.dataset}")
-    for name, (headers, rows) in _tables(results).items():
+
+def _print_tables(tables: dict) -> None:
+    for name, (headers, rows) in tables.items():
         print(f"\n{name}")
         print("  " + " | ".join(headers))
         for row in rows:
             print("  " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    print(f"\n{NO_DEFENCE}")
+
+
+def _regression(model, splits, config, args) -> dict:
+    from .tasks.regression import mc_uncertainty
+
+    results = mc_uncertainty(model, splits, samples=args.samples, seed=args.seed, nll_head=config.nll_head,
+                             device=config.device)
+    return {**results, "task": "regression", "n_test": len(splits.test)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..convert import sites
+    from .errors import UserError, user_errors
+    from .files import confined_path, terminal_safe
+
+    with user_errors(""):
+        curve, eps = _checked(args)
+        config, splits, model, baseline = _load(args)
+    model.eval()
+    if not any(s.p > 0 for s in sites(model)):
+        raise UserError("the model has no dropout site with p > 0, so MC dropout has nothing to sample")
+    started = time.perf_counter()
+    if splits.task == "regression":
+        results = _regression(model, splits, config, args)
+        tables = {"regression": _regression_table(results)}
+    else:
+        x, y = splits.test.x, splits.test.y
+        if args.max_test is not None:
+            x, y = x[:args.max_test], y[:args.max_test]
+        results = uncertainty_report(model, x, y, samples=args.samples, curve=curve, eps=eps, baseline=baseline,
+                                     digits=config.dataset != "digits", seed=args.seed)
+        tables = _tables(results)
+    results["config"] = config.to_dict()
+    # one sanitized component inside --out, whatever the run's (or a checkpoint's stored) name
+    out = confined_path(args.out, f"uncertainty-{time.strftime('%Y%m%d-%H%M%S')}-{config.label()}")
+    index = write_report(results, out, f"droplab uncertainty: {config.label()} on {config.dataset}")
+    _print_tables({k: ([terminal_safe(h) for h in hs], rows) for k, (hs, rows) in tables.items()})
+    if splits.task == "classification":
+        print(f"\n{NO_DEFENCE}")
     print(f"\nreport: {index}  ({time.perf_counter() - started:.1f} s of analysis)")
     return 0

@@ -1,0 +1,202 @@
+"""``droplab compare``: does dropout help this model? Off vs as built vs halved, with a verdict.
+
+A thin layer over :func:`droplab.lab.api.run_comparison` (the Python API ``droplab.lab.compare``). By
+default three MLP runs on MNIST-1D: every dropout site off (p = 0), the model as built (p = 0.5) and
+every rate halved. ``--model`` and ``--dataset`` take the user's own factories. Every run is stored in
+the run store (``--db``) as it finishes, then the comparison; the table and the verdict are printed,
+and a report is written to ``<report-dir>/<comparison id>/index.html``.
+
+Examples::
+
+    droplab compare
+    droplab compare --model my_model.py:build --dataset my_data.py:load
+    droplab compare --rates 0,0.2,0.5 --input-dropout 0.2
+    droplab compare --rates "0,0.1/0.5,0.05/0.25"        # per-site rates, '/' between sites (droplab.sites order)
+    droplab compare --model cnn1d --variant channel --set width=32
+    droplab compare --dataset diabetes.csv --set label_column=target --task regression
+    droplab compare --config exp.toml --set epochs=20 --dry-run
+    droplab compare --save checkpoints && droplab compare --resume 3 --set epochs=80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import VARIANTS, ExperimentConfig
+
+__all__ = ["configure", "run", "parse_rates", "build_configs", "resolve_base"]
+
+
+def _user_error(message: str) -> Exception:
+    from .errors import UserError
+
+    return UserError(message)
+
+
+def parse_rates(text: str) -> list[float | list[float]]:
+    """``"0,0.5,0.25"`` -> ``[0.0, 0.5, 0.25]``; a ``/``-separated item gives per-site rates."""
+    from ..functional import check_probability
+
+    rates: list[float | list[float]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise _user_error(f"--rates has an empty item: {text!r} (expected e.g. 0,0.5,0.25 or 0,0.1/0.5)")
+        try:
+            values = [float(part) for part in item.split("/")]
+        except ValueError:
+            raise _user_error(f"--rates items must be numbers or /-separated per-site numbers, but got {item!r}") \
+                from None
+        for value in values:
+            check_probability(value)
+        rates.append(values if len(values) > 1 else values[0])
+    if len(rates) < 2:
+        raise _user_error(f"--rates needs at least two rates to compare (e.g. 0,0.5), but got {text!r}")
+    return rates
+
+
+def build_configs(base: ExperimentConfig, rates: list[float | list[float]] | None) -> list[ExperimentConfig]:
+    """The runs: off / as built / halved without ``rates``, else one per rate (see :mod:`droplab.lab.api`)."""
+    from .api import default_configs, rate_configs
+
+    return default_configs(base) if rates is None else rate_configs(base, rates)
+
+
+def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
+    """Defaults, then ``--config``, then the shorthand flags, then ``--set`` (later wins)."""
+    base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    shorthand = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "variant": args.variant,
+                 "schedule": args.schedule, "input_dropout": args.input_dropout, "seed": args.seed,
+                 "task": getattr(args, "task", None)}
+    changes = {k: v for k, v in shorthand.items() if v is not None}
+    if changes:
+        base = base.replace(**changes)
+    return base.with_overrides(args.set or [])
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--dataset``, ``--task`` and ``--input-dropout``: shared by compare, sweep and uncertainty."""
+    parser.add_argument("--model", help="mlp (default), cnn1d, gru, transformer, or your factory: FILE.py:NAME or "
+                                        "package.module:NAME (called with the arguments it declares among "
+                                        "input_shape, n_outputs and config fields)")
+    parser.add_argument("--dataset", help="mnist1d (default), digits, a .npz/.csv path, or your factory FILE.py:NAME "
+                                          "returning (train, val[, test]) datasets of (x, y)")
+    parser.add_argument("--task", choices=("classification", "regression"),
+                        help="inferred from the targets when absent (non-integer floats: regression)")
+    parser.add_argument("--input-dropout", type=float, help="dropout on the model's input (the first site)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].replace("``", "")
+    parser.add_argument("--rates", default=None,
+                        help="comma-separated rates to compare, each setting every dropout site; '/' separates "
+                             "per-site rates in droplab.sites order (default: off, as built, halved)")
+    parser.add_argument("--config", metavar="TOML", help="experiment config file (unknown keys are an error)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    add_model_arguments(parser)
+    parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument("--variant", choices=VARIANTS, help="dropout variant at every built-in site (default dropout)")
+    parser.add_argument("--schedule", help="rate schedule: ramp:N, early:N or late:N")
+    parser.add_argument("--seed", type=int, help="seed of init, split, data order and masks")
+    parser.add_argument("--db", default="droplab.db", help="run store (SQLite file; default droplab.db)")
+    parser.add_argument("--report-dir", default="reports", help="where reports go (default reports/)")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument("--no-coadaptation", action="store_true", help="skip the co-adaptation measures")
+    parser.add_argument("--save", metavar="DIR", help="write a checkpoint of every run to DIR after each epoch")
+    parser.add_argument("--resume", type=int, metavar="ID",
+                        help="continue stored run ID from its checkpoint (with --set epochs=N to extend it)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved configs and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bars")
+
+
+def _stderr(text: str) -> None:
+    from .files import terminal_safe
+
+    print(f"droplab compare: {terminal_safe(text)}", file=sys.stderr)
+
+
+def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
+    from .train import check_schedule
+
+    base = resolve_base(args)
+    configs = build_configs(base, parse_rates(args.rates) if args.rates is not None else None)
+    warning = check_schedule(base)
+    if warning:
+        _stderr(f"warning: {warning}")
+    return base, configs
+
+
+def run(args: argparse.Namespace) -> int:
+    from .errors import user_errors
+
+    with user_errors(""):  # config values, rates and schedules the user gave
+        base, configs = _configs(args)
+    if args.resume is not None:
+        return _resume(args)
+    if args.dry_run:
+        from .api import assign_roles
+
+        roles = {index: role for role, index in assign_roles(configs).items()}
+        print(json.dumps([{"role": roles.get(i, "extra"), "label": c.label(), "config": c.to_dict()}
+                          for i, c in enumerate(configs)], indent=2))
+        return 0
+    from .store import RunStore
+
+    with RunStore(args.db) as store:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            _stderr(f"{len(configs)} runs of {base.model} on {base.dataset}, {base.epochs} epochs each; "
+                    f"storing in {args.db}")
+        return _compare(args, configs, store)
+
+
+def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -> int:
+    """Train, store, print; then the optional parts, whose failure is one line and exit 1 (nothing lost)."""
+    from .api import run_comparison
+    from .files import terminal_safe
+    from .report import COADAPTATION_COLUMNS, format_table
+
+    echo = _stderr if (args.no_progress or not sys.stderr.isatty()) else (lambda text: None)
+    result = run_comparison(configs, store=store, progress=not args.no_progress, save=args.save, echo=echo,
+                            coadaptation=not args.no_coadaptation)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    print(f"task: {result.task}\n")
+    print(terminal_safe(result.table, keep_newlines=True))
+    if any("correlation" in run for run in result.runs):
+        print("\nco-adaptation (validation sample, mean over hidden layers; 'measure s' is its time):")
+        print(terminal_safe(format_table(result.runs, COADAPTATION_COLUMNS), keep_newlines=True))
+    print("\n" + terminal_safe(result.verdict, keep_newlines=True))
+    errors = list(result.errors)
+    if not args.no_report:
+        try:
+            from .files import confined_path
+
+            path = result.report(confined_path(args.report_dir, result.id))
+            store.save_comparison(result.id, {"runs": [c.to_dict() for c in configs], "roles": result.roles,
+                                              "task": result.task}, result.verdict.as_dict(), str(path))
+            print(f"\nreport: {path}")
+        except Exception as error:  # the runs and the comparison are stored: say so and fail softly
+            errors.append(f"the report could not be written ({type(error).__name__}: {error})")
+    for error in errors:
+        _stderr(f"error: {error}; comparison {result.id} and its runs are stored in {args.db}")
+    return 1 if errors else 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .report import format_table
+    from .store import RunStore
+    from .tasks import task_of
+    from .train import resume
+
+    epochs = args.epochs
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if key.strip() == "epochs":
+            epochs = int(value)
+    with RunStore(args.db) as store:
+        result = resume(args.resume, store=store, epochs=epochs, progress=not args.no_progress)
+    print(format_table([{"label": f"run {result.run_id}", **result.final}], task_of(result.task).TABLE_COLUMNS))
+    return 0
