@@ -205,3 +205,94 @@ def test_real_objective_prunes_through_the_epoch_callback_and_links_the_run(tmp_
         assert runs["prune#0"]["status"] == "pruned" and len(store.epochs(runs["prune#0"]["id"])) == 1
         assert runs["prune#1"]["status"] == "finished" and runs["prune#1"]["id"] == t1.user_attrs["run_id"]
         assert t1.value == pytest.approx(runs["prune#1"]["final"]["best_val_loss"])
+
+
+def test_two_workers_never_overshoot_the_trial_budget(tmp_path):
+    """Two workers racing for the last slots: exactly ``trials`` trials finish (was trials + 1)."""
+    import threading
+
+    db = str(tmp_path / "race.db")
+    S.create_study(_spec("race", trials=4, sampler="random", pruning=False), S.open_storage(db))
+    inner = _fake_objective()
+
+    def slow(trial):
+        time.sleep(0.4)
+        return inner(trial)
+
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        # staggered by half a trial: when one worker's third trial starts, the other's second still runs,
+        # which the old "finished < trials" check did not count (5 trials finished)
+        time.sleep(0.2 * index)
+        try:
+            S.run_worker("race", db, worker_index=index, objective=slow)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    study, _ = S.load_spec("race", S.open_storage(db))
+    trained = [t for t in study.get_trials() if not t.user_attrs.get("droplab_surplus")]
+    assert [t.state for t in trained] == [TrialState.COMPLETE] * 4
+    assert S._counts(study) == {"COMPLETE": 4}
+
+
+def test_a_trial_started_for_a_filled_slot_is_surplus_and_never_trained(tmp_path):
+    storage = S.open_storage(str(tmp_path / "slot.db"))
+    S.create_study(_spec("slot", trials=2, sampler="random"), storage)
+    study = optuna.load_study(study_name="slot", storage=storage)
+    first, second, third = (study.ask() for _ in range(3))  # three workers asked at the same moment
+    assert S._claims_a_slot(study, first, 2) and S._claims_a_slot(study, second, 2)
+    assert not S._claims_a_slot(study, third, 2)
+    calls = []
+    guarded = S._guarded(lambda trial: calls.append(trial.number) or 1.0, study, 2)
+    with pytest.raises(S._Surplus, match="trial 2 not needed"):
+        guarded(third)
+    assert calls == [] and third.user_attrs.get("droplab_surplus") is True
+    study.tell(first, state=TrialState.FAIL)  # a failed trial frees its slot for the next in line
+    assert S._claims_a_slot(study, third, 2)
+
+
+def test_last_rate_bin_keeps_the_highest_rate():
+    # lo + 8 * ((hi - lo) / 8) rounds below hi for these rates: the maximum used to fall out of every bin
+    lo, hi = 0.099, 0.437
+    assert lo + 8 * ((hi - lo) / 8) < hi
+    rows = [{"state": "complete", "rate": r, "value": v} for r, v in ((lo, 1.0), (0.2, 2.0), (hi, 3.0))]
+    curve = rate_curve(rows)
+    assert sum(n for *_, n in curve) == 3
+    assert curve[-1][1] == hi and curve[-1][2] == 3.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "0"], "trials must be a positive integer, but got 0"),
+    (["--trials", "-3"], "trials must be a positive integer, but got -3"),
+    (["--workers", "0"], "--workers must be a positive integer, but got 0"),
+    (["--storage", "foo://somewhere/db"], "unknown database scheme 'foo'"),
+    (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot be opened"),
+    (["--worker", "--name", "nosuch"], "no sweep named 'nosuch' in this storage"),
+    (["--worker"], "--worker needs --name"),
+    (["--resume", "nosuch"], "no sweep named 'nosuch'"),
+    (["--set", "lr=NaN"], "lr must be a finite number"),
+    (["--set", "dataset=missing.csv"], "dataset file not found: missing.csv"),
+])
+def test_sweep_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    from droplab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--storage", "s.db", "--db", "r.db", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("droplab sweep: error:") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3
+    assert "secret" not in err  # a password in a storage URL is never printed
+
+
+def test_storage_that_is_a_directory_is_a_user_error(tmp_path, capsys):
+    from droplab.cli import main
+
+    assert main(["sweep", "--storage", str(tmp_path), "--db", str(tmp_path / "r.db")]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
            "suggest", "run_worker", "spawn_workers", "run_sweep", "configure", "run"]
 
@@ -55,7 +57,9 @@ SAMPLERS = ("tpe", "grid", "random")
 SCHEDULE_SHAPES = ("constant", "ramp", "early", "late")
 BATCH_SIZES = (32, 64, 128, 256)
 DEFAULT_STORAGE = "droplab-sweeps.db"
+_KNOWN_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 _SPEC_ATTR = "droplab_sweep"
+_SURPLUS_ATTR = "droplab_surplus"
 # the grid sampler's values for the dimensions that are continuous under TPE and random search
 _GRID = {
     "input_dropout": [0.0, 0.1, 0.2],
@@ -92,6 +96,14 @@ class SweepSpec:
     db: str = "droplab.db"  # the lab's run store every trial is written to
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except UserError:
+            raise
+        except (ValueError, TypeError) as error:  # the checks' wording, as the user's error
+            raise UserError(str(error)) from None
+
+    def _validate(self) -> None:
         from ..functional import check_probability
 
         if not self.name or not isinstance(self.name, str):
@@ -175,7 +187,9 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
 
     if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
         raise ValueError(f"heartbeat_interval must be a positive integer (seconds), but got {heartbeat_interval!r}")
-    url = storage_url(storage)
+    if grace_period is not None and (isinstance(grace_period, bool) or grace_period < 1):
+        raise UserError(f"--grace must be a positive integer (seconds), but got {grace_period!r}")
+    url = _checked_url(storage)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several worker processes write one file: wait for the lock instead of failing
@@ -187,9 +201,42 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
                    else "failed_trial_callback")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                   grace_period=grace_period or 3 * heartbeat_interval,
-                                   **{callback_kw: _StaleTrial(retry_cls(max_retry=max_retry))})
+        try:
+            return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                       grace_period=grace_period or 3 * heartbeat_interval,
+                                       **{callback_kw: _StaleTrial(retry_cls(max_retry=max_retry))})
+        except Exception as error:  # SQLAlchemy's and the drivers' errors share no base class worth naming
+            problem = _storage_problem(storage or DEFAULT_STORAGE, error)
+            if problem is None:
+                raise
+            raise UserError(problem) from None
+
+
+def _checked_url(storage: str | None) -> str:
+    """The storage's URL, after the checks that need no connection (a directory, an unknown scheme)."""
+    text = storage or DEFAULT_STORAGE
+    if "://" not in text and os.path.isdir(text):
+        raise UserError(f"--storage {text} is a directory; give a SQLite file such as "
+                        f"{os.path.join(text, DEFAULT_STORAGE)} or a database URL")
+    url = storage_url(text)
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in _KNOWN_SCHEMES:
+        raise UserError(f"--storage {text}: unknown database scheme {scheme!r}; use a SQLite file path or a URL "
+                        "starting with " + ", ".join(f"{s}://" for s in _KNOWN_SCHEMES))
+    return url
+
+
+def _storage_problem(storage: str, error: Exception) -> str | None:
+    """One line for a storage that cannot be opened (unreachable, refused, not a database); None for a bug."""
+    name = type(error).__name__
+    text = str(error).splitlines()[0] if str(error) else name
+    if isinstance(error, ModuleNotFoundError):
+        return f"--storage {storage} needs the database driver {error.name}: pip install {error.name}"
+    if name in ("OperationalError", "DatabaseError", "InterfaceError", "ArgumentError", "NoSuchModuleError"):
+        shown = storage.split("@", 1)[-1] if "@" in storage else storage  # never print a password
+        return (f"--storage {shown} cannot be opened: {text} (is the server running and reachable, the URL right, "
+                "and the file a database?)")
+    return None
 
 
 class _StaleTrial:
@@ -221,7 +268,7 @@ def create_study(spec: SweepSpec, storage):
         study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
                                     load_if_exists=False)
     except optuna.exceptions.DuplicatedStudyError:
-        raise ValueError(f"a study named {spec.name!r} already exists in this storage; continue it with "
+        raise UserError(f"a study named {spec.name!r} already exists in this storage; continue it with "
                          f"--resume {spec.name} or choose another --name") from None
     study.set_user_attr(_SPEC_ATTR, spec.to_json())
     return study
@@ -234,10 +281,10 @@ def load_spec(name: str, storage) -> tuple[Any, SweepSpec]:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ValueError(f"no sweep named {name!r} in this storage; known: {', '.join(names) or 'none'}") from None
+        raise UserError(f"no sweep named {name!r} in this storage; known: {', '.join(names) or 'none'}") from None
     text = study.user_attrs.get(_SPEC_ATTR)
     if text is None:
-        raise ValueError(f"study {name!r} was not created by droplab sweep (it has no sweep definition)")
+        raise UserError(f"study {name!r} was not created by droplab sweep (it has no sweep definition)")
     return study, SweepSpec.from_json(text)
 
 
@@ -360,10 +407,41 @@ def _follow(ctx) -> int:
 
 
 def _counts(study) -> dict[str, int]:
+    """Trials by state; a surplus trial (started in a race for the last slot, never trained) is not counted."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        if not t.user_attrs.get(_SURPLUS_ATTR):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+class _Surplus(Exception):
+    """Raised inside a trial that another worker's trial already made unnecessary (the study is full)."""
+
+
+def _claims_a_slot(study, trial, target: int) -> bool:
+    """Whether ``trial`` is among the first ``target`` live trials (finished or running) by trial number.
+
+    Trial numbers are assigned in one storage transaction, so every worker agrees on this order: of two
+    workers that start "the last" trial at the same moment, exactly one trains it.
+    """
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    ahead = sum(1 for t in study.get_trials(deepcopy=False, states=live)
+                if t.number < trial.number and not t.user_attrs.get(_SURPLUS_ATTR))
+    return ahead < target
+
+
+def _guarded(objective, study, target: int):
+    """``objective``, first checking the trial still has a slot; a surplus trial fails at once, untrained."""
+    def guarded(trial):
+        if not _claims_a_slot(study, trial, target):
+            trial.set_user_attr(_SURPLUS_ATTR, True)
+            raise _Surplus(f"trial {trial.number} not needed: the study reached {target} trials")
+        return objective(trial)
+
+    return guarded
 
 
 def _finished(study) -> int:
@@ -403,7 +481,6 @@ def run_worker(name: str, storage: str | None = None, *, worker_index: int = 0, 
 def _lead(name, storage, worker_index, heartbeat_interval, grace_period, objective, ctx) -> int:
     optuna = _optuna()
     from optuna.storages import fail_stale_trials
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -414,25 +491,25 @@ def _lead(name, storage, worker_index, heartbeat_interval, grace_period, objecti
         from .store import RunStore
 
         objective = _objective(spec, RunStore(spec.db), ctx)
-    done = (TrialState.COMPLETE, TrialState.PRUNED)
     ran = 0
+    guarded = _guarded(objective, study, spec.trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         while True:
             fail_stale_trials(study)
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            left = spec.trials - _finished(study)
-            if left > 0 or waiting:
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            # running trials hold their slots: a worker starts a trial only for a slot nobody is filling
+            if spec.trials - _finished(study) - running > 0:
                 before = len(study.get_trials(deepcopy=False))
-                # retries (WAITING) are popped first; the callback stops every worker at the shared target
-                study.optimize(objective, n_trials=max(left, len(waiting)), gc_after_trial=False,
-                               callbacks=[MaxTrialsCallback(spec.trials, states=done)])
+                # one trial at a time, re-counting in between; retries (WAITING) are popped first
+                study.optimize(guarded, n_trials=1, gc_after_trial=False, catch=(_Surplus,))
                 ran += len(study.get_trials(deepcopy=False)) - before
-                if spec.sampler == "grid" and not waiting and study.sampler.is_exhausted(study):
+                if (spec.sampler == "grid" and study.sampler.is_exhausted(study)
+                        and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
                     break
                 continue
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not running:
                 return ran
             time.sleep(min(1.0, heartbeat_interval))  # poll briskly: the last trial's end is the sweep's end
     return ran
@@ -471,7 +548,7 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
     ``objective`` replaces the training objective of an in-process (``workers=1``) sweep.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, but got {workers!r}")
+        raise UserError(f"--workers must be a positive integer, but got {workers!r}")
     from .distributed import broadcast_object, launched_by_torchrun, setup
 
     ctx = setup() if launched_by_torchrun() else None
@@ -481,7 +558,7 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
     if ctx is not None and not ctx.is_main:
         error = broadcast_object(None, ctx)  # rank 0 creates or loads the study
         if error:
-            raise ValueError(error)
+            raise UserError(error)
         run_worker("", storage)
         return None
     _optuna().logging.set_verbosity(_optuna().logging.WARNING)
@@ -490,6 +567,8 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
         if resume:
             study, spec = load_spec(resume, rdb)
             if trials is not None and trials != spec.trials:
+                if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+                    raise UserError(f"--trials must be a positive integer, but got {trials!r}")
                 spec.trials = trials
                 study.set_user_attr(_SPEC_ATTR, spec.to_json())
         else:
@@ -514,9 +593,38 @@ def run_sweep(spec: SweepSpec | None, storage: str | None = None, *, workers: in
         raise
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     if failed:
-        raise RuntimeError("sweep worker(s) exited with an error: " + ", ".join(f"#{i} (exit {c})" for i, c in failed)
-                           + f"; finished trials are kept: droplab sweep --resume {spec.name}")
+        lost = ", ".join(f"#{i} ({_exit_words(c)})" for i, c in failed)
+        if _finished(study) < spec.trials:
+            raise SweepIncomplete(f"sweep {spec.name} stopped with {_finished(study)} of {spec.trials} trials "
+                                  f"finished: worker(s) {lost} exited; finished trials are kept: "
+                                  f"droplab sweep --resume {spec.name}")
+        # the others re-ran what the lost workers left: the study is complete
+        print(f"droplab sweep: worker(s) {lost} exited; " + retried_summary(study), file=sys.stderr)
     return study
+
+
+class SweepIncomplete(RuntimeError):
+    """Workers exited before the study reached its trial budget (the finished trials are stored)."""
+
+
+def _exit_words(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
+def retried_summary(study) -> str:
+    """``"trial 3 was retried as trial 5 (complete)"`` for every retried trial, or a note that none was."""
+    retries = [(t.system_attrs.get("failed_trial"), t) for t in study.get_trials(deepcopy=False)
+               if t.system_attrs.get("failed_trial") is not None]
+    if not retries:
+        return "no trial needed a retry"
+    return "; ".join(f"trial {orig} was retried as trial {t.number} ({t.state.name.lower()})" for orig, t in retries)
 
 
 # command line ------------------------------------------------------------------------------------
@@ -567,7 +675,8 @@ def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
     shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
     base = base.replace(**{k: v for k, v in shorthand.items() if v is not None}).with_overrides(args.set)
     name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    return SweepSpec(name=name, base=base.to_dict(), search=list(args.search), trials=args.trials or 20,
+    return SweepSpec(name=name, base=base.to_dict(), search=list(args.search),
+                     trials=20 if args.trials is None else args.trials,
                      sampler=args.sampler, seed=args.seed, max_rate=args.max_rate, grid_rates=list(args.grid_rates),
                      pruning=not args.no_pruning, db=os.path.abspath(args.db))
 
@@ -580,24 +689,32 @@ def run(args: argparse.Namespace) -> int:
         return show(study, out_dir=args.out)
     if args.worker:
         if not args.name:
-            raise SystemExit("droplab sweep --worker needs --name")
+            raise UserError("--worker needs --name (the study to join)")
         run_worker(args.name, args.storage, worker_index=args.worker_index, threads=args.threads,
                    heartbeat_interval=args.heartbeat, grace_period=args.grace)
         return 0
     start = time.perf_counter()
+    spec = None if args.resume else _spec_from_args(args)
+    if spec is not None:  # the data loads and the run store opens before the study exists (--dry-run-like)
+        from .preflight import check_datasets
+        from .store import RunStore
+
+        check_datasets([spec.config()])
+        RunStore(spec.db).close()
     try:
-        spec = None if args.resume else _spec_from_args(args)
         study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
                           heartbeat_interval=args.heartbeat, grace_period=args.grace)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"droplab sweep: error: {error}", file=sys.stderr)
-        return 2
+    except SweepIncomplete as error:
+        print(f"droplab sweep: {error}", file=sys.stderr)
+        return 1
     if study is None:  # a non-zero torchrun rank: rank 0 reports
         return 0
     counts = _counts(study)
     elapsed = time.perf_counter() - start
     print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
           + f" in {elapsed:.1f} s")
+    if counts.get("FAIL"):
+        print(f"retries: {retried_summary(study)}")
     from .sweep_report import summarize
 
     print(summarize(study))
