@@ -20,6 +20,9 @@ pool. Masks never depend on the thread count: each element's word is a pure func
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import threading
 import time
 
 import numpy as np
@@ -34,6 +37,28 @@ try:  # numba is a core dependency, but a missing one only makes this backend un
     from numba.extending import intrinsic, overload
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
+
+if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
+    from numba.np.ufunc import parallel as _numba_parallel
+
+    if not _numba_parallel._is_initialized:
+        # numba's default layer on Linux is GNU OpenMP, which aborts a forked child (a DataLoader worker)
+        # that launches a parallel region after its parent did; workqueue is fork-safe, and the launch
+        # lock below makes it safe for concurrent Python threads. A layer the user chose is kept.
+        numba.config.THREADING_LAYER = "workqueue"
+
+# one parallel launch at a time from this process's Python threads (workqueue is not thread-safe);
+# re-created in a forked child, where a parent thread may have held it at fork time
+_LAUNCH = threading.Lock()
+
+
+def _new_launch_lock() -> None:
+    global _LAUNCH
+    _LAUNCH = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_launch_lock)
 
 __all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
            "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup"]
@@ -56,6 +81,32 @@ def supports(x: torch.Tensor) -> bool:
 def jit_seconds() -> dict[str, float]:
     """Seconds spent in each kernel's first call (compilation, or loading it from the disk cache)."""
     return dict(_jit_seconds)
+
+
+def _fallback_cache_dir() -> str:
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return os.path.join(tempfile.gettempdir(), f"droplab-numba-cache-{uid}")
+
+
+def _parallel_kernel(fn):
+    """``njit(parallel=True, nogil=True)`` with numba's on-disk cache wherever one can be written.
+
+    numba raises at decoration when neither the package tree nor its user-wide directory is writable
+    (a root-installed package used by another user, ``NUMBA_CACHE_DIR`` unset): then the cache goes to
+    a per-user directory under the temp dir, and where even that fails the kernel compiles uncached.
+    """
+    try:
+        return njit(parallel=True, cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        pass
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = _fallback_cache_dir()  # read by numba's locator at decoration only
+    try:
+        return njit(parallel=True, cache=True, nogil=True)(fn)
+    except (RuntimeError, OSError):
+        return njit(parallel=True, nogil=True)(fn)
+    finally:
+        numba.config.CACHE_DIR = previous
 
 
 if numba is not None:
@@ -227,7 +278,7 @@ if numba is not None:
 
     # ------------------------------------------------------------------ kernels
     # Inner loops index slices from 0 so that LLVM can prove indices non-negative and vectorize.
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _masked_scale_flat(x, y, k0, k1, c1, c2, c3, threshold, scale, nthreads):
         """y = x * scale where the element's own word >= threshold, else 0 (flat, contiguous)."""
         n = x.size
@@ -250,7 +301,7 @@ if numba is not None:
                     v = _load(xs[i]) * scale
                     ys[i] = _store(v if words[i] >= t else _zero(v), xs[0])
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _keep_flat(out, k0, k1, c1, c2, c3, threshold, nthreads):
         """out[i] = word(i) >= threshold for every mask index."""
         n = out.size
@@ -271,7 +322,7 @@ if numba is not None:
                 for i in range(e_n):
                     outs[i] = words[i] >= t
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _masked_scale_broadcast(x, y, keep, sizes, mstrides, scale, nthreads):
         """y = x * scale where keep[mask index of the element], else 0.
 
@@ -387,7 +438,7 @@ if numba is not None:
         a = np.int32(w >> np.uint64(9)) * np.int32(2) + np.int32(1)
         return _log32(np.float32(a)) - _log32(np.float32(np.int32(1 << 24) - a))
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _noise_fill(out, kind, k0, k1, c1, c2, c3, nthreads):
         """out[i] = standard normal (kind 0) or logistic (kind 1) float32 of mask index i."""
         n = out.size
@@ -418,7 +469,7 @@ if numba is not None:
                 for i in range(e_n):
                     outs[i] = values[i]
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _gaussian_flat(x, y, k0, k1, c1, c2, c3, sigma, one, nthreads):
         """y = x * (1 + sigma * z) with z the element's own normal value (flat, contiguous)."""
         n = x.size
@@ -444,7 +495,7 @@ if numba is not None:
                 for i in range(e_n):
                     ys[i] = _store(_load(xs[i]) * (sigma * factors[i] + one), xs[0])
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _dropblock_keep(keep, kept, planes, sizes, block, k0, k1, c1, c2, c3, threshold, nthreads):
         """Block keep mask over ``planes`` maps of ``sizes = (D, H, W)``; ``kept[plane]`` counts kept positions.
 
@@ -494,7 +545,7 @@ if numba is not None:
         r = v % 4
         return w0 if r == 0 else (w1 if r == 1 else (w2 if r == 2 else w3))
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _rows_masked_scale(src, idx, y, gather, k0, k1, c1, c2, c3, threshold, scale, nthreads):
         """y[r] = src[idx[r] if gather else r] * scale if word(idx[r]) >= threshold, else 0 (2-D, row-major)."""
         rows, dim = y.shape
@@ -514,7 +565,7 @@ if numba is not None:
                     for i in range(dim):
                         ys[i] = z
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_parallel_kernel
     def _rows_scatter_add(grad, idx, out, skip, k0, k1, c1, c2, c3, threshold, scale, nthreads):
         """out[idx[r]] += grad[r] * scale for kept rows, in row order (columns split over threads)."""
         rows, dim = grad.shape
@@ -550,12 +601,14 @@ def _threads(n: int) -> int:
 
 
 def _timed(name: str, fn, *args) -> None:
-    if name in _jit_seconds:
+    """Run a parallel kernel under the launch lock, recording its first call's seconds."""
+    with _LAUNCH:
+        if name in _jit_seconds:
+            fn(*args)
+            return
+        start = time.perf_counter()
         fn(*args)
-        return
-    start = time.perf_counter()
-    fn(*args)
-    _jit_seconds[name] = time.perf_counter() - start
+        _jit_seconds[name] = time.perf_counter() - start
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:
