@@ -1,0 +1,186 @@
+"""Conversion rules for other libraries' dropout classes, tested against those libraries' real classes.
+
+timm and torchvision cannot be imported here: torchvision's wheel on the registry is a CUDA build that
+cannot load next to the CPU torch, and timm imports torchvision. Their dropout classes are single,
+self-contained source files, so the test loads exactly those files out of the real wheels:
+
+1. ``pip download --no-deps --only-binary=:all: timm==1.0.31 torchvision==0.28.0`` into a cache
+   directory (``$DROPLAB_WHEEL_CACHE``, default ``~/.cache/droplab/test-wheels``), reused across runs;
+   nothing is installed, and torch is never touched.
+2. ``timm/layers/drop.py`` and ``torchvision/ops/stochastic_depth.py`` are read from the wheel (a zip)
+   and executed as the modules ``timm.layers.drop`` and ``torchvision.ops.stochastic_depth`` under
+   empty stub parent packages, so the classes carry their real qualified names (which is how droplab's
+   rules recognize them). torchvision's file imports one helper, ``torchvision.utils._log_api_usage_once``
+   (API usage telemetry), which the stub provides as a no-op.
+3. The stubs are removed from ``sys.modules`` afterwards.
+
+When the registry cannot be reached, the tests skip with the reason; under ``CI=true`` they fail instead.
+"""
+
+import os
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+import droplab as dl
+
+WHEELS = {"timm": "1.0.31", "torchvision": "0.28.0"}
+CACHE = Path(os.environ.get("DROPLAB_WHEEL_CACHE", Path.home() / ".cache" / "droplab" / "test-wheels"))
+
+
+def _wheel(package: str) -> Path:
+    version = WHEELS[package]
+    found = sorted(CACHE.glob(f"{package}-{version}-*.whl"))
+    if found:
+        return found[0]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                             "--quiet", "-d", str(CACHE), f"{package}=={version}"],
+                            capture_output=True, text=True, timeout=600)
+    found = sorted(CACHE.glob(f"{package}-{version}-*.whl"))
+    if result.returncode != 0 or not found:
+        reason = f"cannot download the {package}=={version} wheel: {result.stderr.strip()[-300:]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found[0]
+
+
+def _load(package: str, member: str, stubs: dict[str, dict]) -> types.ModuleType:
+    """Execute ``member`` of the package's wheel as its real module, under stub parent packages."""
+    for name, attributes in stubs.items():
+        stub = types.ModuleType(name)
+        stub.__path__ = []
+        stub.__dict__.update(attributes)
+        sys.modules[name] = stub
+    module_name = member[:-3].replace("/", ".")
+    with zipfile.ZipFile(_wheel(package)) as wheel:
+        source = wheel.read(member).decode()
+    module = types.ModuleType(module_name)
+    module.__package__ = module_name.rpartition(".")[0]
+    module.__file__ = f"{_wheel(package)}/{member}"
+    sys.modules[module_name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture(scope="module")
+def timm_drop():
+    saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
+    yield _load("timm", "timm/layers/drop.py", {"timm": {}, "timm.layers": {}})
+    for name in [k for k in sys.modules if k == "timm" or k.startswith("timm.")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+@pytest.fixture(scope="module")
+def tv_depth():
+    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
+    stubs = {"torchvision": {}, "torchvision.ops": {}, "torchvision.utils": {"_log_api_usage_once": lambda obj: None}}
+    yield _load("torchvision", "torchvision/ops/stochastic_depth.py", stubs)
+    for name in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+class Residual(nn.Module):
+    def __init__(self, drop: nn.Module):
+        super().__init__()
+        self.branch = nn.Linear(6, 6)
+        self.drop = drop
+
+    def forward(self, x):
+        return x + self.drop(self.branch(x))
+
+
+def _rows_all_dropped_or_scaled(y: torch.Tensor, x: torch.Tensor, keep: float) -> torch.Tensor:
+    """Per row: True where the row was kept (scaled by 1/keep), asserting every row is kept or dropped whole."""
+    kept = torch.isclose(y, x / keep).all(1)
+    dropped = (y == 0).all(1)
+    assert bool((kept | dropped).all())
+    return kept
+
+
+def test_timm_drop_path_is_a_site_and_converts(timm_drop):
+    assert timm_drop.DropPath.__module__ == "timm.layers.drop" and not hasattr(sys.modules["timm"], "create_model")
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual(timm_drop.DropPath(0.3)), Residual(timm_drop.DropPath(0.1)))
+    assert [(s.name, s.kind, s.p, s.library) for s in dl.sites(model)] == [
+        ("0.drop", "timm.DropPath", 0.3, "timm"), ("1.drop", "timm.DropPath", 0.1, "timm")]
+    x = torch.randn(5, 6)
+    eval_before = model.eval()(x)
+    converted = dl.convert(model, seed=2)
+    assert [type(m.drop) for m in converted] == [dl.nn.DropPath, dl.nn.DropPath]
+    assert [s.library for s in dl.sites(converted)] == ["droplab", "droplab"]  # all dropout drawn by droplab
+    torch.testing.assert_close(converted(x), eval_before)  # inference is the identity, as timm's
+    branch = torch.ones(4000, 6)
+    y = converted[0].drop.train()(branch)
+    kept = _rows_all_dropped_or_scaled(y, branch, 0.7)  # timm's rule: whole rows, kept ones / keep_prob
+    assert binomtest(int(kept.sum()), kept.numel(), 0.7).pvalue > 1e-3
+    reference = timm_drop.drop_path(branch, 0.3, True)  # timm's own function: the same law
+    assert binomtest(int(_rows_all_dropped_or_scaled(reference, branch, 0.7).sum()), 4000, 0.7).pvalue > 1e-3
+
+
+def test_timm_drop_path_sampled_by_mc_before_conversion(timm_drop):
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual(timm_drop.DropPath(0.3)), nn.Linear(6, 2)).eval()
+    x = torch.randn(5, 6)
+    res = dl.mc.predict(model, x, 10, seed=1)
+    assert res.samples.std(0).min() > 0
+    torch.testing.assert_close(res.samples, dl.mc.sample_loop(model, x, 10, seed=1))
+    assert type(model[0].drop) is timm_drop.DropPath  # swapped back after the call
+
+
+def test_timm_drop_path_without_scale_by_keep_is_left_alone(timm_drop):
+    model = nn.Sequential(timm_drop.DropPath(0.2, scale_by_keep=False))
+    assert type(dl.convert(model)[0]) is timm_drop.DropPath  # unscaled inference has no droplab equivalent
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_torchvision_stochastic_depth_converts_both_modes(tv_depth, mode):
+    depth = tv_depth.StochasticDepth(0.4, mode)
+    assert [(s.kind, s.p, s.library) for s in dl.sites(nn.Sequential(depth))] == [
+        ("torchvision.StochasticDepth", 0.4, "torchvision")]
+    converted = dl.convert(nn.Sequential(depth), seed=5)[0]
+    assert converted.p == 0.4
+    x = torch.ones(3000, 4)
+    y = converted.train()(x)
+    kept = _rows_all_dropped_or_scaled(y, x, 0.6)
+    reference = tv_depth.stochastic_depth(x, 0.4, mode, training=True)
+    ref_kept = _rows_all_dropped_or_scaled(reference, x, 0.6)
+    if mode == "row":
+        assert binomtest(int(kept.sum()), kept.numel(), 0.6).pvalue > 1e-3
+        assert binomtest(int(ref_kept.sum()), ref_kept.numel(), 0.6).pvalue > 1e-3
+    else:  # one draw for the whole batch, in torchvision and after conversion
+        assert bool(kept.all() | (~kept).all()) and bool(ref_kept.all() | (~ref_kept).all())
+        draws = [bool(_rows_all_dropped_or_scaled(converted(x[:2]), x[:2], 0.6)[0]) for _ in range(400)]
+        assert binomtest(sum(draws), 400, 0.6).pvalue > 1e-3
+    torch.testing.assert_close(converted.eval()(x), depth.eval()(x))
+
+
+def test_register_conversion_by_qualified_name_needs_no_import():
+    class Custom(nn.Module):
+        def __init__(self, rate):
+            super().__init__()
+            self.rate = rate
+
+        def forward(self, x):
+            return nn.functional.dropout(x, self.rate, self.training)
+
+    name = f"{Custom.__module__}.{Custom.__qualname__}"
+    from droplab.convert import register_conversion
+
+    register_conversion(name, dl.nn.Dropout, lambda m, seed: dl.nn.Dropout(m.rate, seed=seed),
+                        rate=lambda m: m.rate)
+    model = nn.Sequential(Custom(0.25))
+    assert [(s.kind, s.p) for s in dl.sites(model)] == [("test_convert_rules.Custom", 0.25)]
+    assert type(dl.convert(model)[0]) is dl.nn.Dropout and dl.convert(nn.Sequential(Custom(0.25)))[0].p == 0.25
+    with pytest.raises(ValueError, match="qualified_name must be"):
+        register_conversion("NoDots", dl.nn.Dropout, lambda m, seed: None)
