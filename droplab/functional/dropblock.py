@@ -61,13 +61,17 @@ def _coverage(size: int, block: int) -> torch.Tensor:
 
 
 @torch.compiler.assume_constant_result  # a constant of the rate and sizes: compiled graphs bake it in
-@functools.lru_cache(maxsize=256)
 def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     r"""Origin drop probability :math:`\gamma` whose expected dropped fraction of the map is exactly ``p``.
 
     ``block`` must already be clipped to ``spatial``. Solved by bisection on the monotone map
     :math:`\gamma \mapsto \operatorname{mean}_i\, 1 - (1-\gamma)^{c_i}` (60 halvings: float64 exact).
     """
+    return _solve_gamma(p, tuple(spatial), tuple(block))
+
+
+@functools.lru_cache(maxsize=256)
+def _solve_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     p = check_probability(p)
     if p in (0.0, 1.0):
         return p

@@ -264,6 +264,11 @@ class VariationalGRU(_VariationalRNN):
         (torch.Size([4, 20, 16]), torch.Size([1, 4, 16]))
 
     Reference: Gal & Ghahramani, NeurIPS 2016.
+
+    .. warning::
+        As :class:`VariationalLSTM`, it does not compile as one graph (``fullgraph=True`` fails): the
+        recurrent mask reaches every time step through a Python closure over the counters, and dynamo
+        breaks the graph around the recurrence (a graph break, not an error, without ``fullgraph``).
     """
 
     _mode = "GRU"

@@ -48,6 +48,12 @@ class WeightDrop(StochasticModule):
 
     Reference: Merity, Keskar, Socher, "Regularizing and Optimizing LSTM Language Models", ICLR 2018;
     Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+
+    .. warning::
+        It does not compile as one graph (``torch.compile(fullgraph=True)`` fails; ``torch._dynamo.explain``
+        counts one graph break in training): the dropped weights reach the wrapped ``torch.nn`` RNN by
+        swapping its ``_flat_weights`` list for the call, which dynamo does not trace through the RNN's
+        fused kernel. The weight masks still come from the one dropout op and are regenerated in backward.
     """
 
     def __init__(self, module: nn.RNNBase, p: float = 0.5, weights: Sequence[str] | None = None, *,
