@@ -106,7 +106,7 @@ def test_package_module_factory(capsys):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("no_such_package_xyz:f", "cannot load"),
+    ("no_such_package_xyz:f", "cannot import no_such_package_xyz: no module named no_such_package_xyz"),
     ("torch.nn:NoSuchThing", "has no attribute"),
     ("nofile_here.py:f", "no such file"),
     ("justaname", "MODEL must be"),
@@ -153,3 +153,78 @@ def test_lab_checkpoint(tmp_path, capsys):
         inspect_cmd._load_checkpoint = original
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["source"].startswith("lab checkpoint") and report["sites"]
+
+
+USER_CODE = """
+import torch
+from torch import nn
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        raise RuntimeError("my forward is broken")
+
+
+def good():
+    return nn.Sequential(nn.Linear(8, 4), nn.Dropout(0.5))
+
+
+def broken_forward():
+    return Broken(), torch.randn(2, 8)
+
+
+def broken_factory():
+    raise ValueError("factory exploded")
+"""
+
+
+@pytest.mark.parametrize("argv, message, user_line", [
+    ([":broken_factory"], "broken_factory() raised ValueError: factory exploded", 'raise ValueError("factory'),
+    ([":broken_forward"], "the forward of {spec} on an input of shape (2, 8) raised RuntimeError: my forward is broken",
+     'raise RuntimeError("my forward'),
+    ([":good", "--input-shape", "3,5"], "mat1 and mat2 shapes cannot be multiplied (3x5 and 8x4) (check --input-shape)",
+     None),
+    ([":good", "--probe-samples", "0"], "--probe-samples must be a positive integer", None),
+])
+def test_user_code_failures_exit_two_with_only_the_users_frames(tmp_path, capsys, argv, message, user_line):
+    path = tmp_path / "user_models.py"
+    path.write_text(USER_CODE)
+    spec = f"{path}{argv[0]}"
+    assert main(["inspect", spec, *argv[1:], "--plain"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("droplab inspect: error:") and message.format(spec=spec) in last
+    assert "droplab/" not in err.replace(str(tmp_path), "") and "site-packages" not in err  # no library frame
+    if user_line:
+        assert err.startswith("Traceback (your code, most recent call last):") and str(path) in err
+        assert user_line in err
+    else:
+        assert "Traceback" not in err
+
+
+def test_a_file_that_raises_on_import_shows_its_own_frame(tmp_path, capsys):
+    path = tmp_path / "raises.py"
+    path.write_text("import torch\nraise ImportError('cannot import on purpose')\n")
+    assert main(["inspect", f"{path}:f"]) == 2
+    err = capsys.readouterr().err
+    assert f'File "{path}", line 2' in err
+    assert err.strip().splitlines()[-1] == (f"droplab inspect: error: importing {path} raised ImportError: "
+                                             "cannot import on purpose")
+
+
+def test_a_droplab_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    path = tmp_path / "user_models.py"
+    path.write_text(USER_CODE)
+
+    import droplab.diagnostics
+    from droplab.lab.config import parse_schedule
+
+    # a droplab function called wrongly from droplab's own code: the innermost frame is droplab's
+    monkeypatch.setattr(droplab.diagnostics, "lint", parse_schedule)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        main(["inspect", f"{path}:good"])

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-__all__ = ["UserError", "MissingFileError", "UserCodeError", "user_errors", "os_error_message", "user_frames"]
+__all__ = ["UserError", "MissingFileError", "UserCodeError", "user_errors", "os_error_message", "user_frames",
+           "is_library_file"]
 
 MAX_LINES = 3
 
@@ -46,11 +47,12 @@ class UserCodeError(Exception):
     Args:
         what: where it happened, e.g. ``"model.py: make_model()"``.
         error: the exception the user's code raised (its traceback is kept on it).
-        code_files: the user's source files: only their frames are shown.
+        code_files: the user's source files: their frames are shown (besides any frame outside a library).
+        hint: the fix to suggest, if one is known. Default: none.
     """
 
-    def __init__(self, what: str, error: BaseException, code_files: tuple[str, ...] = ()) -> None:
-        super().__init__(f"{what} raised {type(error).__name__}: {error}")
+    def __init__(self, what: str, error: BaseException, code_files: tuple[str, ...] = (), hint: str = "") -> None:
+        super().__init__(f"{what} raised {type(error).__name__}: {error}" + (f" ({hint})" if hint else ""))
         self.original = error
         self.code_files = tuple(code_files)
 
@@ -98,10 +100,28 @@ def user_errors(context: str, types: tuple[type[BaseException], ...] = (ValueErr
         raise kind(f"{context}: {message}" if context else message) from error
 
 
-def user_frames(error: BaseException, code_files: tuple[str, ...]) -> str:
-    """The traceback of ``error`` restricted to frames in ``code_files`` (empty when none match)."""
+def is_library_file(filename: str) -> bool:
+    """Whether ``filename`` is droplab's, an installed package's or the standard library's (not the user's)."""
+    import sysconfig
+    from pathlib import Path
+
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return True
+    resolved = str(Path(filename).resolve())
+    droplab_dir = str(Path(__file__).resolve().parents[1])
+    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return resolved.startswith(droplab_dir) or any(resolved.startswith(str(Path(root).resolve())) for root in roots)
+
+
+def user_frames(error: BaseException, code_files: tuple[str, ...] = ()) -> str:
+    """The traceback of ``error`` restricted to the user's frames: those in ``code_files`` or outside any library.
+
+    Returns an empty string when no frame is the user's.
+    """
     tb: TracebackType | None = error.__traceback__
-    frames = [frame for frame in traceback.extract_tb(tb) if frame.filename in code_files]
+    wanted = {str(f) for f in code_files}
+    frames = [frame for frame in traceback.extract_tb(tb)
+              if frame.filename in wanted or not is_library_file(frame.filename)]
     if not frames:
         return ""
     return "Traceback (your code, most recent call last):\n" + "".join(traceback.format_list(frames))

@@ -7,7 +7,8 @@ input the runtime checks run too (missing test-time scale, stochastic at eval); 
 a batch of its own test data.
 
 Exit status: 0 when no finding has severity ``error``, 1 when one does (so CI pipelines can gate on
-it), 2 when the model cannot be loaded.
+it), 2 when anything stopped the inspection: the model cannot be loaded, the user's file, factory or
+forward raised (then only the user's frames are shown), or the input shape does not fit the model.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import argparse
 import importlib
 import importlib.util
 import json
+import pickle
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .errors import MissingFileError, UserCodeError, UserError, is_library_file, user_errors
 
 __all__ = ["configure", "run", "load_model", "inspect_model"]
 
@@ -46,44 +51,70 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(n < 1 for n in shape):
-        raise ValueError(f"--input-shape must be positive integers separated by commas (e.g. 8,40), but got {text!r}")
+        raise UserError(f"--input-shape must be positive integers separated by commas (e.g. 8,40), but got {text!r}")
     return shape
+
+
+def _import_target(target: str):
+    """The module ``target`` names (a file or a dotted module); an exception its code raises is the user's."""
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise MissingFileError(f"no such file: {path}" + (" (a directory)" if path.is_dir() else ""))
+        module_spec = importlib.util.spec_from_file_location(f"_droplab_inspect_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # anything the user's file raises while it is imported
+            sys.modules.pop(module_spec.name, None)
+            raise UserCodeError(f"importing {path}", error, (str(path.resolve()),)) from None
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        if error.name and target.startswith(error.name):  # the module itself is missing, not one it imports
+            raise UserError(f"cannot import {target}: no module named {error.name} (is it installed, or on "
+                            "PYTHONPATH? a file path needs .py)") from None
+        raise UserCodeError(f"importing {target}", error) from None
+    except Exception as error:
+        raise UserCodeError(f"importing {target}", error) from None
 
 
 def _load_factory(spec: str) -> object:
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise ValueError(f"MODEL must be package.module:factory, path/to/file.py:factory or a checkpoint file, "
-                         f"but got {spec!r}")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        module_spec = importlib.util.spec_from_file_location(f"_droplab_inspect_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+        raise UserError(f"MODEL must be package.module:factory, path/to/file.py:factory or a checkpoint file, "
+                        f"but got {spec!r}")
+    module = _import_target(target)
     factory = module
     for part in attr.split("."):
         if not hasattr(factory, part):
-            raise ValueError(f"{target} has no attribute {attr!r}")
+            raise UserError(f"{target} has no attribute {attr!r}")
         factory = getattr(factory, part)
-    return factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not callable(factory) or isinstance(factory, nn.Module):
+        return factory
+    try:
+        return factory()
+    except Exception as error:  # the user's factory failed
+        raise UserCodeError(f"{spec}()", error, (str(getattr(module, "__file__", "") or ""),)) from None
 
 
 def _load_checkpoint(path: Path) -> tuple[nn.Module, torch.Tensor]:
     from .config import ExperimentConfig
-    from .data import load_dataset
     from .models import build_model
+    from .preflight import check_datasets, dataset_key
     from .train import load_checkpoint
 
-    state = load_checkpoint(path)
-    config = ExperimentConfig.from_dict(state["config"]).replace(device="cpu")
-    splits = load_dataset(config)
+    with user_errors(f"checkpoint {path} cannot be inspected (corrupt, truncated, or not a lab checkpoint)",
+                     (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError)):
+        state = load_checkpoint(path)
+        config = ExperimentConfig.from_dict(state["config"]).replace(device="cpu")
+    splits = check_datasets([config])[dataset_key(config)]
     model = build_model(config, splits.n_features, splits.n_classes)
-    model.load_state_dict(state["model"])
+    with user_errors(f"checkpoint {path} does not match its stored config (corrupt or edited)",
+                     (RuntimeError, KeyError)):
+        model.load_state_dict(state["model"])
     return model.eval(), splits.test.x[:64]
 
 
@@ -99,7 +130,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, ob
         if isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], nn.Module):
             loaded, example = loaded
         if not isinstance(loaded, nn.Module):
-            raise TypeError(f"{spec} must give a torch.nn.Module (or a (model, example_input) pair), "
+            raise UserError(f"{spec} must give a torch.nn.Module (or a (model, example_input) pair), "
                             f"but gave {type(loaded).__name__}")
         model = loaded
         example = example if example is not None else getattr(model, "example_input", None)
@@ -181,12 +212,17 @@ def _print_rich(report: dict, source: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.probe_samples < 1:
+        raise UserError(f"--probe-samples must be a positive integer, but got {args.probe_samples}")
+    model, example, source = load_model(args.model, args.input_shape)
     try:
-        model, example, source = load_model(args.model, args.input_shape)
-    except (ImportError, OSError, ValueError, TypeError, AttributeError, KeyError, RuntimeError) as error:
-        print(f"droplab inspect: cannot load {args.model}: {type(error).__name__}: {error}", file=sys.stderr)
-        return 2
-    report = inspect_model(model, example, for_inference=args.for_inference, probe_samples=args.probe_samples)
+        report = inspect_model(model, example, for_inference=args.for_inference, probe_samples=args.probe_samples)
+    except Exception as error:
+        if not _raised_by_the_model(error):
+            raise  # a droplab bug: keep its traceback
+        shape = f" on an input of shape {tuple(example.shape)}" if isinstance(example, torch.Tensor) else ""
+        hint = "check --input-shape" if args.input_shape else ""
+        raise UserCodeError(f"the forward of {args.model}{shape}", error, hint=hint) from None
     if args.json:
         print(json.dumps({"source": source, **report}, indent=2, default=str))
     else:
@@ -197,3 +233,14 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             _print_plain(report, source, sys.stdout)
     return 1 if report["errors"] else 0
+
+
+def _raised_by_the_model(error: BaseException) -> bool:
+    """Whether ``error`` came out of the model's own forward (the user's code or torch's layers), not droplab's."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    innermost = frames[-1].filename
+    droplab_dir = str(Path(__file__).resolve().parents[1])
+    return not str(Path(innermost).resolve()).startswith(droplab_dir) \
+        or any(not is_library_file(frame.filename) for frame in frames)
