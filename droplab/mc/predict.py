@@ -20,8 +20,8 @@ for the ``i``-th such call its issuing module makes in a pass; the issuing modul
 probe forward) are put in training mode for the call, since libraries pass ``p if self.training
 else 0``, and nothing else is. Sites that cannot be sampled by droplab (``dropout=`` of multi-layer
 ``torch.nn`` RNNs, torch modules without a conversion rule) make the whole prediction fall back to
-the loop below, with torch's generator seeded by ``mc_seed(t, s, k)`` inside ``torch.random.fork_rng`` (the caller's generator is
-left as it was). So does a droplab site that draws a mask outside its own forward (the recurrent mask
+the loop below, with torch's generator seeded by ``mc_seed(t, s, k)`` inside
+``torch.random.fork_rng`` (the caller's generator is left as it was). So does a droplab site that draws a mask outside its own forward (the recurrent mask
 of ``VariationalLSTM``/``GRU``, drawn by its owner): it cannot tell stacked samples apart, and
 :class:`~droplab.nn._base.MCBatchingError` sends the call to the loop.
 
@@ -229,8 +229,10 @@ def _prepared(model: nn.Module, probe_inputs) -> Iterator[_Prepared]:
             found = sites(root)
             _check_sites(found, functional)
             droplab_sites = [s.module for s in found if isinstance(s.module, StochasticModule)]
+            # MultiheadAttention's dropout is a functional call inside it, routed like any other
             torch_sites = [s.module for s in found if not isinstance(s.module, StochasticModule) and s.p > 0
-                           and not (isinstance(s.module, nn.RNNBase) and s.module.num_layers == 1)]
+                           and not (isinstance(s.module, nn.RNNBase) and s.module.num_layers == 1)
+                           and not isinstance(s.module, nn.MultiheadAttention)]
             issuers = list({id(s.module): s.module for s in functional}.values())
             for module in issuers:
                 module.training = True  # "p if self.training else 0": this module only, not its children
