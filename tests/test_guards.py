@@ -165,3 +165,15 @@ def test_autocast_mc_inference_matches_fp32(dtype):
     # the MC mean keeps the fp32 scale (no stray factor q or 1/q)
     ratio = half.float().mean(0).abs().sum() / ref.mean(0).abs().sum()
     assert abs(ratio.item() - 1) < 0.02
+
+
+def test_assert_inference_counts_sites_not_messages():
+    # one site seen three ways (train mode, a mask drawn, outputs differ) is one site
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), dl.nn.Dropout(0.5)).train()
+    with pytest.raises(InferenceModeError, match=r"^1 dropout site\(s\) would be stochastic") as caught:
+        dl.guards.assert_inference(model, torch.randn(2, 4))
+    assert "\n  1: a droplab dropout mask was drawn" in str(caught.value)
+    two = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 4),
+                              torch.nn.Dropout(0.2)).train()
+    with pytest.raises(InferenceModeError, match=r"^2 dropout site\(s\)"):
+        dl.guards.assert_inference(two, torch.randn(2, 4))
