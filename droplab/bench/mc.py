@@ -1,14 +1,21 @@
 """``droplab bench mc``: Monte-Carlo dropout prediction against what users do today.
 
 Two 40-512-512-10 MLPs (ReLU, p = 0.5): (a) dropout only in the head, before the last Linear, and
-(b) dropout after every hidden layer. Each predicts T samples for N inputs three ways, in one run:
+(b) dropout after every hidden layer. Each predicts T samples for N inputs these ways, in one run:
 
 * ``torch loop``: the model built with ``torch.nn.Dropout``, put in train mode, run T times
   (Baal-style MC dropout);
 * ``torch replicate``: the same model in train mode on the input repeated T times, one pass of
   T x N rows (the replicate-in-memory approach);
 * ``droplab predict``: :func:`droplab.mc.predict` on the very same model (its torch dropout is
-  sampled by droplab for the call), batched to ``--max-batch`` rows with the prefix cached.
+  sampled by droplab for the call), batched to ``--max-batch`` rows with the prefix cached;
+* ``droplab consistent`` (every-layer MLP): the same with ``consistent=True`` (one sub-network per
+  sample for every input, as BatchBALD needs).
+
+Then, when transformers is installed (``--bert-samples 0`` skips it), a BERT classifier from a random
+config (hidden 256, 4 layers, 4 heads, sequence 64, batch 32, T = 50 by default) with (a) dropout
+everywhere (hidden and attention, p = 0.1) and (b) dropout only in the classification head: the
+``model.train()`` loop of T forwards against :func:`droplab.mc.predict` on the input mapping.
 
 Time is the median over ``--repeats`` interleaved runs (after one warm-up each). Peak memory is
 the rise of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)
@@ -37,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-replicate", action="store_true", help="leave out the replicate-in-memory approach")
     parser.add_argument("--quick", action="store_true", help="smoke run: T=8, N=100, one repeat")
+    parser.add_argument("--bert-samples", type=int, default=50,
+                        help="MC samples of the BERT rows; 0 leaves them out (default: 50)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the rows and conditions as JSON")
 
 
@@ -79,7 +88,8 @@ def _peak_rise_mib(fn: Callable[[], object]) -> float | None:
     return (peak - base) / 1024
 
 
-def _approaches(model, x, samples: int, max_batch: int | None, replicate: bool) -> dict[str, Callable]:
+def _approaches(model, x, samples: int, max_batch: int | None, replicate: bool,
+                consistent: bool = False) -> dict[str, Callable]:
     import torch
 
     import droplab as dl
@@ -98,14 +108,20 @@ def _approaches(model, x, samples: int, max_batch: int | None, replicate: bool) 
         model.eval()
         return out
 
+    kwargs = {} if max_batch is None else {"max_batch": max_batch}
+
     def droplab_predict():
-        kwargs = {} if max_batch is None else {"max_batch": max_batch}
         return dl.mc.predict(model, x, samples, seed=0, **kwargs).samples
+
+    def droplab_consistent():
+        return dl.mc.predict(model, x, samples, seed=0, consistent=True, **kwargs).samples
 
     found = {"torch loop": loop}
     if replicate:
         found["torch replicate"] = replicated
     found["droplab predict"] = droplab_predict
+    if consistent:
+        found["droplab consistent"] = droplab_consistent
     return found
 
 
@@ -120,32 +136,97 @@ def measure(samples: int, inputs: int, max_batch: int | None, repeats: int, repl
         torch.manual_seed(0)
         model = _mlp(head_only).eval()
         x = torch.randn(inputs, 40)
-        fns = _approaches(model, x, samples, max_batch, replicate)
+        fns = _approaches(model, x, samples, max_batch, replicate, consistent=not head_only)
         path = dl.mc.predict(model, x[:2], 1, seed=0).path
-        times: dict[str, list[float]] = {name: [] for name in fns}
-        for fn in fns.values():
-            fn()  # warm-up: tracing, kernel compilation, allocator
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        loop_time = statistics.median(times["torch loop"])
+        rows += _timed(label, fns, repeats, path)
+    return rows
+
+
+def _timed(label: str, fns: dict[str, Callable], repeats: int, path: str) -> list[dict]:
+    """Median time of each approach (interleaved, after a warm-up), its speed-up and peak memory."""
+    rows = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up: tracing, kernel compilation, allocator
+    for _ in range(repeats):
         for name, fn in fns.items():
-            seconds = statistics.median(times[name])
-            rows.append({"model": label, "approach": name, "seconds": seconds, "peak_mib": _peak_rise_mib(fn),
-                         "speedup": loop_time / seconds, "path": path if name == "droplab predict" else ""})
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    loop_time = statistics.median(times["torch loop"])
+    for name, fn in fns.items():
+        seconds = statistics.median(times[name])
+        rows.append({"model": label, "approach": name, "seconds": seconds, "peak_mib": _peak_rise_mib(fn),
+                     "speedup": loop_time / seconds, "path": path if name.startswith("droplab") else ""})
+    return rows
+
+
+def _bert(head_only: bool, hidden: int, layers: int, length: int):
+    import torch
+    import transformers
+
+    p = 0.0 if head_only else 0.1
+    config = transformers.BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=4, intermediate_size=4 * hidden,
+                                     max_position_embeddings=length,
+                                     hidden_dropout_prob=p, attention_probs_dropout_prob=p, classifier_dropout=0.1,
+                                     num_labels=4)
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def measure_bert(samples: int, batch: int, hidden: int, layers: int, length: int, max_batch: int | None,
+                 repeats: int) -> list[dict]:
+    """BERT rows: the ``model.train()`` loop against :func:`droplab.mc.predict`, everywhere and head-only."""
+    import torch
+
+    import droplab as dl
+
+    g = torch.Generator().manual_seed(0)
+    x = {"input_ids": torch.randint(0, 1000, (batch, length), generator=g),
+         "attention_mask": torch.ones(batch, length, dtype=torch.long)}
+    kwargs = {} if max_batch is None else {"max_batch": max_batch}
+    rows = []
+    for label, head_only in (("BERT everywhere", False), ("BERT head-only", True)):
+        model = _bert(head_only, hidden, layers, length)
+
+        def loop(model=model):
+            model.train()
+            with torch.no_grad():
+                out = torch.stack([model(**x).logits for _ in range(samples)])
+            model.eval()
+            return out
+
+        def droplab_predict(model=model):
+            return dl.mc.predict(model, x, samples, seed=0, **kwargs).samples
+
+        path = dl.mc.predict(model, x, 2, seed=0, **kwargs).path
+        rows += _timed(label, {"torch loop": loop, "droplab predict": droplab_predict}, repeats, path)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'model':<12} {'approach':<16} {'time (s)':>9} {'vs loop':>8} {'peak RSS rise (MiB)':>20}  path"
+    header = f"{'model':<16} {'approach':<19} {'time (s)':>9} {'vs loop':>8} {'peak RSS rise (MiB)':>20}  path"
     lines = [header, "-" * len(header)]
     for r in rows:
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        lines.append(f"{r['model']:<12} {r['approach']:<16} {r['seconds']:>9.3f} {r['speedup']:>7.2f}x "
+        lines.append(f"{r['model']:<16} {r['approach']:<19} {r['seconds']:>9.3f} {r['speedup']:>7.2f}x "
                      f"{peak:>20}  {r['path']}")
     return "\n".join(lines)
+
+
+def _bert_shape(args: argparse.Namespace) -> dict | None:
+    """The BERT benchmark's sizes, or None when it is skipped or transformers is missing."""
+    if args.bert_samples < 1:
+        return None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("(BERT rows skipped: transformers is not installed; pip install 'droplab[integrations]')")
+        return None
+    if args.quick:
+        return {"samples": 4, "batch": 4, "hidden": 64, "layers": 2, "length": 16}
+    return {"samples": args.bert_samples, "batch": 32, "hidden": 256, "layers": 4, "length": 64}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +242,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"MC dropout, T={samples} samples, N={inputs} inputs, 40-512-512-10 MLP, p=0.5, "
           f"{torch.get_num_threads()} torch threads, median of {repeats}")
     print(format_table(rows))
+    bert = _bert_shape(args)
+    if bert is not None:
+        bert_rows = measure_bert(bert["samples"], bert["batch"], bert["hidden"], bert["layers"], bert["length"],
+                                 args.max_batch, repeats)
+        print(f"\nBERT classifier, T={bert['samples']} samples, batch {bert['batch']}, hidden {bert['hidden']}, "
+              f"{bert['layers']} layers, sequence {bert['length']}, median of {repeats}")
+        print(format_table(bert_rows))
+        rows += bert_rows
     if args.json:
         import platform
 
