@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         base, configs = _configs(args)
     if args.resume is not None:
         return _resume(args)
+    from .preflight import check_before_training  # data, store and output dirs, before any epoch (and --dry-run)
+
+    check_before_training(configs, db=args.db, save=args.save, report_dir=None if args.no_report else args.report_dir)
     if args.dry_run:
         from .api import assign_roles
 

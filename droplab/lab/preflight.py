@@ -22,7 +22,28 @@ from pathlib import Path
 
 from .errors import MissingFileError, UserError
 
-__all__ = ["check_datasets", "dataset_key"]
+__all__ = ["check_before_training", "check_datasets", "dataset_key", "check_store", "check_output_dir"]
+
+
+def check_before_training(configs: Iterable, *, db: str | None = None, save: str | None = None,
+                          report_dir: str | None = None) -> dict[tuple, object]:
+    """Every check a training command can make before its first epoch; returns the loaded splits.
+
+    Args:
+        configs: the runs' configs (their datasets are loaded and checked).
+        db: the run store path (``--db``), if the command writes one. Default: None.
+        save: the checkpoint directory (``--save``), if any. Default: None.
+        report_dir: the report directory (``--report-dir``), if a report will be written. Default: None.
+
+    Raises:
+        UserError: naming the first problem found and its fix.
+    """
+    splits = check_datasets(configs)
+    if db is not None:
+        check_store(db)
+    check_output_dir(save, "--save")
+    check_output_dir(report_dir, "--report-dir")
+    return splits
 
 
 def dataset_key(config) -> tuple:
@@ -75,3 +96,46 @@ def _load(config, load_dataset):
             message = f"dataset {config.dataset}: {message}"
         kind = MissingFileError if isinstance(error, FileNotFoundError) else UserError
         raise kind(message) from error
+
+
+def check_store(db: str) -> None:
+    """The run store at ``db`` can be used: an existing file is a run store, a new one can be created there.
+
+    Raises:
+        UserError: ``db`` is a directory, not a SQLite run store, or in a place that cannot be written.
+    """
+    from .files import check_writable_file
+    from .store import RunStore
+
+    if db == ":memory:":
+        return
+    path = Path(db).expanduser()
+    if path.is_dir():
+        raise UserError(f"run store {db} is a directory; give a file path such as {path / 'droplab.db'}")
+    if path.exists():
+        RunStore(db, read_only=True).close()  # reads the header and schema: not SQLite -> UserError
+    check_writable_file(path, "run store")
+
+
+def check_output_dir(directory: str | None, option: str) -> None:
+    """``directory`` (``--save``, ``--report-dir``) is, or can be made, a writable directory."""
+    import os
+    import tempfile
+
+    if directory is None:
+        return
+    path = Path(directory).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {directory} is a file, not a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {directory}: {existing} is a file, not a directory")
+    try:  # a real probe: permission bits say nothing to root or about read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".droplab-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"{option} {directory} is not writable: {error.strerror or error} "
+                        "(choose another directory)") from None
