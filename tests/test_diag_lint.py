@@ -98,11 +98,59 @@ class Untraceable(nn.Module):
         return self.bn(self.drop(x))
 
 
-def test_dropout_before_batchnorm_found_by_hooks_when_fx_fails():
+def test_dropout_before_batchnorm_found_by_capture_when_fx_fails():
     found = lint(Untraceable(), x8())
-    assert found.traced_with == "hooks" and "torch.fx could not trace" in found.note
+    assert found.traced_with == "capture" and "torch.fx could not trace" in found.note
+    assert rules(found) == ["dropout-before-batchnorm"]
+    assert found.skipped == []  # every graph rule ran on the captured forward
+
+
+def test_hooks_when_the_capture_fails_too(monkeypatch):
+    import droplab.diagnostics._graph as graph
+
+    def broken(model, example_input):
+        raise RuntimeError("no capture")
+
+    monkeypatch.setattr(graph, "_from_capture", broken)
+    found = lint(Untraceable(), x8())
+    assert found.traced_with == "hooks" and "no capture" in found.note
     assert rules(found) == ["dropout-before-batchnorm"]
     assert any(s.startswith("dropout-on-residual-path") for s in found.skipped)
+
+
+class UntraceableResidual(nn.Module):
+    """Data-dependent control flow around the two mistakes only a dataflow view sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        if x.sum() > -1e9:
+            x = x * 1.0
+        y = self.drop(x) + self.fc(x)  # dropout on the identity branch of a residual
+        return F.dropout(y, 0.2, True)  # always on, also in eval mode
+
+
+def test_capture_runs_residual_and_functional_rules_on_untraceable_models():
+    found = lint(UntraceableResidual().eval(), x8())
+    assert found.traced_with == "capture" and found.skipped == []
+    assert ("dropout-on-residual-path", "drop") in [(f.rule, f.path) for f in found]
+    assert "functional-dropout-always-on" in rules(found)
+    clean = lint(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.2)).eval(), x8())
+    assert clean == []
+
+
+def test_capture_on_a_hugging_face_bert_runs_every_rule():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    found = lint(model, {"input_ids": torch.randint(0, 50, (2, 6))})
+    assert found.traced_with == "capture" and "co_varnames" in found.note
+    assert found.skipped == [] and found == []
 
 
 def test_sequential_order_is_the_last_resort():

@@ -7,7 +7,15 @@ which. :func:`model_graph` answers with the most precise view available:
 * ``"fx"``: a symbolic trace (no input needed). Every module call, function call and tensor method is
   a node, so additions (residual paths) and functional dropout calls are visible. torch.nn modules and
   droplab's dropout modules are leaves; droplab's functional ops are recorded as single calls.
-* ``"hooks"``: when the model does not trace (data-dependent control flow), one forward pass of
+* ``"capture"``: when the model does not trace (data-dependent control flow, ``co_varnames`` errors
+  on Hugging Face models) but ``example_input`` is given: one real forward pass recorded at torch's
+  function level (a ``TorchFunctionMode``, as dynamo sees it, but following the branches actually
+  taken). Leaf modules (torch.nn layers, dropout modules) are single nodes; every torch function and
+  tensor method called outside them (additions, ``F.dropout``, ``scaled_dot_product_attention``) is a
+  node, its inputs found by tensor identity, and named by the module whose forward called it. So the
+  residual and functional rules run on such models too. (``torch.export`` and dynamo's export were
+  tried first and dropped: both refuse data-dependent branches, which is why fx failed.)
+* ``"hooks"``: when the capture fails too, one forward pass of
   ``example_input`` with forward hooks on every leaf module. An edge exists where a module receives
   the very tensor object another module returned, so only direct module-to-module hand-offs are seen;
   functional calls and additions are invisible.
@@ -21,6 +29,7 @@ import inspect
 import math
 import operator
 import re
+import types as types_
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +37,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .. import functional as dlf
 from ..nn import StochasticModule
@@ -335,6 +345,87 @@ def _from_sequential(model: nn.Module) -> ModelGraph:
     return ModelGraph(nodes, "sequential")
 
 
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None or isinstance(module, StochasticModule)
+
+
+class _Capture(TorchFunctionMode):
+    """Records torch-level calls made outside leaf modules, linking them by the tensors they pass."""
+
+    def __init__(self, nodes: list[GraphNode], producer: dict[int, int], keep_alive: list, stack: list[str],
+                 leaves: set[str]) -> None:
+        super().__init__()
+        self.nodes, self.producer, self.keep_alive, self.stack, self.leaves = nodes, producer, keep_alive, stack, leaves
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.stack and self.stack[-1] in self.leaves:  # inside a leaf module: its hook records it
+            return out
+        name = getattr(func, "__name__", str(func))
+        if name in ("__get__", "__set__") or name.startswith("_") and not name.startswith("__"):
+            return out  # attribute access (.shape, .device) and private helpers carry no dataflow
+        method = isinstance(func, (types_.MethodDescriptorType, types_.WrapperDescriptorType)) \
+            or getattr(func, "__qualname__", "").startswith("TensorBase.") \
+            or getattr(func, "__qualname__", "").startswith("Tensor.")
+        inputs = tuple(dict.fromkeys(self.producer[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.producer))
+        if not inputs:
+            return out
+        target = func
+        if method:  # Tensor.__add__ -> "add", Tensor.__iadd__ -> "add_", as fx names methods
+            target = name[3:-2] + "_" if name.startswith("__i") else name.strip("_")
+        node = GraphNode(len(self.nodes), "method" if method else "function", f"{name}_{len(self.nodes)}", target,
+                         inputs, self.stack[-1] if self.stack else "", "", args, dict(kwargs))
+        self.nodes.append(node)
+        for tensor in _tensors(out):
+            self.producer[id(tensor)] = node.index
+            self.keep_alive.append(tensor)
+        return out
+
+
+def _from_capture(model: nn.Module, example_input: object) -> ModelGraph:
+    nodes: list[GraphNode] = [GraphNode(0, "input", "input", None, ())]
+    producer: dict[int, int] = {}
+    keep_alive: list[torch.Tensor] = []  # so an id() is never reused during the pass
+    for tensor in _tensors(example_input):
+        producer[id(tensor)] = 0
+        keep_alive.append(tensor)
+    leaves = {name for name, module in model.named_modules() if name and _is_leaf(module)}
+    stack: list[str] = []
+    handles = []
+
+    def enter(name: str):
+        def hook(module, args, kwargs):
+            stack.append(name)
+        return hook
+
+    def leave(name: str):
+        def hook(module, args, kwargs, output):
+            stack.pop()
+            if name not in leaves:
+                return
+            inputs = tuple(dict.fromkeys(producer[id(t)] for t in _tensors((args, kwargs)) if id(t) in producer))
+            node = GraphNode(len(nodes), "module", name, module, inputs, stack[-1] if stack else "")
+            nodes.append(node)
+            for tensor in _tensors(output):
+                producer[id(tensor)] = node.index
+                keep_alive.append(tensor)
+        return hook
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name), with_kwargs=True))
+        handles.append(module.register_forward_hook(leave(name), with_kwargs=True, always_call=True))
+    try:
+        with torch.no_grad(), _Capture(nodes, producer, keep_alive, stack, leaves):
+            output = call_model(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    inputs = tuple(dict.fromkeys(producer[id(t)] for t in _tensors(output) if id(t) in producer))
+    nodes.append(GraphNode(len(nodes), "output", "output", None, inputs))
+    return ModelGraph(nodes, "capture")
+
+
 def model_graph(model: nn.Module, example_input: object = None, *, training: bool = True) -> ModelGraph:
     """The most precise dataflow view available (see the module docstring), in train mode by default."""
     try:
@@ -343,6 +434,12 @@ def model_graph(model: nn.Module, example_input: object = None, *, training: boo
         note = f"torch.fx could not trace the model ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
     if example_input is not None:
         clone = copy.deepcopy(model).train(training)
+        try:
+            graph = _from_capture(clone, example_input)
+            graph.note = note + "; captured one forward pass at torch's function level instead"
+            return graph
+        except Exception as error:
+            note += f"; the function-level capture failed ({type(error).__name__}: {str(error)[:160]})"
         try:
             graph = _from_hooks(clone, example_input)
             graph.note = note

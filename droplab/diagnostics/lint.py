@@ -12,16 +12,16 @@ dropout-on-residual-path        warning  an addition one of whose operands is ``
                                          also feeds the other operand (``dropout(x) + f(x)``, ``x +
                                          dropout(x)``), or a dropout applied to a residual sum ``x + f(x)``
                                          that is the identity input of the next residual addition (the
-                                         stream between blocks) (torch.fx trace only)
+                                         stream between blocks) (torch.fx trace or capture)
 dropout-after-first-conv        warning  a dropout fed by the network's first convolution (through
                                          activations, pooling, BatchNorm) (graph)
 functional-dropout-always-on    error    in a trace of the model in **eval** mode, a call to torch's or
                                          droplab's functional dropout whose ``training`` is ``True``
-                                         (hard-coded, or left at its default) (torch.fx trace only)
+                                         (hard-coded, or left at its default) (torch.fx trace or capture)
 attention-dropout-always-on     error    in the eval-mode trace, ``F.scaled_dot_product_attention`` with a
                                          constant ``dropout_p > 0``, or ``F.multi_head_attention_forward`` /
                                          droplab's ``scaled_dot_product_attention`` with ``training=True``
-                                         and ``dropout_p > 0`` (torch.fx trace only)
+                                         and ``dropout_p > 0`` (torch.fx trace or capture)
 dropout-site-in-train-mode      warning  the model is in eval mode but a dropout site (a dropout module,
                                          an RNN's or a ``torch.nn.MultiheadAttention``'s ``dropout=``) is in
                                          train mode, so it keeps dropping at inference
@@ -47,9 +47,11 @@ only when it is in train mode inside a model in eval mode (or at all, with ``for
 attention dropout that ignores the mode is found in the eval-mode trace of a custom module that calls
 ``scaled_dot_product_attention`` or ``multi_head_attention_forward`` itself.
 
-The graph rules use a torch.fx trace when the model traces, else forward hooks on ``example_input``
-(direct module-to-module hand-offs only), else the order of ``nn.Sequential`` children; the returned
-:class:`Findings` says which (``traced_with``) and which rules could not run (``skipped``).
+The graph rules use a torch.fx trace when the model traces, else a capture of one forward pass on
+``example_input`` at torch's function level (every rule runs: see :mod:`droplab.diagnostics._graph`),
+else forward hooks on ``example_input`` (direct module-to-module hand-offs only), else the order of
+``nn.Sequential`` children; the returned :class:`Findings` says which (``traced_with``) and which rules
+could not run and why (``skipped``; ``droplab inspect`` prints them).
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class Findings(list):
 
     def __init__(self, items=(), *, traced_with: str = "", note: str = "", skipped: tuple[str, ...] = ()):
         super().__init__(items)
-        self.traced_with = traced_with  #: "fx", "hooks" or "sequential"
+        self.traced_with = traced_with  #: "fx", "capture", "hooks" or "sequential"
         self.note = note  #: why a more precise analysis was not possible
         self.skipped = list(skipped)  #: rules that could not run, with the reason
 
@@ -560,11 +562,11 @@ def lint(model: nn.Module, example_input: object = None, *, for_inference: bool 
 
     graph = model_graph(model, example_input, training=True)
     found += _batchnorm_rules(graph) + _first_conv_rules(graph)
-    if graph.method == "fx":
+    if graph.method in ("fx", "capture"):
         found += _residual_rules(graph) + _functional_rate_rules(graph)
-        found += _always_on_rules(model_graph(model, training=False))
+        found += _always_on_rules(model_graph(model, example_input, training=False))
     else:
-        skipped += [f"{rule}: needs a torch.fx trace ({graph.note})" for rule in
+        skipped += [f"{rule}: needs a torch.fx trace or an example_input to capture ({graph.note})" for rule in
                     ("dropout-on-residual-path", "functional-dropout-always-on", "attention-dropout-always-on")]
     if example_input is not None:
         found += _runtime_rules(model, example_input, probe_samples)

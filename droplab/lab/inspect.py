@@ -149,7 +149,7 @@ def inspect_model(model: nn.Module, example_input: object = None, *, for_inferen
     findings = lint(model, example_input, for_inference=for_inference, probe_samples=probe_samples)
     return {"model": type(model).__name__, "training": model.training,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "sites": [site.as_row() for site in sites(model)],
+            "sites": [site.as_row() for site in sites(model, example_input)],
             "findings": [f.as_row() for f in findings],
             "errors": len(findings.errors), "traced_with": findings.traced_with, "note": findings.note,
             "skipped": findings.skipped, "example_input": example_input is not None}
