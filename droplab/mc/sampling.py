@@ -2,9 +2,9 @@
 
 The state of a Monte-Carlo pass lives here, not in the modules: :func:`mc_sampling` sets the active
 :class:`MCSampling`; :func:`mc_activate` routes activated droplab modules' forwards through
-:func:`sliced_forward`; the counter hook (registered with
-:func:`droplab.nn.register_counter_override`) gives a module's ``_next_counter`` the sample's
-``(seed, step)`` instead of its training counters, which therefore never advance.
+:func:`sliced_forward`; the counter hook (registered with the base's ``register_counter_override``)
+gives a module's ``_next_counter`` the sample's ``(seed, step)`` instead of its training counters,
+which therefore never advance.
 
 Site keys. Sample ``t`` of a site draws with seed ``mc_seed(key, s, k)`` and step ``t``, where ``k``
 is the input batch (0 with consistent masks) and ``key`` is
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ from torch import nn
 
 from .._modes import training_flags_restored
 from ..nn import StochasticModule
-from ..nn._base import _MC, MCBatchingError  # the base reads the active sampling from _MC
+from ..nn._base import register_counter_override
 from ..rng import philox4x32_scalar, split_seed
 
 __all__ = ["MCSampling", "MCBatchingError", "mc_seed", "site_key", "mc_sampling", "mc_activate", "sliced_forward",
@@ -63,6 +64,11 @@ class MCSampling:
     keys: Mapping[int, int] = field(default_factory=dict, compare=False, hash=False)
 
 
+class MCBatchingError(RuntimeError):
+    """A site cannot draw several stacked samples (or per-row masks) in one pass; sample it in a loop."""
+
+
+_MC = threading.local()  # .spec: the active MCSampling; .sample: the sample index being drawn
 _MC_WORD = 0x4D43  # "MC": keeps MC seeds apart from any other use of the fold
 
 
@@ -109,9 +115,11 @@ def _signed(value: int) -> torch.Tensor:
 
 
 def _module_key(module: nn.Module, spec: MCSampling) -> int:
-    seed = module._buffers.get("seed") if isinstance(module, nn.Module) else None
+    seed = module._buffers.get("seed")
     if seed is not None:
         return int(seed)
+    if "_mc_key" in module.__dict__:  # set by mc_activate
+        return module.__dict__["_mc_key"]
     if id(module) in spec.keys:
         return spec.keys[id(module)]
     raise ValueError(f"{type(module).__name__} has no seed and no site key: unseeded sites are sampled through "
@@ -131,6 +139,9 @@ def _sample_counter(module: StochasticModule) -> tuple[torch.Tensor, torch.Tenso
         sample = spec.first
     seed = mc_seed(_module_key(module, spec), spec.seed, 0 if spec.consistent else spec.batch)
     return _signed(seed), torch.tensor(sample, dtype=torch.int64)
+
+
+register_counter_override(_sample_counter)
 
 
 
@@ -300,12 +311,12 @@ def mc_activate(modules: Iterable[StochasticModule], keys: Mapping[int, int] | N
                 # instance attributes: the class stays untouched
                 module.forward = _bound(module)
                 if id(module) in keys:
-                    module._mc_seed = keys[id(module)]  # the base's seed rule for an unseeded site
+                    module.__dict__["_mc_key"] = keys[id(module)]  # the key of a site without a seed
             yield
         finally:
             for module in modules:
                 module.__dict__.pop("forward", None)
-                module.__dict__.pop("_mc_seed", None)
+                module.__dict__.pop("_mc_key", None)
 
 
 def _bound(module: StochasticModule) -> Callable:
