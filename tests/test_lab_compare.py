@@ -81,25 +81,28 @@ def test_compare_end_to_end(tmp_path, capsys):
         assert len(store.epochs(run_id)) == 4 and store.get_run(run_id)["config"]["epochs"] == 4
 
 
-def test_a_failed_report_loses_nothing(tmp_path, capsys):
-    """A run name with matplotlib mathtext draws; an unwritable report dir leaves the comparison stored."""
+def test_a_failed_report_loses_nothing(tmp_path, capsys, monkeypatch):
+    """A run name with matplotlib mathtext draws; a report that fails to write leaves the comparison stored."""
+    from droplab.lab import report
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", full_disk)
     data = write_npz(tmp_path / "d.npz", n=90, features=8)
     db = tmp_path / "runs.db"
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
     code = main(["compare", "--dataset", str(data), "--set", "width=8", "--epochs", "1", "--set", "name=$\\x{$",
-                 "--db", str(db), "--report-dir", str(blocker), "--no-progress", "--no-coadaptation"])
+                 "--db", str(db), "--report-dir", str(tmp_path / "r"), "--no-progress", "--no-coadaptation"])
     captured = capsys.readouterr()
     assert code == 1 and "report could not be written" in captured.err
     assert "best val acc" in captured.out and "comparison" in captured.err
     with RunStore(db) as store:
         runs = store.list_runs()
         assert len(runs) == 3 and store.get_comparison(runs[0]["group_id"])["verdict"]["outcome"]
-    from droplab.lab.report import write_report
-
+    monkeypatch.undo()
     summaries = [{"label": "$\\x{$", "history": [{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "train_loss": 1.0,
                                                    "val_loss": 1.1, "gap": 0.1}]}]
-    assert write_report(tmp_path / "ok", summaries, title="t").is_file()
+    assert report.write_report(tmp_path / "ok", summaries, title="t").is_file()
 
 
 def test_coadaptation_measures_join_each_run_within_budget(tmp_path):

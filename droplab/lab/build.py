@@ -33,7 +33,7 @@ from ..convert import convert, sites
 from .errors import UserCodeError, UserError
 from .factories import call_factory, code_files, resolve
 
-__all__ = ["InputDropout", "build_model", "model_seed", "apply_rates", "site_rates"]
+__all__ = ["InputDropout", "build_model", "model_seed", "apply_rates", "site_rates", "with_model_defaults"]
 
 # config fields that describe the run, not the model: never offered to a model factory
 _NOT_MODEL_ARGS = {"name", "dataset", "label_column", "val_fraction", "test_fraction", "model", "input_dropout",
@@ -137,3 +137,11 @@ def build_model(config, input_shape: Sequence[int], n_outputs: int) -> nn.Module
     except ValueError as error:
         raise UserCodeError(f"droplab.convert of {config.model}", error, code_files(factory)) from error
     return apply_rates(model, config)
+
+
+def with_model_defaults(config, explicit: set[str]):
+    """``config`` with the model factory's ``lab_defaults`` (a dict attribute, e.g. ``{"epochs": 20}``) applied to
+    the fields not in ``explicit`` (those the user set). Any factory may carry one."""
+    defaults = getattr(resolve(config.model, "model"), "lab_defaults", None) or {}
+    changes = {key: value for key, value in defaults.items() if key not in explicit}
+    return config.replace(**changes) if changes else config

@@ -66,7 +66,9 @@ def build_configs(base: ExperimentConfig, rates: list[float | list[float]] | Non
 
 
 def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
-    """Defaults, then ``--config``, then the shorthand flags, then ``--set`` (later wins)."""
+    """Defaults, the model's own defaults, then ``--config``, the shorthand flags and ``--set`` (later wins)."""
+    from .build import with_model_defaults
+
     base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
     shorthand = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "variant": args.variant,
                  "schedule": args.schedule, "input_dropout": args.input_dropout, "seed": args.seed,
@@ -74,7 +76,22 @@ def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
     changes = {k: v for k, v in shorthand.items() if v is not None}
     if changes:
         base = base.replace(**changes)
-    return base.with_overrides(args.set or [])
+    base = base.with_overrides(args.set or [])
+    explicit = set(changes) | {item.split("=", 1)[0].strip() for item in args.set or []}
+    if args.config:
+        explicit |= _toml_keys(args.config)
+    return with_model_defaults(base, explicit)
+
+
+def _toml_keys(path: str) -> set[str]:
+    """The config keys a TOML file sets (an ``[experiment]`` table unwrapped)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: ExperimentConfig.from_toml already asked for tomli
+        import tomli as tomllib  # type: ignore[no-redef]
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return set(data.get("experiment", data))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +183,8 @@ def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -
                             coadaptation=not args.no_coadaptation)
     if os.environ.get("RANK", "0") != "0":
         return 0
-    print(f"task: {result.task}\n")
+    how = "inferred from the targets; --task sets it" if configs[0].task == "auto" else "given"
+    print(f"task: {result.task} ({how})\n")
     print(terminal_safe(result.table, keep_newlines=True))
     if any("correlation" in run for run in result.runs):
         print("\nco-adaptation (validation sample, mean over hidden layers; 'measure s' is its time):")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +265,10 @@ def _targets(y_parts: list[np.ndarray], config, source: str) -> tuple[list[np.nd
     sizes = np.cumsum([len(y) for y in y_parts])[:-1]
     if task == "classification":
         encoded, n_classes = _encode_labels(np.concatenate(y_parts), source)
+        if config.task == "auto" and n_classes > max(20, len(encoded) // 10):
+            warnings.warn(f"{source}: the targets are integers with {n_classes} distinct values, so the task was "
+                          "inferred as classification; if they are quantities, set task=regression (--task regression)",
+                          UserWarning, stacklevel=2)
         return np.split(encoded, sizes), task, n_classes, {}
     values = [_regression_targets(y, source) for y in y_parts]
     mean, std = values[-1].mean(axis=0), values[-1].std(axis=0)  # the last part is the training split

@@ -142,7 +142,7 @@ def call_factory(factory: Callable, spec: str, available: Mapping[str, Any]) -> 
         raise UserError(f"factory {spec!r} requires {', '.join(missing)}, which the lab does not provide; it can "
                         f"declare any of: {', '.join(sorted(available))}")
     kwargs = dict(available) if varkw else {k: v for k, v in available.items() if k in names}
-    if getattr(factory, "__module__", "").startswith("droplab."):
+    if (getattr(factory, "__module__", None) or "").startswith("droplab."):
         return factory(**kwargs)  # droplab's own factories: their errors are droplab's (user errors stay so)
     try:
         return factory(**kwargs)

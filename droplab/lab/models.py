@@ -281,6 +281,13 @@ def transformer(input_shape, n_outputs: int, width: int | None = None, depth: in
                   variant, seed)
 
 
+# config defaults a built-in model overrides when the user leaves them unset (droplab.lab.build.with_model_defaults):
+# the recurrent and attention models cost several times the MLP per epoch, so their default compare stays under
+# two minutes on a 2-core CPU with fewer epochs
+gru.lab_defaults = {"epochs": 20}
+transformer.lab_defaults = {"epochs": 10}
+
+
 def build_model(config, n_features: int | tuple[int, ...], n_classes: int) -> nn.Module:
     """``config``'s model as the lab trains it (factory, input dropout, conversion, rates); see
     :func:`droplab.lab.build.build_model`. Initialization draws from torch's generator seeded by the caller."""
