@@ -21,9 +21,10 @@ probe forward) are put in training mode for the call, since libraries pass ``p i
 else 0``, and nothing else is. Sites that cannot be sampled by droplab (``dropout=`` of multi-layer
 ``torch.nn`` RNNs, torch modules without a conversion rule) make the whole prediction fall back to
 the loop below, with torch's generator seeded by ``mc_seed(t, s, k)`` inside
-``torch.random.fork_rng`` (the caller's generator is left as it was). So does a droplab site that draws a mask outside its own forward (the recurrent mask
-of ``VariationalLSTM``/``GRU``, drawn by its owner): it cannot tell stacked samples apart, and
-:class:`~droplab.nn._base.MCBatchingError` sends the call to the loop.
+``torch.random.fork_rng`` (the caller's generator is left as it was). So does a droplab site that
+draws a mask outside its own forward (the recurrent mask of ``VariationalLSTM``/``GRU``, drawn by its
+owner): it cannot tell stacked samples apart, and :class:`~droplab.mc.sampling.MCBatchingError` sends
+the call to the loop.
 
 Inputs are split into batches of ``max_batch`` rows (one batch, ``k = 0``, when ``N <= max_batch``:
 then the result does not depend on ``max_batch`` at all). A row's mask depends on its position in its
@@ -32,7 +33,7 @@ batch, as in training.
 The naive loop is the definition: ``for t in range(T): model(x_k)`` with sample ``t`` active. The
 batched pass replicates each batch ``c = max_batch // B`` times, sample-major (rows ``j*B .. j*B+B-1``
 hold sample ``first + j``), and every site runs its forward once per sample slice with that sample's
-counters (:meth:`droplab.nn.StochasticModule.mc_forward`), so the masks are exactly the loop's; the
+counters (:func:`droplab.mc.sampling.sliced_forward`), so the masks are exactly the loop's; the
 rest of the network sees one large batch. Outputs agree with the loop up to floating-point
 reassociation in the large matrix products (bit-identical in practice for element-wise networks).
 
@@ -66,7 +67,7 @@ Inputs: a tensor, a tuple (positional arguments) or a mapping (keyword arguments
 them whose first axis has the batch's ``N`` rows is batched, everything else is passed as is.
 Outputs: a tensor, a tuple, a mapping or a Hugging Face ``ModelOutput``; ``output=`` picks what is
 sampled. The model treats rows independently (no mixing of rows), as MC dropout itself assumes. Inside the
-model a site may see the batch on another axis: :attr:`StochasticModule.mc_batch_dim` (1 for
+model a site may see the batch on another axis: :func:`droplab.mc.sampling.batch_axis` (1 for
 ``batch_first=False`` sequence sites) says where.
 """
 
