@@ -62,7 +62,8 @@ def test_mkdocs_build_strict_passes_offline(tmp_path):
     assert offenders == []
     api = (tmp_path / "site" / "api" / "nn" / "index.html").read_text()
     assert "DropBlock2d" in api and "drop_path_rates" in api  # generated from the docstrings
-    assert ":math:" not in api and ".. warning::" not in api  # docs/hooks/docstring_rst.py rendered them
+    # docs/hooks/docstring_rst.py rendered the docstrings' reStructuredText markers
+    assert ":math:" not in api and ":class:" not in api and ".. warning::" not in api
 
 
 def test_a_broken_link_fails_the_strict_build(tmp_path):
@@ -144,6 +145,8 @@ def test_docstring_rst_markers_are_rendered():
         from docstring_rst import rst_to_html
     finally:
         sys.path.remove(str(DOCS / "hooks"))
-    html = "<p>keep :math:<code>1/q</code></p><p>.. warning::\n    it surprises</p><p>Example::</p>"
-    assert rst_to_html(html) == ('<p>keep <code>1/q</code></p><div class="admonition warning"><p class="admonition-'
-                                 'title">Warning</p><p>it surprises</p></div><p><strong>Example:</strong></p>')
+    html = ("<p>keep :math:<code>1/q</code> :func:<code>f</code></p><p>.. warning::\n    it surprises</p>"
+            "<p>Example::</p>")
+    assert rst_to_html(html) == ('<p>keep <code>1/q</code> <code>f</code></p><div class="admonition warning">'
+                                 '<p class="admonition-title">Warning</p><p>it surprises</p></div>'
+                                 '<p><strong>Example:</strong></p>')

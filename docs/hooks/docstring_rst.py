@@ -1,22 +1,23 @@
 """MkDocs hook: render the few reStructuredText constructs droplab's docstrings use, in the generated API pages.
 
-The docstrings are written for ``help()`` and Sphinx-style readers (``:math:`q```, ``.. warning::``, ``Example::``);
-mkdocstrings passes them through as Markdown, where those markers would show literally. This rewrites them in the
-rendered HTML: a ``:math:`` role becomes plain code, a ``.. warning::`` paragraph a Material warning box, and
-``Example::`` a heading-like ``Example:``. Nothing is fetched (no MathJax): the build stays offline.
+The docstrings are written for ``help()`` and Sphinx-style readers (``:math:`q```, ``.. warning::``,
+``Example::``); mkdocstrings passes them through as Markdown, where those markers would show literally. This
+rewrites them in the rendered HTML: a ``:math:`` (or ``:func:``, ``:class:``, ...) role becomes plain code, a
+``.. warning::`` paragraph a Material warning box, and ``Example::`` a bold ``Example:``. Nothing is fetched (no
+MathJax): the build stays offline.
 """
 
 from __future__ import annotations
 
 import re
 
-MATH_ROLE = re.compile(r":math:(<code>)")
+ROLE = re.compile(r":(?:math|mod|func|class|meth|attr|data|exc|obj):(<code>)~?")
 WARNING = re.compile(r"<p>\.\. (warning|note)::\s*(.*?)</p>", re.DOTALL)
 DOUBLE_COLON = re.compile(r"<p>(Example|Examples|Recipe[^<]*?)::</p>")
 
 
 def rst_to_html(html: str) -> str:
-    html = MATH_ROLE.sub(r"\1", html)
+    html = ROLE.sub(r"\1", html)
     html = WARNING.sub(lambda m: f'<div class="admonition {m[1]}"><p class="admonition-title">{m[1].title()}</p>'
                                  f"<p>{m[2].strip()}</p></div>", html)
     return DOUBLE_COLON.sub(r"<p><strong>\1:</strong></p>", html)
