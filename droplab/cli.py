@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
     "inspect": ("droplab.lab.inspect", "list a model's dropout sites and lint them (exit 1 on an error finding)"),
     "uncertainty": ("droplab.lab.uncertainty", "MC dropout: calibration, MC vs weight scaling, OOD AUROC, FGSM report"),
+    "study": ("droplab.study.cli", "the claims about dropout, each measured over seeds on real data, with a verdict"),
 }
 
 
