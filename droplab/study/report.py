@@ -76,13 +76,11 @@ def draw_figure(path: Path, result: ClaimResult) -> Path:
             if not math.isnan(interval.low):
                 right.plot([interval.low, interval.high], [y, y], color="C3", linewidth=2)
             right.plot([interval.mean], [y], "D", color="C3")
-        right.annotate("expected > 0" if effect.direction > 0 else "expected < 0", (0, y), xytext=(4, 6),
-                       textcoords="offset points", fontsize=7, color="C2")
     right.axvline(0, color="black", linewidth=0.8)
-    right.set_yticks(range(len(effects)), [e.key + ("" if e.primary else " (secondary)") for e in effects],
-                     fontsize=7)
+    right.set_yticks(range(len(effects)), [f"{e.key} ({'> 0' if e.direction > 0 else '< 0'}"
+                                           f"{'' if e.primary else ', secondary'})" for e in effects], fontsize=7)
     right.invert_yaxis()
-    right.set(title="effects: seeds (grey), mean and 95% interval (red)", xlabel="effect")
+    right.set(title="effects (expected sign): seeds, mean, 95% CI", xlabel="effect")
     fig.suptitle(f"claim {result.claim.number}: {result.claim.title} - {result.verdict}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
