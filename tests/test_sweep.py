@@ -180,7 +180,7 @@ def test_cli_show_prints_the_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sweep cli: 3 complete" in out and "report:" in out
     assert main(["sweep", "show", "nope", "--storage", db]) == 2
-    assert "no sweep named 'nope'" in capsys.readouterr().out
+    assert "no sweep named 'nope'" in capsys.readouterr().err
 
 
 def test_real_objective_prunes_through_the_epoch_callback_and_links_the_run(tmp_path):
