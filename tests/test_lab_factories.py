@@ -162,3 +162,13 @@ def test_user_files_through_sweep_and_uncertainty(user_file, capsys):
                  "--set", "name=a/../../../x", "--out", str(user_file / "out")]) == 0
     written = [p for p in (user_file / "out").iterdir()]
     assert len(written) == 1 and written[0].parent == user_file / "out" and (written[0] / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_uncertainty_on_a_regression_factory(user_file, capsys):
+    assert main(["uncertainty", "--model", "mine.py:build", "--dataset", "mine.py:regression_data", "--set",
+                 "epochs=2", "--samples", "4", "--no-progress", "--out", str(user_file / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "test log-likelihood" in out and "90% interval coverage" in out
+    page, = (user_file / "out").iterdir()
+    assert (page / "calibration.png").is_file() and "MC dropout vs weight scaling" in (page / "index.html").read_text()
