@@ -10,12 +10,22 @@ A test module describes its modules as :class:`Case` objects and calls
 * repr lists every constructor argument;
 * state_dict round trip: a fresh module loaded from another's state draws the same next mask;
 * gradcheck in float64 with the mask held fixed;
-* bad rates (negative, above 1, NaN) raise the canonical ValueError; integer input raises TypeError.
+* bad rates (negative, above 1, NaN) raise the canonical ValueError; integer input raises TypeError;
+* ``torch.compile(fullgraph=True)`` equals eager, outputs and gradients bit for bit over two steps,
+  without recompiling for the second step;
+* float16 and bfloat16 inputs give that dtype, equal to the float32 computation rounded;
+* moved to the ``meta`` device it still runs (shapes only), and back on the CPU it draws what it drew;
+* a deepcopy and a pickled copy draw the same masks as the original;
+* ``torch.fx.symbolic_trace`` of a model holding it keeps it as one ``call_module`` node that runs as before;
+* channels_last input gives channels_last output, equal to the contiguous result (4-D inputs);
+* autograd saves no mask for backward, and a parameter-free module nothing but integers and the input.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +43,10 @@ class Case:
     ``make(p, seed)`` builds the module; ``shape`` is a valid input shape; ``eval_rule`` is
     ``"identity"``, ``"scale"`` (multiply by 1 - p) or ``callable(module, x) -> expected``.
     ``repr_args`` are the names that must appear in ``repr``. Flags switch off checks a variant
-    does not define (each such switch needs a reason in ``notes``).
+    does not define (each such switch needs a reason in ``notes``): ``half_dtypes`` lists the
+    reduced-precision dtypes the variant supports, ``channels_last`` whether the op is element-wise
+    (its 4-D output then keeps a channels_last layout), ``fullgraph`` whether it compiles as one graph
+    (``notes["fullgraph"]`` says why not).
     """
 
     id: str
@@ -49,6 +62,9 @@ class Case:
     gradcheck: bool = True
     rejects_bad_p: bool = True
     make_input: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None
+    half_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+    channels_last: bool = True
+    fullgraph: bool = True
     notes: dict[str, str] = field(default_factory=dict)
 
     def input(self, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -194,8 +210,177 @@ def check_bad_arguments(case: Case) -> None:
         module(torch.ones(case.shape, dtype=torch.int64))
 
 
+def _train_step(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """One training forward and backward: the output and the gradients of the input and every parameter."""
+    x = x.detach().clone().requires_grad_(True)
+    module.zero_grad()
+    y = module(x)
+    y.backward(torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).reshape(y.shape))
+    grads = [x.grad] + [p.grad for p in module.parameters() if p.grad is not None]
+    return y.detach(), grads
+
+
+def check_compile_fullgraph(case: Case) -> None:
+    if not case.fullgraph:
+        pytest.skip(case.notes.get("fullgraph", "does not compile as one graph"))
+    torch._dynamo.reset()
+    x = case.input()
+    eager = case.make(0.4, 8).train()
+    compiled_module = case.make(0.4, 8).train()
+    compiled_module.load_state_dict(eager.state_dict())
+    # aot_eager runs the functionalized, partitioned forward and backward graphs with eager kernels:
+    # the graph-level behaviour inductor sees, compared bit for bit (tests/test_compile.py runs inductor)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_module, backend=counter, fullgraph=True)
+    for step in range(2):
+        y_c, grads_c = _train_step(compiled, x)
+        y_e, grads_e = _train_step(eager, x)
+        torch.testing.assert_close(y_c, y_e, rtol=0, atol=0, msg=f"output at step {step}")
+        assert len(grads_c) == len(grads_e)
+        for i, (a, b) in enumerate(zip(grads_c, grads_e)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"gradient {i} at step {step}")
+    # the counters advance inside the graph: a new step is not a new graph
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times in two steps"
+
+
+def check_half_precision(case: Case) -> None:
+    if not case.half_dtypes:
+        pytest.skip(case.notes.get("half", "variant does not support reduced precision"))
+    for dtype in case.half_dtypes:
+        module = case.make(0.4, 9).train()
+        reference = copy.deepcopy(module)
+        x = case.input().to(dtype)
+        y = module.to(dtype)(x)
+        assert y.dtype == dtype and y.shape == x.shape
+        # the same masks in float32 on the same (rounded) input, rounded once more
+        want = reference(x.float()).to(dtype)
+        torch.testing.assert_close(y, want, rtol=1e-2, atol=1e-2, msg=str(dtype))
+
+
+def check_meta_and_back(case: Case) -> None:
+    module = case.make(0.4, 10).train()
+    x = case.input()
+    state = copy.deepcopy(module.state_dict())
+    expected = copy.deepcopy(module)(x)
+    meta = module.to("meta")
+    y = meta(x.to("meta"))
+    assert y.device.type == "meta" and y.shape == expected.shape and y.dtype == expected.dtype
+    back = meta.to_empty(device="cpu")
+    back.load_state_dict(state)
+    _reset_to(back, state)
+    torch.testing.assert_close(back(x), expected, rtol=0, atol=0)
+
+
+def _reset_to(module: nn.Module, state: dict) -> None:
+    """Load the counters of ``state`` again: a forward on the meta device advanced them."""
+    module.load_state_dict(state)
+    for m in module.modules():
+        issued = getattr(m, "_issued", None)
+        if issued is not None:
+            issued.clear()
+
+
+def check_deepcopy_and_pickle(case: Case) -> None:
+    module = case.make(0.4, 11).train()
+    x = case.input()
+    module(x)  # a step taken, so the copies must carry the counters
+    copies = [copy.deepcopy(module), pickle.loads(pickle.dumps(module))]
+    expected = module(x)
+    for other in copies:
+        assert repr(other) == repr(module)
+        torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+
+
+class _Holder(nn.Module):
+    """A model that holds the module under test (as a torch user's model would)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def _is_droplab(module: nn.Module) -> bool:
+    from droplab.nn import StochasticModule
+
+    return isinstance(module, StochasticModule)
+
+
+def check_fx_trace(case: Case) -> None:
+    model = _Holder(case.make(0.4, 12)).train()
+    traced = torch.fx.symbolic_trace(model)
+    called = [traced.get_submodule(node.target) for node in traced.graph.nodes if node.op == "call_module"]
+    # a droplab module is one leaf node: its mask is drawn when the graph runs, never at trace time
+    assert any(_is_droplab(m) for m in called), f"no droplab module left as a call_module node: {called}"
+    inside = {id(sub) for m in called if _is_droplab(m) for sub in list(m.modules())[1:]}
+    assert not any(id(m) in inside for m in called), "a droplab module was traced through"
+    x = case.input()
+    reference = copy.deepcopy(model)
+    for _ in range(2):  # training: the traced graph draws what the model draws, step after step
+        torch.testing.assert_close(traced(x), reference(x), rtol=0, atol=0)
+    traced.eval()
+    torch.testing.assert_close(traced(x), _eval_expected(case, traced.inner, x), rtol=1e-6, atol=1e-6)
+
+
+def check_channels_last(case: Case) -> None:
+    if len(case.shape) != 4:
+        pytest.skip("a channels_last input needs a 4-D input shape")
+    if not case.channels_last:
+        pytest.skip(case.notes.get("channels_last", "not an element-wise op"))
+    x = case.input()
+    expected = case.make(0.4, 13).train()(x)
+    y = case.make(0.4, 13).train()(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last), f"strides {y.stride()}"
+    # the same mask; a wrapped layer (a convolution) may round differently in the other layout
+    torch.testing.assert_close(y, expected)
+
+
+def _saved(module: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
+    """What autograd saves in a forward of ``module`` beyond integer scalars, the input and parameters:
+    ``(kind, dtype, shape, bytes)`` with kind ``"mask"`` for a mask-like tensor (bool, or values 0 and
+    one other constant) and ``"tensor"`` otherwise."""
+    x = x.detach().clone().requires_grad_(True)
+    allowed = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        integer_scalar = t.numel() == 1 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+        if not integer_scalar and t.untyped_storage().data_ptr() not in allowed:
+            values = t.detach().unique() if t.numel() > 1 and t.dtype != torch.uint8 else None
+            mask_like = values is not None and (t.dtype == torch.bool or (
+                t.is_floating_point() and len(values) == 2 and bool((values == 0).any())))
+            saved.append(("mask" if mask_like else "tensor", t.dtype, tuple(t.shape), t.numel() * t.element_size()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x)
+    y.sum().backward()
+    return saved
+
+
+def check_saves_no_mask(case: Case) -> None:
+    if not case.gradcheck:
+        pytest.skip(case.notes.get("gradcheck", "not differentiable"))
+    x = case.input()
+    module = case.make(0.4, 14).train()
+    saved = _saved(module, x)
+    masks = [entry for entry in saved if entry[0] == "mask"]
+    assert not masks, f"a mask is saved for backward (it must be regenerated): {masks}"
+    if not list(module.parameters()):
+        # a parameter-free dropout module needs nothing but its counters to run backward: it saves no
+        # more than it does in evaluation mode, where it draws no mask
+        baseline = _saved(module.eval(), x)
+        assert sum(e[-1] for e in saved) <= sum(e[-1] for e in baseline), (
+            f"saved for backward beyond integers and the input: {saved} (in eval mode: {baseline})")
+
+
 CHECKS = [check_eval, check_shape_dtype, check_expectation, check_p_zero_and_one, check_repr,
-          check_state_dict, check_gradcheck, check_bad_arguments]
+          check_state_dict, check_gradcheck, check_bad_arguments, check_compile_fullgraph, check_half_precision,
+          check_meta_and_back, check_deepcopy_and_pickle, check_fx_trace, check_channels_last, check_saves_no_mask]
 
 
 def install(namespace: dict, cases: list[Case]) -> None:
