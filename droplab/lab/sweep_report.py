@@ -139,20 +139,7 @@ def summarize(study) -> str:
     return "\n".join(lines)
 
 
-def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str, str]]:
-    """Write the PNGs; returns (file name, caption) pairs."""
-    from .report import pyplot
-
-    plt = pyplot()
-
-    figures = []
-    done = [r for r in rows if r["rate"] is not None]
-
-    def save(fig, name: str, caption: str) -> None:
-        from .report import save_figure
-
-        figures.append(save_figure(fig, out, name, caption, dpi=110))
-
+def _rate_plot(plt, done: list[dict]):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, label in zip(axes, ("value", "val_acc", "gap"),
                               ("validation loss", "validation accuracy", "generalization gap (train - val acc)")):
@@ -164,50 +151,68 @@ def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    save(fig, "rate.png", "Rate against validation loss, validation accuracy and generalization gap")
+    return fig, "rate.png", "Rate against validation loss, validation accuracy and generalization gap"
 
+
+def _layers_plot(plt, done: list[dict], depth: int):
+    fig, axes = plt.subplots(1, depth, figsize=(4 * depth, 3.5), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        pts = [(r["layer_rates"][i], r["value"]) for r in done
+               if len(r["layer_rates"]) > i and r["value"] is not None and r["state"] == "complete"]
+        if pts:
+            ax.scatter(*zip(*pts), color="C2")
+        ax.set_xlabel(f"layer {i} rate")
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+    return fig, "layers.png", "Per-layer rates against validation loss"
+
+
+def _batch_rate_plot(plt, cells: list[tuple]):
+    import numpy as np
+
+    sizes = sorted({c[0] for c in cells})
+    edges = np.linspace(0.0, max(0.8, max(c[1] for c in cells)) + 1e-9, 6)
+    grid = np.full((len(sizes), len(edges) - 1), np.nan)
+    for i, size in enumerate(sizes):
+        for j in range(len(edges) - 1):
+            vals = [v for s, p, v in cells if s == size and edges[j] <= p < edges[j + 1]]
+            if vals:
+                grid[i, j] = float(np.mean(vals))
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.6 * len(sizes)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis_r")
+    ax.set_xticks(range(len(edges) - 1), [f"{a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:])])
+    ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_xlabel("hidden dropout rate")
+    ax.set_ylabel("batch size")
+    fig.colorbar(image, ax=ax, label="mean validation loss")
+    return fig, "batch_rate.png", "Batch size x rate: mean validation loss (blank: no trial)"
+
+
+def _importance_plot(plt, imp: dict[str, float]):
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * len(imp)))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names], color="C1")
+    ax.set_xlabel("importance for validation loss (fANOVA)")
+    return fig, "importance.png", "Parameter importances"
+
+
+def _plots(rows: list[dict], imp: dict[str, float], out: Path) -> list[tuple[str, str]]:
+    """Write the PNGs; returns (file name, caption) pairs."""
+    from .report import pyplot, save_figure
+
+    plt = pyplot()
+    done = [r for r in rows if r["rate"] is not None]
+    made = [_rate_plot(plt, done)]
     depth = max((len(r["layer_rates"]) for r in done), default=0)
     if depth:
-        fig, axes = plt.subplots(1, depth, figsize=(4 * depth, 3.5), squeeze=False)
-        for i, ax in enumerate(axes[0]):
-            pts = [(r["layer_rates"][i], r["value"]) for r in done
-                   if len(r["layer_rates"]) > i and r["value"] is not None and r["state"] == "complete"]
-            if pts:
-                ax.scatter(*zip(*pts), color="C2")
-            ax.set_xlabel(f"layer {i} rate")
-            ax.set_ylabel("validation loss")
-            ax.grid(alpha=0.3)
-        save(fig, "layers.png", "Per-layer rates against validation loss")
-
+        made.append(_layers_plot(plt, done, depth))
     cells = [(r["batch_size"], r["rate"], r["value"]) for r in done
              if r["state"] == "complete" and r["batch_size"] is not None and r["value"] is not None]
     if cells:
-        import numpy as np
-
-        sizes = sorted({c[0] for c in cells})
-        edges = np.linspace(0.0, max(0.8, max(c[1] for c in cells)) + 1e-9, 6)
-        grid = np.full((len(sizes), len(edges) - 1), np.nan)
-        for i, size in enumerate(sizes):
-            for j in range(len(edges) - 1):
-                vals = [v for s, p, v in cells if s == size and edges[j] <= p < edges[j + 1]]
-                if vals:
-                    grid[i, j] = float(np.mean(vals))
-        fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.6 * len(sizes)))
-        image = ax.imshow(grid, aspect="auto", cmap="viridis_r")
-        ax.set_xticks(range(len(edges) - 1), [f"{a:.2f}-{b:.2f}" for a, b in zip(edges[:-1], edges[1:])])
-        ax.set_yticks(range(len(sizes)), [str(s) for s in sizes])
-        ax.set_xlabel("hidden dropout rate")
-        ax.set_ylabel("batch size")
-        fig.colorbar(image, ax=ax, label="mean validation loss")
-        save(fig, "batch_rate.png", "Batch size x rate: mean validation loss (blank: no trial)")
-
+        made.append(_batch_rate_plot(plt, cells))
     if imp:
-        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.45 * len(imp)))
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names], color="C1")
-        ax.set_xlabel("importance for validation loss (fANOVA)")
-        save(fig, "importance.png", "Parameter importances")
-    return figures
+        made.append(_importance_plot(plt, imp))
+    return [save_figure(fig, out, name, caption, dpi=110) for fig, name, caption in made]
 
 
 def write_report(study, out_dir: str | os.PathLike = "reports") -> Path:
