@@ -190,3 +190,36 @@ def test_every_dtype_matches_the_reference_definition(dtype):
     assert torch.equal(y, expected)
     with use_backend("reference"):
         assert torch.equal(F.dropout(x, 0.3, seed=5), expected)
+
+
+class _CallsFunctionals(torch.nn.Module):
+    """A model that calls droplab's functional ops in its forward, as a torch user calls F.dropout."""
+
+    def forward(self, x):
+        h = F.dropout(x, 0.5, self.training)
+        h = F.dropout2d(h, 0.3, self.training, seed=4)
+        return F.alpha_dropout(h, 0.2, self.training)
+
+
+def test_functional_ops_trace_under_fx_and_draw_at_run_time():
+    model = _CallsFunctionals()
+    traced = torch.fx.symbolic_trace(model)
+    targets = [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"]
+    assert targets == ["dropout", "dropout2d", "alpha_dropout"]
+    x = torch.randn(2, 3, 4, 4)
+    for seed in (0, 1):  # the traced graph draws fresh keys from torch's generator, as the model does
+        torch.manual_seed(seed)
+        want = model(x)
+        torch.manual_seed(seed)
+        assert torch.equal(traced(x), want)
+    assert torch.equal(torch.fx.symbolic_trace(model.eval())(x), x)
+
+
+def test_layout_of_the_input_is_kept():
+    x = torch.randn(2, 3, 4, 5)
+    want = F.dropout(x, 0.5, seed=1)
+    permuted = x.permute(2, 0, 3, 1).contiguous().permute(1, 3, 0, 2)  # same values, another dimension order
+    for view in (x.contiguous(memory_format=torch.channels_last), permuted):
+        y = F.dropout(view, 0.5, seed=1)
+        assert y.stride() == view.stride()
+        assert torch.equal(y, want)  # the mask of the logical shape, whatever the layout

@@ -154,7 +154,7 @@ def test_alpha_coefficients_match_torch(p):
 @pytest.mark.parametrize("p", [0.1, 0.3])
 def test_alpha_output_uses_droplabs_keep_mask(p):
     x = torch.randn(7, 9, dtype=torch.float64)
-    y = F.alpha_dropout(x, p, seed=21, step=5)
+    y = F.alpha_dropout(x, p, training=True, seed=21, step=5)
     keep = F.dropout(torch.ones_like(x), p, seed=21, step=5) != 0
     a, b = alpha_dropout_coefficients(p)
     torch.testing.assert_close(y, torch.where(keep, a * x + b, torch.full_like(x, a * ALPHA_PRIME + b)),
@@ -165,31 +165,34 @@ def test_alpha_output_uses_droplabs_keep_mask(p):
 def test_alpha_preserves_moments(p):
     # standard-normal input: mean 0 and variance 1 kept within 0.02 (about 6 standard errors at 2e5 values)
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    y = F.alpha_dropout(x, p, seed=2)
+    y = F.alpha_dropout(x, p, training=True, seed=2)
     assert abs(y.mean().item()) < 0.02 and abs(y.var().item() - 1) < 0.02
-    yf = F.feature_alpha_dropout(x.reshape(2000, 100, 1), p, seed=2)
+    yf = F.feature_alpha_dropout(x.reshape(2000, 100, 1), p, training=True, seed=2)
     assert abs(yf.mean().item()) < 0.02 and abs(yf.var().item() - 1) < 0.02
 
 
 def test_alpha_keep_rate_binomial():
     p, n = 0.3, 20_000
-    y = F.alpha_dropout(torch.zeros(n, dtype=torch.float64), p, seed=9)
+    y = F.alpha_dropout(torch.zeros(n, dtype=torch.float64), p, training=True, seed=9)
     dropped = int((y < 0).sum())  # a alpha' + b < 0 < b
     assert stats.binomtest(dropped, n, p).pvalue > 1e-3
 
 
 def test_feature_alpha_shares_the_mask_over_trailing_dims():
-    y = F.feature_alpha_dropout(torch.zeros(6, 5, 3, 4), 0.5, seed=4)
+    y = F.feature_alpha_dropout(torch.zeros(6, 5, 3, 4), 0.5, training=True, seed=4)
     assert torch.equal(y, y[:, :, :1, :1].expand_as(y))
     assert (y < 0).any() and (y > 0).any()
-    with pytest.raises(ValueError, match="feature_alpha_dropout expects"):
-        F.feature_alpha_dropout(torch.zeros(5), 0.5, seed=0)
+    with pytest.raises(RuntimeError, match="Feature dropout requires at least 2 dimensions"):
+        F.feature_alpha_dropout(torch.zeros(5), 0.5, training=True, seed=0)
 
 
 def test_alpha_eval_identity_and_p_one_zeros_like_torch():
     x = torch.randn(5, 4)
     assert F.alpha_dropout(x, 0.4, training=False) is x
-    assert torch.count_nonzero(F.alpha_dropout(x, 1.0, seed=0)) == 0
+    # training defaults to False, as in torch.nn.functional
+    assert F.alpha_dropout(x, 0.4) is x and F.feature_alpha_dropout(x, 0.4) is x
+    assert torch.equal(torch.nn.functional.alpha_dropout(x, 0.4), x)
+    assert torch.count_nonzero(F.alpha_dropout(x, 1.0, training=True, seed=0)) == 0
     assert torch.count_nonzero(torch.nn.functional.alpha_dropout(x, 1.0, True)) == 0
 
 

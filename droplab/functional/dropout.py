@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._fx import fx_traceable
 from ..kernels.ops import masked_scale
 from ..rng import drop_threshold
 
@@ -140,6 +141,7 @@ def resolve_noise_shape(shape: Sequence[int], noise_shape: Sequence[int | None] 
     return tuple(resolved)
 
 
+@fx_traceable
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
             seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
             stream: int = 0, noise_shape: Sequence[int | None] | None = None,
@@ -229,6 +231,7 @@ def _warn_rank(op: str, ndim: int, expected: str, spatial: int) -> None:
                   stacklevel=3)
 
 
+@fx_traceable
 def dropout1d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
               **kwargs) -> torch.Tensor:
     r"""Zero whole channels of a 1-D signal: one mask value per :math:`(n, c)`, shared along length.
@@ -248,6 +251,7 @@ def dropout1d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplac
     return feature_dropout(input, p, training, inplace, batched=input.dim() == 3, op="dropout1d", **kwargs)
 
 
+@fx_traceable
 def dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
               **kwargs) -> torch.Tensor:
     r"""Zero whole feature maps: one mask value per :math:`(n, c)`, shared over height and width.
@@ -275,6 +279,7 @@ def dropout2d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplac
     return feature_dropout(input, p, training, inplace, batched=True, op="dropout2d", **kwargs)
 
 
+@fx_traceable
 def dropout3d(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False,
               **kwargs) -> torch.Tensor:
     r"""Zero whole 3-D feature volumes: one mask value per :math:`(n, c)`, shared over D, H, W.

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
+from .._fx import fx_traceable
 from ..kernels import variant_ops
 from ..kernels.ops import masked_scale
 from ..rng import drop_threshold
 from .dropout import (
+    InputRankError,
     _check_counter_int,
     _check_input,
     _seed_tensor,
@@ -141,7 +143,8 @@ def _alpha(input: torch.Tensor, p: float, training: bool, inplace: bool, seed, s
     return input.copy_(out) if inplace else out
 
 
-def alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+@fx_traceable
+def alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
                   seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
                   stream: int = 0, noise_shape: Sequence[int | None] | None = None) -> torch.Tensor:
     r"""Alpha dropout for self-normalizing (SELU) networks: mean and variance are preserved.
@@ -155,7 +158,8 @@ def alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, in
     Args:
         input: floating-point tensor of any shape.
         p: drop probability, ``0 <= p <= 1``. Default: 0.5.
-        training: apply the mask if ``True``, the identity otherwise. Default: True.
+        training: apply the mask if ``True``, the identity otherwise. Default: False, as in
+            ``torch.nn.functional.alpha_dropout`` (unlike :func:`droplab.functional.dropout`).
         inplace: write the result into ``input``. Default: False.
         seed, step, replica, stream, noise_shape: as :func:`droplab.functional.dropout`.
 
@@ -164,7 +168,7 @@ def alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, in
 
     Example::
 
-        >>> y = alpha_dropout(torch.randn(10000), p=0.2, seed=0)
+        >>> y = alpha_dropout(torch.randn(10000), p=0.2, training=True, seed=0)
         >>> abs(y.mean().item()) < 0.05 and abs(y.var().item() - 1) < 0.05
         True
 
@@ -181,22 +185,25 @@ def alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, in
     return _alpha(input, p, training, inplace, seed, step, replica, stream, mask_shape)
 
 
-def feature_alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+@fx_traceable
+def feature_alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
                           seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
                           stream: int = 0) -> torch.Tensor:
     r"""Alpha dropout of whole channels: one mask value per :math:`(n, c)`, shared over the rest.
 
-    The formulas of :func:`alpha_dropout` with the mask of ``torch.nn.FeatureAlphaDropout``.
+    The formulas of :func:`alpha_dropout` with the mask of ``torch.nn.FeatureAlphaDropout``;
+    ``training`` defaults to False, as in ``torch.nn.functional.feature_alpha_dropout``.
 
     Shape:
-        Input :math:`(N, C, *)` (at least 2 dimensions), output the same.
+        Input :math:`(N, C, *)` (at least 2 dimensions, else :class:`InputRankError`, a
+        ``RuntimeError`` as in torch), output the same.
 
     Reference: Klambauer et al., NeurIPS 2017.
     """
     _check_input(input, "feature_alpha_dropout")
     if input.dim() < 2:
-        raise ValueError(f"feature_alpha_dropout expects (N, C, *) with at least 2 dimensions, but got input of "
-                         f"shape {tuple(input.shape)}")
+        raise InputRankError(f"feature_alpha_dropout: Feature dropout requires at least 2 dimensions in the input "
+                             f"(N, C, *), but got input of shape {tuple(input.shape)}")
     p = check_probability(p)
     mask_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
     return _alpha(input, p, training, inplace, seed, step, replica, stream, mask_shape)
