@@ -150,3 +150,17 @@ def test_bench_variants_quick_smoke(tmp_path, capsys):
     rate = next(r["rate"] for r in result["rows"] if "rate" in r)
     assert 0 < rate["droplab_mean"] < 1 and 0 < rate["torch_mean"] < 1
     assert "| case | shape |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [2, None])
+def test_nothing_but_integers_is_saved_and_backward_regenerates_the_mask(seed):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 11, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = dnn.DropBlock2d(0.3, 3, seed=seed)(x)
+    assert all(not t.is_floating_point() and t.dtype != torch.bool for t in saved)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    kept = y != 0
+    scale = kept.numel() / int(kept.sum())
+    assert torch.equal(g, kept.float() * scale)

@@ -227,3 +227,42 @@ def test_bench_kernel_quick_smoke(tmp_path, capsys):
         assert rows[n, "droplab dropout"]["fwdbwd_ms"] > 0.0
     assert [r["variant"] for r in result["mlp"]][0] == "no dropout"
     assert result["startup"]["backend"] == "cpu" and result["startup"]["import_droplab_s"] > 0.0
+
+
+# ---- the variants' maps: numba against the reference, bit for bit
+
+
+@pytest.mark.parametrize("spatial,block,p_origin", [((1, 13, 17), (1, 3, 5), 0.05), ((1, 1, 31), (1, 1, 7), 0.1),
+                                                     ((5, 6, 7), (2, 3, 3), 0.2), ((1, 8, 8), (1, 8, 8), 0.5),
+                                                     ((1, 9, 9), (1, 2, 2), 1.0), ((1, 9, 9), (1, 2, 2), 0.0)])
+def test_dropblock_keep_matches_reference(spatial, block, p_origin):
+    args = (KEY, 3, 1, 2, drop_threshold(p_origin))
+    keep, kept = cpu.dropblock_keep(6, spatial, block, *args)
+    ref_keep, ref_kept = reference.dropblock_keep(6, spatial, block, *args)
+    assert torch.equal(keep, ref_keep) and kept == ref_kept == int(ref_keep.sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_apply_keep_matches_reference(dtype):
+    x = _data((4, 3, 5, 6), dtype)
+    for keep_shape in [(4, 3, 5, 6), (4, 1, 5, 6), (1, 3, 1, 6)]:
+        keep = torch.rand(keep_shape, generator=torch.Generator().manual_seed(1)) < 0.6
+        assert_bits_equal(cpu.apply_keep(x, keep, 1.7), reference.apply_keep(x, keep, 1.7))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_maps_match_reference(dtype):
+    g = torch.Generator().manual_seed(2)
+    weight = _data((50, 7), dtype)
+    indices = torch.randint(0, 50, (6, 9), generator=g)
+    args = (KEY, 3, 1, 2, drop_threshold(0.4), 1 / 0.6)
+    got = cpu.embedding_forward(weight, indices, *args)
+    assert_bits_equal(got, reference.embedding_forward(weight, indices, *args))
+    out = _data((6, 9, 7), dtype, seed=3)
+    got = cpu.rows_masked_scale(out, indices, *args)
+    assert_bits_equal(got, reference.rows_masked_scale(out, indices, *args))
+    for padding_idx in (-1, int(indices[0, 0])):
+        got = cpu.embedding_backward(out, indices, 50, padding_idx, *args)
+        want = reference.embedding_backward(out, indices, 50, padding_idx, *args)
+        assert_bits_equal(got, want)
+        assert padding_idx < 0 or not got[padding_idx].any()

@@ -11,16 +11,24 @@ from contract import Adapter, Case, install
 
 
 class _EmbeddingAsWeightMap(Adapter):
-    """Contract adapter: ``w -> EmbeddingDropout(ids = 0..V-1)`` with ``w`` swapped in as the embedding weight.
+    """Contract adapter: ``w -> EmbeddingDropout(ids = 0..V-1)`` with ``w`` as the embedding weight.
 
-    The contract drives tensor -> tensor maps; looking up every row once makes the module's real forward
-    a map of its (float) weight matrix, so eval, expectation, endpoints, gradcheck and state_dict are
-    checked on the quantity EmbeddingDropout actually drops.
+    The contract drives tensor -> tensor maps; looking up every row once makes the module a map of its
+    (float) weight matrix, so eval, expectation, endpoints, gradcheck and state_dict are checked on the
+    quantity EmbeddingDropout actually drops. ``torch.func.functional_call`` swaps ``w`` in (and keeps the
+    module one leaf for torch.fx); under ``torch.compile`` it would drop the step buffer's in-place advance,
+    so a compiled call runs the module's own counter path (``_call_functional``) with ``w`` instead.
     """
 
     def forward(self, w):
         ids = torch.arange(w.shape[0])
-        return torch.func.functional_call(self.inner, {"embedding.weight": w}, (ids,))
+        inner = self.inner
+        if not torch.compiler.is_compiling():
+            return torch.func.functional_call(inner, {"embedding.weight": w}, (ids,))
+
+        def lookup(indices, p, training, **kwargs):
+            return F.embedding_dropout(indices, w, p, training, **kwargs)
+        return inner._call_functional(lookup, ids, padding_idx=inner.embedding.padding_idx, scaling=inner.scaling)
 
 
 def _embedding(p, s, **kw):
@@ -117,3 +125,59 @@ def test_embedding_bad_arguments():
         dnn.EmbeddingDropout.new(5, 2, 0.1, seed=0)(torch.ones(3))
     with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1, but got 1.5"):
         dnn.EmbeddingDropout.new(5, 2, 1.5)
+
+
+def _saved_by_autograd(fn, *inputs):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn(*inputs)
+    return out, saved
+
+
+@pytest.mark.parametrize("seed", [5, None])
+def test_no_mask_is_saved_for_backward(seed):
+    """Only integers (indices, counters) are saved: the row mask is regenerated in backward."""
+    emb = dnn.EmbeddingDropout(nn.Embedding(40, 6), 0.5, seed=seed)
+    ids = torch.randint(0, 40, (3, 7))
+    out, saved = _saved_by_autograd(emb, ids)
+    assert saved and all(not t.is_floating_point() and t.dtype != torch.bool for t in saved)
+    locked = dnn.LockedDropout(0.5, seed=seed)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    _, saved = _saved_by_autograd(locked, x)
+    assert all(not t.is_floating_point() and t.dtype != torch.bool for t in saved)
+
+
+def test_embedding_gradient_is_the_masked_scatter_by_hand():
+    """Independent reference: a Python loop over positions adds the scaled gradient of kept words."""
+    from droplab import rng
+    weight = torch.randn(25, 3, requires_grad=True)
+    ids = torch.tensor([[1, 4, 4, 0], [7, 1, 3, 3]])
+    y = F.embedding_dropout(ids, weight, 0.5, seed=11, step=2, padding_idx=3)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    keep = rng.keep_mask(25, 0.5, seed=11, step=2)
+    expected = torch.zeros(25, 3)
+    for (i, j), v in zip(torch.cartesian_prod(torch.arange(2), torch.arange(4)).tolist(), ids.flatten().tolist()):
+        assert torch.equal(y[i, j], weight[v].detach() * 2.0 if keep[v] else torch.zeros(3))
+        if keep[v] and v != 3:
+            expected[v] += grad[i, j] * 2.0
+    torch.testing.assert_close(weight.grad, expected, rtol=0, atol=1e-6)
+
+
+def test_sparse_and_scale_grad_by_freq_take_torchs_lookup():
+    from droplab import rng
+    weight = torch.randn(12, 3, requires_grad=True)
+    ids = torch.tensor([2, 2, 5, 7])
+    keep = rng.keep_mask(12, 0.5, seed=1)[ids].unsqueeze(1)
+    y = F.embedding_dropout(ids, weight, 0.5, seed=1, sparse=True)
+    assert torch.equal(y, torch.where(keep, weight.detach()[ids] * 2.0, torch.zeros(())))
+    y.sum().backward()
+    assert weight.grad.is_sparse
+    weight.grad = None
+    y = F.embedding_dropout(ids, weight, 0.5, seed=1, scale_grad_by_freq=True)
+    y.sum().backward()
+    # word 2 appears twice: torch divides its gradient by its frequency
+    expected = torch.zeros(12, 3)
+    for v in ids.tolist():
+        expected[v] += 2.0 * keep[ids.tolist().index(v)].float() / ids.tolist().count(v)
+    torch.testing.assert_close(weight.grad, expected)

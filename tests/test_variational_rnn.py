@@ -42,13 +42,16 @@ def _torch_eval(mode):
 
 
 _NOTES = {"expectation": "an RNN is nonlinear, so the mean training output is not the inference output",
-          "p01": "p = 0 gives torch's RNN (tested in test_rates_zero_equal_torch), not the identity"}
+          "p01": "p = 0 gives torch's RNN (tested in test_rates_zero_equal_torch), not the identity",
+          "fullgraph": "the time loop is a hand-written autograd.Function whose backward redraws the recurrent "
+                       "mask from a Python closure over the counters: dynamo breaks the graph there "
+                       "(stated in the class docstring; tests/test_graph_breaks.py)"}
 CASES = [
     Case("VariationalLSTM", _make(dnn.VariationalLSTM), (3, 2, 4), eval_rule=_torch_eval("LSTM"), expectation=False,
          p_zero_identity=False, repr_args=("input_dropout", "recurrent_dropout", "output_dropout", "seed"),
-         notes=_NOTES),
+         fullgraph=False, notes=_NOTES),
     Case("VariationalGRU", _make(dnn.VariationalGRU), (3, 2, 4), eval_rule=_torch_eval("GRU"), expectation=False,
-         p_zero_identity=False, notes=_NOTES),
+         p_zero_identity=False, fullgraph=False, notes=_NOTES),
 ]
 
 install(globals(), CASES)

@@ -427,11 +427,23 @@ if numba is not None:
         return cos, sin
 
     @njit(inline="always")
-    def _normal_pair(wa, wb):
-        u1 = np.float32(np.int32(wa >> np.uint64(8)) + np.int32(1)) * _TWO_M24
-        r = np.sqrt(_log32(u1) * _MINUS2)
-        cos, sin = _sincos(np.int32(wb >> np.uint64(8)))
-        return r * cos, r * sin
+    def _normals(words, npairs, ra, ta, cos, sin, values):
+        """values[2j], values[2j + 1] = r cos, r sin of word pair j, in simple loops LLVM vectorizes
+        (one fused loop over the pairs is not: scratch arrays ra/ta/cos/sin hold one chunk)."""
+        for j in range(npairs):
+            ra[j] = words[2 * j]
+            ta[j] = words[2 * j + 1]
+        for j in range(npairs):
+            u1 = np.float32(np.int32(ra[j] >> np.uint32(8)) + np.int32(1)) * _TWO_M24
+            cos[j] = np.sqrt(_log32(u1) * _MINUS2)  # the radius, for now
+        for j in range(npairs):
+            c, s = _sincos(np.int32(ta[j] >> np.uint32(8)))
+            r = cos[j]
+            ra[j] = _bits_from_f32(r * c)
+            ta[j] = _bits_from_f32(r * s)
+        for j in range(npairs):
+            values[2 * j] = _f32_from_bits(ra[j])
+            values[2 * j + 1] = _f32_from_bits(ta[j])
 
     @njit(inline="always")
     def _logistic(w):
@@ -448,16 +460,17 @@ if numba is not None:
             b_lo = tid * per
             b_hi = min(b_lo + per, nblocks)
             words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
+            words = words64.view(np.uint32)
             values = np.empty(4 * _CHUNK_BLOCKS, np.float32)
+            ra = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
+            ta = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
+            cos = np.empty(2 * _CHUNK_BLOCKS, np.float32)
+            sin = np.empty(2 * _CHUNK_BLOCKS, np.float32)
             for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
                 nb = min(_CHUNK_BLOCKS, b_hi - cb)
                 _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
-                if kind == 0:
-                    for j in range(2 * nb):  # a uint64 holds one word pair: element 2j (cos), 2j + 1 (sin)
-                        pair = words64[j]
-                        zc, zs = _normal_pair(pair & _LO, pair >> _S32)
-                        values[2 * j] = zc
-                        values[2 * j + 1] = zs
+                if kind == 0:  # word pair j: element 2j (r cos), 2j + 1 (r sin)
+                    _normals(words, 2 * nb, ra, ta, cos, sin, values)
                 else:
                     for j in range(2 * nb):
                         pair = words64[j]
@@ -479,15 +492,16 @@ if numba is not None:
             b_lo = tid * per
             b_hi = min(b_lo + per, nblocks)
             words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
+            words = words64.view(np.uint32)
             factors = np.empty(4 * _CHUNK_BLOCKS, np.float32)
+            ra = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
+            ta = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
+            cos = np.empty(2 * _CHUNK_BLOCKS, np.float32)
+            sin = np.empty(2 * _CHUNK_BLOCKS, np.float32)
             for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
                 nb = min(_CHUNK_BLOCKS, b_hi - cb)
                 _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
-                for j in range(2 * nb):
-                    pair = words64[j]
-                    zc, zs = _normal_pair(pair & _LO, pair >> _S32)
-                    factors[2 * j] = zc
-                    factors[2 * j + 1] = zs
+                _normals(words, 2 * nb, ra, ta, cos, sin, factors)
                 e_lo = 4 * cb
                 e_n = min(4 * nb, n - e_lo)
                 xs = x[e_lo:e_lo + e_n]

@@ -27,6 +27,7 @@ import torch
 
 from .. import kernels
 from ..rng import seed_key
+from .ops import dense_like
 
 __all__ = ["gaussian_scale", "noise", "concrete_scale", "dropblock_scale", "embedding_dropout",
            "rows_masked_scale", "dropblock_scale_factor"]
@@ -34,6 +35,11 @@ __all__ = ["gaussian_scale", "noise", "concrete_scale", "dropblock_scale", "embe
 
 def _counters(seed: torch.Tensor, step: torch.Tensor) -> tuple[tuple[int, int], int]:
     return seed_key(seed), int(step)
+
+
+def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` (dense, row-major) in ``x``'s dimension order, as torch's element-wise ops lay out their output."""
+    return y if x.is_contiguous() else dense_like(x).copy_(y)
 
 
 def _ints(ctx, inputs, first: int) -> None:
@@ -46,12 +52,12 @@ def _ints(ctx, inputs, first: int) -> None:
 def gaussian_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
                    sigma: float, mask_shape: list[int]) -> torch.Tensor:
     key, s = _counters(seed, step)
-    return kernels.gaussian_scale(x, key, s, replica, stream, sigma, tuple(mask_shape))
+    return _like_input(kernels.gaussian_scale(x, key, s, replica, stream, sigma, tuple(mask_shape)), x)
 
 
 @gaussian_scale.register_fake
 def _(x, seed, step, replica, stream, sigma, mask_shape):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dense_like(x)
 
 
 gaussian_scale.register_autograd(lambda ctx, grad: (gaussian_scale(grad, *ctx.args),) + (None,) * 6,
@@ -90,12 +96,12 @@ def concrete_scale(x: torch.Tensor, p_logit: torch.Tensor, seed: torch.Tensor, s
                    stream: int, temperature: float, mask_shape: list[int]) -> torch.Tensor:
     logistic = noise(x, seed, step, replica, stream, "logistic", mask_shape)
     factor, _, _ = _concrete_factor(p_logit, logistic, temperature, x.dtype)
-    return (x * factor).contiguous()
+    return _like_input((x * factor).contiguous(), x)
 
 
 @concrete_scale.register_fake
 def _(x, p_logit, seed, step, replica, stream, temperature, mask_shape):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dense_like(x)
 
 
 def _concrete_setup(ctx, inputs, output):
@@ -152,12 +158,12 @@ def dropblock_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, rep
                     threshold: int, block: list[int], per_channel: bool, normalize: bool) -> torch.Tensor:
     keep, kept = _dropblock_keep(tuple(x.shape), seed, step, replica, stream, threshold, block, per_channel,
                                  x.device)
-    return kernels.apply_keep(x, keep, dropblock_scale_factor(keep.numel(), kept, normalize))
+    return _like_input(kernels.apply_keep(x, keep, dropblock_scale_factor(keep.numel(), kept, normalize)), x)
 
 
 @dropblock_scale.register_fake
 def _(x, seed, step, replica, stream, threshold, block, per_channel, normalize):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return dense_like(x)
 
 
 dropblock_scale.register_autograd(lambda ctx, grad: (dropblock_scale(grad, *ctx.args),) + (None,) * 8,

@@ -31,7 +31,8 @@ class ConcreteDropout(StochasticModule):
             points). Default: 1e-6.
         dropout_regularizer: :math:`\lambda_p = 2/N`. Default: 1e-5.
         input_dim: :math:`K`, the number of inputs the rate acts on; ``None`` takes the layer's
-            ``in_features`` / ``in_channels``, else the last dimension of the first input. Default: None.
+            ``in_features`` / ``in_channels``, else the last dimension of the first eager input (a
+            ``torch.compile``'d module around a layer without either needs it given). Default: None.
         noise_shape: Keras-style mask shape, e.g. ``(None, None, 1, 1)`` to drop channels. Default: None.
         seed: 64-bit seed; ``None`` draws one from torch's global generator. Default: None.
         share_across_ranks: the same noise on every data-parallel rank. Default: False.
@@ -104,7 +105,8 @@ class ConcreteDropout(StochasticModule):
             self.p_logit = nn.Parameter(torch.tensor(logit))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.input_dim is None:
+        if self.input_dim is None and not torch.compiler.is_compiling():
+            # eager only: a compiled forward that set it would be recompiled at its next call
             self.input_dim = int(input.shape[-1])
         if not self.training:
             F.concrete_dropout(input, self.p_logit, False)  # validates the input the same way

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from .._fx import fx_leaf_forward
 from .locked import LockedDropout
 
 __all__ = ["VariationalLSTM", "VariationalGRU"]
@@ -97,6 +98,7 @@ class _VariationalRNN(nn.Module):
         get = lambda name: getattr(self, f"{name}_l{k}", None)  # noqa: E731
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
+    @fx_leaf_forward  # one call_module node under torch.fx: masks are drawn when the graph runs
     def forward(self, input: torch.Tensor, hx=None):
         if not isinstance(input, torch.Tensor) or not input.is_floating_point():
             raise TypeError(f"{type(self).__name__} expects a floating-point input sequence, but got "
