@@ -139,7 +139,8 @@ def drop_threshold(p: float) -> int:
     ``p`` is a binary float, so ``p * 2**32`` is exact (a power-of-two scaling) and ``floor`` of it
     is an exact integer in ``[0, 2**32]``.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 <= p <= 1.0:
+    # NaN fails the range test; math.isnan would cost a torch.compile graph break per new rate
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     return math.floor(float(p) * 2**32)
 
