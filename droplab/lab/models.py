@@ -284,6 +284,7 @@ def transformer(input_shape, n_outputs: int, width: int | None = None, depth: in
 # config defaults a built-in model overrides when the user leaves them unset (droplab.lab.build.with_model_defaults):
 # the recurrent and attention models cost several times the MLP per epoch, so their default compare stays under
 # two minutes on a 2-core CPU with fewer epochs
+cnn1d.lab_defaults = {"epochs": 30}
 gru.lab_defaults = {"epochs": 20}
 transformer.lab_defaults = {"epochs": 10}
 

@@ -248,19 +248,20 @@ def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
     fig.savefig(out / figures[-1][0], dpi=110)
     plt.close(fig)
 
+    return [*figures, _fgsm_figure(plt, results["fgsm"], out)]
+
+
+def _fgsm_figure(plt, rows: list[dict], out: Path) -> tuple[str, str]:
+    from .report import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    rows = results["fgsm"]
     for key, label in (("deterministic", "dropout model, weight scaling"), ("mc_dropout", "dropout model, MC"),
                        ("no_dropout_model", "model trained without dropout")):
         if key in rows[0]:
             ax.plot([r["eps"] for r in rows], [r[key] for r in rows], "o-", label=label)
     ax.set(xlabel="FGSM epsilon (x input std)", ylabel="test accuracy", title="FGSM", ylim=(0, 1))
     ax.legend(fontsize=8)
-    figures.append(("fgsm.png", "FGSM accuracy with and without dropout"))
-    fig.tight_layout()
-    fig.savefig(out / figures[-1][0], dpi=110)
-    plt.close(fig)
-    return figures
+    return save_figure(fig, out, "fgsm.png", "FGSM accuracy with and without dropout", dpi=110)
 
 
 def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
