@@ -42,7 +42,8 @@ KEY, STEP, REPLICA, STREAM = (0x9E3779B9, 0xFFFFFFFF), 12, 1, 2
 CHECKS = (
     [f"kernel-{sid}-{dtype}" for sid, _, _ in SHAPES for dtype in DTYPES]
     + ["small-block", "index64", "counters", "keep-mask", "special-values", "non-contiguous", "empty",
-       "dispatch", "functional-autograd", "gradcheck", "large-logic"]
+       "dispatch", "functional-autograd", "gradcheck", "large-logic", "variant-noise", "variant-masks",
+       "variant-functionals"]
 )
 
 
@@ -219,6 +220,77 @@ def _check_gradcheck() -> list[str]:
     return gpu_check.check_gradcheck("cpu", "triton", cases=(((3, 2), None), ((2, 2, 1, 2), (None, None, 1, 1))))
 
 
+def _check_variant_noise() -> list[str]:
+    """Box-Muller and logistic noise of the Triton kernel: the reference's bits (float32 spec, no fma)."""
+    from droplab.kernels import reference
+    from droplab.kernels import triton as kt
+
+    failures = []
+    for kind in ("normal", "logistic"):
+        for numel in (1, 3, 1023, 4097):
+            got = kt.noise(kind, numel, KEY, STEP, REPLICA, STREAM, "cpu")
+            failures += _compare(f"{kind} noise n={numel}", got,
+                                 reference.noise(kind, numel, KEY, STEP, REPLICA, STREAM, "cpu"))
+    for dtype in DTYPES:
+        x = torch.randn(5, 7, 9).to(getattr(torch, dtype))
+        for mask_shape in ((5, 7, 9), (5, 1, 9)):
+            got = kt.gaussian_scale(x, KEY, STEP, REPLICA, STREAM, 0.7, mask_shape)
+            want = reference.gaussian_scale(x, KEY, STEP, REPLICA, STREAM, 0.7, mask_shape)
+            failures += _compare(f"gaussian {dtype} {mask_shape}", got, want)
+    return failures
+
+
+def _check_variant_masks() -> list[str]:
+    """DropBlock's origin mask and the embedding's row mask from the Triton kernels: the reference's."""
+    from droplab.kernels import reference
+    from droplab.kernels import triton as kt
+    from droplab.rng import drop_threshold
+
+    failures = []
+    for planes, spatial, block, p in ((6, (1, 13, 17), (1, 3, 5), 0.05), (3, (5, 6, 7), (2, 3, 3), 0.2),
+                                      (2, (1, 9, 9), (1, 2, 2), 1.0)):
+        args = (planes, spatial, block, KEY, STEP, REPLICA, STREAM, drop_threshold(p))
+        (got, got_kept), (want, want_kept) = kt.dropblock_keep(*args, "cpu"), reference.dropblock_keep(*args, "cpu")
+        if not torch.equal(got, want) or got_kept != want_kept:
+            failures.append(f"dropblock_keep {spatial} {block} p={p} differs")
+    indices = torch.randint(0, 5000, (7, 11), generator=torch.Generator().manual_seed(0))
+    for p in (0.0, 0.3, 1.0):
+        if not torch.equal(kt.row_keep(indices, KEY, STEP, REPLICA, STREAM, drop_threshold(p)),
+                           reference.row_keep(indices, KEY, STEP, REPLICA, STREAM, drop_threshold(p))):
+            failures.append(f"row_keep p={p} differs")
+    return failures
+
+
+def _check_variant_functionals() -> list[str]:
+    """Each variant's functional, forward and backward, on the triton backend equals the reference backend."""
+    import droplab.functional as F
+    from droplab import kernels
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 9, 11, generator=g)
+    weight = torch.randn(40, 5, generator=g)
+    ids = torch.randint(0, 40, (3, 7), generator=g)
+    logit = torch.tensor(-1.5)
+    ops = {
+        "dropblock2d": (lambda t: F.dropblock2d(t, 0.3, 3, seed=5, step=2), x),
+        "gaussian": (lambda t: F.gaussian_dropout(t, 0.3, seed=5, step=2), x),
+        "concrete": (lambda t: F.concrete_dropout(t, logit, seed=5, step=2), x),
+        "embedding": (lambda w: F.embedding_dropout(ids, w, 0.4, seed=5, step=2, padding_idx=3), weight),
+    }
+    failures = []
+    for name, (op, data) in ops.items():
+        results = []
+        for backend in ("triton", "reference"):
+            t = data.clone().requires_grad_(True)
+            with kernels.use_backend(backend):
+                y = op(t)
+                (grad,) = torch.autograd.grad(y, t, torch.ones_like(y))
+            results.append((y.detach(), grad))
+        failures += _compare(f"{name} forward", *[r[0] for r in results])
+        failures += _compare(f"{name} backward", *[r[1] for r in results])
+    return failures
+
+
 def _check_large_logic() -> list[str]:
     # gpu_check's > 2**31-element check, scaled down to 2**13 with the int64-offset kernels forced
     from droplab.kernels import triton as kt
@@ -247,7 +319,8 @@ def _worker() -> None:
         "keep-mask": _check_keep_mask, "special-values": _check_special_values,
         "non-contiguous": _check_non_contiguous, "empty": _check_empty, "dispatch": _check_dispatch,
         "functional-autograd": _check_functional_autograd, "gradcheck": _check_gradcheck,
-        "large-logic": _check_large_logic,
+        "large-logic": _check_large_logic, "variant-noise": _check_variant_noise,
+        "variant-masks": _check_variant_masks, "variant-functionals": _check_variant_functionals,
     }
     results = {}
     for check in CHECKS:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from ..rng import block_words, logistic_from_words, normal_from_words, words_at
 
 __all__ = ["keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale", "gaussian_from_noise",
-           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward"]
+           "dropblock_keep", "grow_blocks", "row_keep", "embedding_forward", "rows_masked_scale",
+           "embedding_backward"]
 
 _CHUNK = 1 << 22  # blocks per chunk: bounds the int64 temporaries to a few hundred MB
 
@@ -86,36 +87,44 @@ def dropblock_keep(planes: int, spatial: tuple[int, int, int], block: tuple[int,
     """DropBlock's keep mask ``(planes, D, H, W)``: origin keep mask, grown into blocks by a max-pool."""
     origins = tuple(s - b + 1 for s, b in zip(spatial, block))
     numel = planes * origins[0] * origins[1] * origins[2]
-    dropped = (~keep_mask(numel, key, step, replica, stream, threshold, device)).reshape((planes, 1) + origins)
+    return grow_blocks(keep_mask(numel, key, step, replica, stream, threshold, device), planes, spatial, block)
+
+
+def grow_blocks(keep_origins: torch.Tensor, planes: int, spatial: tuple[int, int, int],
+                block: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    """The block keep mask from the flat origin keep mask: a max-pool of the dropped origins, and its count."""
+    origins = tuple(s - b + 1 for s, b in zip(spatial, block))
+    dropped = (~keep_origins).reshape((planes, 1) + origins)
     pad = [b - 1 for b in reversed(block) for _ in range(2)]  # a block reaches b - 1 positions past its origin
     grown = F.max_pool3d(F.pad(dropped.to(torch.float32), pad), block, stride=1) > 0
     keep = ~grown.reshape((planes,) + tuple(spatial))
     return keep, int(keep.sum())
 
 
-def _row_keep(indices: torch.Tensor, key, step, replica, stream, threshold: int) -> torch.Tensor:
+def row_keep(indices: torch.Tensor, key, step, replica, stream, threshold: int) -> torch.Tensor:
+    """Keep flag of each vocabulary entry in ``indices``: its own word (mask index = the entry) >= threshold."""
     return words_at(indices, key, step, replica, stream) >= threshold
 
 
 def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
-                      stream: int, threshold: int, scale: float) -> torch.Tensor:
+                      stream: int, threshold: int, scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """``weight[indices] * scale`` for rows whose vocabulary entry is kept, 0 for dropped ones."""
-    keep = _row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
+    keep = row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
     return apply_keep(F.embedding(indices, weight), keep, scale)
 
 
 def rows_masked_scale(src: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
-                      stream: int, threshold: int, scale: float) -> torch.Tensor:
+                      stream: int, threshold: int, scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """``src`` (shape ``(*indices.shape, D)``) with row ``r`` kept iff vocabulary entry ``indices[r]`` is."""
-    keep = _row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
+    keep = row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
     return apply_keep(src, keep, scale)
 
 
 def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: int, padding_idx: int,
                        key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
-                       scale: float) -> torch.Tensor:
+                       scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """Dense weight gradient: row ``v`` sums ``grad[r] * scale`` over the kept positions ``r`` reading ``v``."""
-    keep = _row_keep(indices, key, step, replica, stream, threshold) & (indices != padding_idx)
+    keep = row_keep(indices, key, step, replica, stream, threshold) & (indices != padding_idx)
     masked = apply_keep(grad, keep.unsqueeze(-1), scale)
     out = torch.zeros(num_weights, grad.shape[-1], dtype=grad.dtype, device=grad.device)
     return out.index_add_(0, indices.reshape(-1), masked.reshape(-1, grad.shape[-1]))

@@ -48,7 +48,8 @@ except Exception:  # noqa: BLE001 (a broken triton install raises more than Impo
     triton = None
     tl = None
 
-__all__ = ["available", "supports", "keep_mask", "masked_scale", "BLOCK", "NUM_WARPS"]
+__all__ = ["available", "supports", "keep_mask", "masked_scale", "noise", "gaussian_scale", "row_keep",
+           "embedding_forward", "rows_masked_scale", "embedding_backward", "dropblock_keep", "BLOCK", "NUM_WARPS"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -58,6 +59,8 @@ MAX_FULL_GROUPS = 4  # runs of mask-following dimensions the broadcast kernel in
 # offsets switch to int64 above this many elements (a module attribute so tests can lower it)
 INDEX64_FROM = 2**31 - 2 * BLOCK
 _TWO32 = 2**32
+# the noise transforms round every float32 operation (droplab.rng's spec): no fma contraction on the GPU
+_NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
 
 
 def available() -> bool:
@@ -195,6 +198,91 @@ if triton is not None:
         tl.store(out_ptr + offs, _to_output(y, out_ptr), mask=inside, eviction_policy="evict_first")
 
 
+    # ------------------------------------------------------------------ float32 noise (spec: droplab.rng)
+    # the float32 operations of droplab.rng's log_f32 / sincos_turns_f32, one by one; launched with
+    # enable_fp_fusion=False so that no multiply-add is contracted into an fma (the spec rounds each)
+    @triton.jit
+    def _log32(v):
+        bits = v.to(tl.int32, bitcast=True)
+        e = ((bits >> 23) & 0xFF) - 127
+        m = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+        big = m > 1.41421356
+        m = tl.where(big, m * 0.5, m)
+        ef = tl.where(big, e + 1, e).to(tl.float32)
+        x = m - 1.0
+        z = x * x
+        poly = x * 7.0376836292e-2 + -1.1514610310e-1
+        poly = poly * x + 1.1676998740e-1
+        poly = poly * x + -1.2420140846e-1
+        poly = poly * x + 1.4249322787e-1
+        poly = poly * x + -1.6668057665e-1
+        poly = poly * x + 2.0000714765e-1
+        poly = poly * x + -2.4999993993e-1
+        poly = poly * x + 3.3333331174e-1
+        y = x * z * poly
+        y = y + ef * -2.12194440e-4
+        y = y - z * 0.5
+        return (x + y) + ef * 0.693359375
+
+    @triton.jit
+    def _normal_pair(wa, wb):
+        """``(r cos, r sin)`` of one Box-Muller word pair (uint32 tensors)."""
+        u1 = ((wa >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08
+        r = tl.sqrt_rn(_log32(u1) * -2.0)
+        top = (wb >> 8).to(tl.int32)
+        q = top >> 22
+        f = (top & 0x3FFFFF).to(tl.float32) * 2.384185791015625e-07
+        phi = (f - 0.5) * 1.5707963267948966
+        z = phi * phi
+        ps = z * -1.9515295891e-4 + 8.3321608736e-3
+        ps = ps * z + -1.6666654611e-1
+        s = phi + (phi * z) * ps
+        pc = z * 2.443315711809948e-5 + -1.388731625493765e-3
+        pc = pc * z + 4.166664568298827e-2
+        c = (1.0 - z * 0.5) + (z * z) * pc
+        d = (c - s) * 0.7071067811865476
+        a = (c + s) * 0.7071067811865476
+        cos = tl.where(q == 0, d, tl.where(q == 1, -a, tl.where(q == 2, -d, a)))
+        sin = tl.where(q == 0, a, tl.where(q == 1, d, tl.where(q == 2, -a, -d)))
+        return r * cos, r * sin
+
+    @triton.jit
+    def _logistic(w):
+        a = (w >> 9).to(tl.int32) * 2 + 1
+        return _log32(a.to(tl.float32)) - _log32((16777216 - a).to(tl.float32))
+
+    @triton.jit(do_not_specialize=["k0", "k1", "step", "replica", "stream"])
+    def _noise_kernel(out_ptr, n, k0, k1, step, replica, stream, NORMAL: tl.constexpr, BLOCK: tl.constexpr,
+                      INDEX64: tl.constexpr):
+        """Float32 normal (``NORMAL``) or logistic noise of mask indices ``first .. first + BLOCK - 1``."""
+        first = _first(BLOCK, INDEX64)
+        blocks = (first // 4 + tl.arange(0, BLOCK // 4)).to(tl.uint32)
+        zero = tl.zeros([BLOCK // 4], dtype=tl.uint32)
+        w0, w1, w2, w3 = _philox(blocks, zero + step.to(tl.uint32), zero + replica.to(tl.uint32),
+                                 zero + stream.to(tl.uint32), k0.to(tl.uint32), k1.to(tl.uint32))
+        if NORMAL:  # elements 4b, 4b + 1 from the pair (w0, w1); 4b + 2, 4b + 3 from (w2, w3)
+            v0, v1 = _normal_pair(w0, w1)
+            v2, v3 = _normal_pair(w2, w3)
+        else:
+            v0, v1, v2, v3 = _logistic(w0), _logistic(w1), _logistic(w2), _logistic(w3)
+        values = tl.interleave(tl.interleave(v0, v2), tl.interleave(v1, v3))
+        offs = first + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, values, mask=offs < n)
+
+    @triton.jit(do_not_specialize=["k0", "k1", "step", "replica", "stream", "threshold"])
+    def _row_keep_kernel(idx_ptr, keep_ptr, n, k0, k1, step, replica, stream, threshold, BLOCK: tl.constexpr):
+        """keep[r] = word(idx[r]) >= threshold: the keep flag of each looked-up vocabulary entry."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < n
+        v = tl.load(idx_ptr + offs, mask=inside, other=0)
+        zero = tl.zeros([BLOCK], dtype=tl.uint32)
+        w0, w1, w2, w3 = _philox((v // 4).to(tl.uint32), zero + step.to(tl.uint32), zero + replica.to(tl.uint32),
+                                 zero + stream.to(tl.uint32), k0.to(tl.uint32), k1.to(tl.uint32))
+        r = v % 4
+        word = tl.where(r == 0, w0, tl.where(r == 1, w1, tl.where(r == 2, w2, w3)))
+        tl.store(keep_ptr + offs, (word >= threshold.to(tl.uint32)).to(tl.uint8), mask=inside)
+
+
 def _scale_bits(scale: float, compute: torch.dtype) -> int:
     """Bits of ``scale`` rounded once to the compute type, as the reference's ``torch.tensor(scale, dtype)``."""
     if compute == torch.float64:
@@ -292,3 +380,72 @@ def masked_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int,
         _broadcast_kernel[_grid(n)](x, keep, out, n, bits, *meta, GROUPS=len(groups), BLOCK=BLOCK,
                                     INDEX64=index64, COMPUTE_F64=compute_f64, num_warps=NUM_WARPS)
     return out
+
+
+def noise(kind: str, numel: int, key: tuple[int, int], step: int, replica: int, stream: int,
+          device: torch.device | str | None = None) -> torch.Tensor:
+    """Flat float32 ``"normal"`` or ``"logistic"`` noise of mask indices ``0 .. numel - 1`` (spec: droplab.rng)."""
+    device = torch.device(device if device is not None else "cpu")
+    if triton is None or not _device_ok(device):
+        return reference.noise(kind, numel, key, step, replica, stream, device)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    if numel:
+        counters = _counters(key, step, replica, stream, 0)
+        counters.pop("threshold")
+        with _guard(device):
+            _noise_kernel[_grid(numel)](out, numel, **counters, NORMAL=kind == "normal", BLOCK=BLOCK,
+                                        INDEX64=numel >= INDEX64_FROM, num_warps=NUM_WARPS,
+                                        **_NO_FMA)
+    return out
+
+
+def gaussian_scale(x: torch.Tensor, key: tuple[int, int], step: int, replica: int, stream: int, sigma: float,
+                   mask_shape: tuple[int, ...]) -> torch.Tensor:
+    """``x * (1 + sigma * z)``: the noise from the Triton kernel, the product as the reference forms it."""
+    numel = 1
+    for size in mask_shape:
+        numel *= size
+    z = noise("normal", numel, key, step, replica, stream, x.device).reshape(mask_shape)
+    return reference.gaussian_from_noise(x, z, sigma)
+
+
+def row_keep(indices: torch.Tensor, key, step, replica, stream, threshold: int) -> torch.Tensor:
+    """Keep flag of each vocabulary entry in ``indices`` (same shape), by the Triton kernel."""
+    if triton is None or not _device_ok(indices.device):
+        return reference.row_keep(indices, key, step, replica, stream, threshold)
+    if threshold >= _TWO32:
+        return torch.zeros(indices.shape, dtype=torch.bool, device=indices.device)
+    flat = indices.reshape(-1).to(torch.int64).contiguous()
+    keep = torch.empty(flat.numel(), dtype=torch.uint8, device=indices.device)
+    if flat.numel():
+        with _guard(indices.device):
+            _row_keep_kernel[_grid(flat.numel())](flat, keep, flat.numel(),
+                                                  **_counters(key, step, replica, stream, threshold), BLOCK=BLOCK,
+                                                  num_warps=NUM_WARPS)
+    return keep.view(torch.bool).reshape(indices.shape)
+
+
+def embedding_forward(weight, indices, key, step, replica, stream, threshold, scale):
+    """``weight[indices] * scale`` for kept vocabulary entries, 0 for dropped ones."""
+    return reference.embedding_forward(weight, indices, key, step, replica, stream, threshold, scale,
+                                       row_keep=row_keep)
+
+
+def rows_masked_scale(src, indices, key, step, replica, stream, threshold, scale):
+    """``src`` with row ``r`` kept iff vocabulary entry ``indices[r]`` is."""
+    return reference.rows_masked_scale(src, indices, key, step, replica, stream, threshold, scale, row_keep=row_keep)
+
+
+def embedding_backward(grad, indices, num_weights, padding_idx, key, step, replica, stream, threshold, scale):
+    """The dense weight gradient of :func:`embedding_forward`."""
+    return reference.embedding_backward(grad, indices, num_weights, padding_idx, key, step, replica, stream,
+                                        threshold, scale, row_keep=row_keep)
+
+
+def dropblock_keep(planes, spatial, block, key, step, replica, stream, threshold, device=None):
+    """DropBlock's keep mask: the Triton kernel's origin keep mask, grown into blocks by a max-pool."""
+    origins = 1
+    for s, b in zip(spatial, block):
+        origins *= s - b + 1
+    keep = keep_mask(planes * origins, key, step, replica, stream, threshold, device)
+    return reference.grow_blocks(keep, planes, tuple(spatial), tuple(block))
