@@ -8,12 +8,15 @@ covered call forms (:data:`CALL_FORMS`):
 * ``torch.dropout``, ``torch.alpha_dropout``, ``torch.feature_alpha_dropout`` (the forms ``F.*`` call
   underneath, which some libraries call directly);
 * ``torch.nn.functional.scaled_dot_product_attention(..., dropout_p > 0)``, including the one
-  ``nn.MultiheadAttention`` issues inside ``F.multi_head_attention_forward``.
+  ``nn.MultiheadAttention`` issues inside ``F.multi_head_attention_forward``;
+* ``Tensor.bernoulli_(p)`` with a float keep probability ``p < 1``: the draw of hand-written
+  dropout masks, among them timm's ``drop_path`` and torchvision's ``stochastic_depth`` *functions*
+  (``x.new_empty(shape).bernoulli_(keep_prob)``). droplab fills the tensor with its keep mask
+  (1 with probability ``p``), so the rest of the hand-written code runs unchanged.
 
-Not covered: the in-place ``torch.dropout_`` family, ``torch.nn.functional.multi_head_attention_forward``
-called with ``need_weights=True`` *and* a custom fused kernel, dropout written by hand
-(``x * torch.bernoulli(...)``, timm's ``drop_path`` function: its module form ``DropPath`` has a
-conversion rule), and calls inside ``torch.jit.script``'ed code (TorchScript bypasses Python dispatch).
+Not covered: the in-place ``torch.dropout_`` family, ``torch.bernoulli(probs)`` / ``bernoulli_`` with a
+tensor of probabilities or an explicit ``generator``, and calls inside ``torch.jit.script``'ed code
+(TorchScript bypasses Python dispatch).
 
 Calls are seen through a :class:`~torch.overrides.TorchFunctionMode` and attributed to the innermost
 module whose forward is running (per-module forward hooks keep the stack); the ``i``-th dropout call
@@ -71,6 +74,13 @@ def _form(name, params, defaults, droplab, rate="p", training="training") -> Cal
     return CallForm(name, params, defaults, rate, training, droplab)
 
 
+def keep_mask_fill(input: torch.Tensor, p: float, training: bool = True, inplace: bool = True, *, seed, step,
+                   replica: int = 0) -> torch.Tensor:
+    """``input.bernoulli_(1 - p)`` on droplab's generator: 1 where droplab's mask keeps, 0 where it drops."""
+    keep = DF.dropout(torch.ones_like(input), p, True, seed=seed, step=step, replica=replica, scaling="classic")
+    return input.copy_(keep)
+
+
 CALL_FORMS: dict[Callable, CallForm] = {
     TF.dropout: _form("F.dropout", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout),
     TF.dropout1d: _form("F.dropout1d", _DROPOUT, {"p": 0.5, "training": True, "inplace": False}, DF.dropout1d),
@@ -88,6 +98,8 @@ CALL_FORMS: dict[Callable, CallForm] = {
         "F.scaled_dot_product_attention", _SDPA,
         {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False},
         None, rate="dropout_p", training=None),
+    torch.Tensor.bernoulli_: _form("Tensor.bernoulli_", ("input", "p", "generator"), {"p": 0.5, "generator": None},
+                                   keep_mask_fill, training=None),
 }
 
 
@@ -118,6 +130,11 @@ class Call:
         inplace = bool(self.arguments.get("inplace", False))
         return self.form.droplab(input, self.p, True, inplace, seed=seed, step=step, replica=replica)
 
+    @property
+    def fills(self) -> bool:
+        """The call fills its input in place with a mask (``bernoulli_``) rather than masking it."""
+        return self.form.name == "Tensor.bernoulli_"
+
 
 def bind(func: Callable, args: tuple, kwargs: dict | None) -> Call | None:
     """The :class:`Call` for ``func(*args, **kwargs)``, or None when ``func`` is not a dropout form."""
@@ -127,6 +144,11 @@ def bind(func: Callable, args: tuple, kwargs: dict | None) -> Call | None:
     arguments = dict(form.defaults)
     arguments.update(zip(form.params, args))
     arguments.update(kwargs or {})
+    if form.name == "Tensor.bernoulli_":
+        keep = arguments["p"]
+        if arguments["generator"] is not None or isinstance(keep, torch.Tensor) or not 0 <= float(keep) < 1:
+            return None  # probabilities per element, an explicit generator, or nothing dropped: not dropout
+        arguments["p"] = 1.0 - float(keep)  # the drop rate
     return Call(form, arguments)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import nn as dnn
 from ._calls import Call, CallMode, attention_math, issuing_modules, routing_is_suspended, routing_suspended
 from ._modes import training_flags_restored
+from .library_rules import LIBRARY_RULES
 
 __all__ = ["CallSite", "probe", "probe_sites", "attach_routers", "detach_routers"]
 
@@ -42,6 +43,10 @@ class CallSite:
 _MODULE_SITES = (nn.modules.dropout._DropoutNd, dnn.StochasticModule)
 
 
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class _Recorder(CallMode):
     def __init__(self, stack: list[str], modules: Mapping[str, nn.Module]) -> None:
         super().__init__()
@@ -51,8 +56,9 @@ class _Recorder(CallMode):
 
     def on_call(self, func, call: Call, args, kwargs):
         issuer = self.stack[-1] if self.stack else ""
-        if isinstance(self.modules[issuer], _MODULE_SITES):  # a dropout module's own call: a module site
-            return func(*args, **kwargs)
+        module = self.modules[issuer]
+        if isinstance(module, _MODULE_SITES) or _qualified(type(module)) in LIBRARY_RULES:
+            return func(*args, **kwargs)  # a dropout module's own call: a module site
         index = self.counts.get(issuer, 0)
         self.counts[issuer] = index + 1
         scaling = "noise" if "alpha" in call.form.name else "inverted"
@@ -113,7 +119,7 @@ _DROPLAB_CLASS = {"F.dropout": dnn.Dropout, "torch.dropout": dnn.Dropout, "F.sca
                   "F.dropout1d": dnn.Dropout1d, "F.dropout2d": dnn.Dropout2d, "F.dropout3d": dnn.Dropout3d,
                   "F.alpha_dropout": dnn.AlphaDropout, "torch.alpha_dropout": dnn.AlphaDropout,
                   "F.feature_alpha_dropout": dnn.FeatureAlphaDropout,
-                  "torch.feature_alpha_dropout": dnn.FeatureAlphaDropout}
+                  "torch.feature_alpha_dropout": dnn.FeatureAlphaDropout, "Tensor.bernoulli_": dnn.Dropout}
 _ATTRIBUTE = "_droplab_call_sites"  # on an issuing module: the child names of its call sites, by index
 _LOCAL = threading.local()
 
@@ -134,7 +140,10 @@ class _Route(CallMode):
         site = self.module.get_submodule(names[index % len(names)])
         if call.form.droplab is None:
             return attention_math(call, site)
-        return site(call.arguments[call.form.params[0]])
+        input = call.arguments[call.form.params[0]]
+        if call.fills:  # bernoulli_(keep): 1 where the droplab module keeps
+            return input.copy_(site(torch.ones_like(input)) != 0)
+        return site(input)
 
 
 class _EnterRoute:

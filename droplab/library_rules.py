@@ -15,9 +15,9 @@ a module of that class. Built in:
 * transformers ``StableDropout(drop_prob)`` (DeBERTa-style, ``transformers.models.sew_d``) ->
   :class:`droplab.nn.Dropout` (same inverted element-wise dropout).
 
-The function forms (timm's ``drop_path``, torchvision's ``stochastic_depth``) draw with
-``torch.empty(...).bernoulli_()``, which no dispatch hook can tell from any other Bernoulli draw;
-their module forms above are what models hold.
+The function forms (timm's ``drop_path``, torchvision's ``stochastic_depth`` called directly in a
+forward) draw with ``Tensor.bernoulli_(keep_prob)``, which is a functional call form of its own
+(:mod:`droplab._calls`): found with an example input, drawn by droplab after ``convert``, sampled by MC.
 """
 
 from __future__ import annotations

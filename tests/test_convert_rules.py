@@ -184,3 +184,37 @@ def test_register_conversion_by_qualified_name_needs_no_import():
     assert type(dl.convert(model)[0]) is dl.nn.Dropout and dl.convert(nn.Sequential(Custom(0.25)))[0].p == 0.25
     with pytest.raises(ValueError, match="qualified_name must be"):
         register_conversion("NoDots", dl.nn.Dropout, lambda m, seed: None)
+
+
+def test_function_forms_are_functional_sites(timm_drop, tv_depth):
+    """timm's ``drop_path`` and torchvision's ``stochastic_depth`` called directly: their ``bernoulli_``."""
+    from droplab import functional as DF
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            h = x + timm_drop.drop_path(self.fc(x), 0.3, self.training)
+            return h + tv_depth.stochastic_depth(self.fc(h), 0.2, "row", self.training)
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(Block(), nn.Linear(6, 2)).eval(), torch.randn(5, 6)
+    assert [(s.name, s.kind, round(s.p, 6)) for s in dl.sites(model, x)] == [
+        ("0#0", "Tensor.bernoulli_", 0.3), ("0#1", "Tensor.bernoulli_", 0.2)]
+    res = dl.mc.predict(model, x, 12, seed=1)
+    assert res.samples.std(0).min() > 0
+    torch.testing.assert_close(res.samples, dl.mc.sample_loop(model, x, 12, seed=1))
+    assert torch.equal(dl.mc.predict(model, x, 12, seed=1).samples, res.samples)
+
+    converted = dl.convert(model, seed=3, example_input=x).train()
+    block = converted[0]
+    assert (block.dropout_call0.p, block.dropout_call1.p) == pytest.approx((0.3, 0.2))
+    out = block(x)
+    keep1 = (DF.dropout(torch.ones(5, 1), 0.3, True, seed=3, step=0) != 0).float()
+    keep2 = (DF.dropout(torch.ones(5, 1), 0.2, True, seed=4, step=0) != 0).float()
+    with torch.no_grad():
+        h = x + block.fc(x) * keep1 / 0.7
+        expected = h + block.fc(h) * keep2 / 0.8
+    torch.testing.assert_close(out.detach(), expected)

@@ -268,7 +268,9 @@ class _FunctionalSites(CallMode):
             def draw(x):
                 seed, step = counters(key)
                 return call.run_droplab(x, seed=seed, step=step)
-            return run_sliced(draw, (call.arguments[call.form.params[0]],), {}, affine=True, name=call.form.name)
+            # a mask filled in place (bernoulli_) is filled slice by slice; a masking call is affine in its input
+            return run_sliced(draw, (call.arguments[call.form.params[0]],), {}, affine=not call.fills,
+                              name=call.form.name)
         return self._attention(call, key)
 
     def _attention(self, call, key: int):
