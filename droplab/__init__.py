@@ -12,7 +12,7 @@ import importlib
 from . import functional, nn, rng
 from .convert import Site, convert, set_rate, sites
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "guards", "diagnostics", "lab")
 _LAZY_ATTRS: dict[str, str] = {"inference_mode": "guards", "assert_inference": "guards",

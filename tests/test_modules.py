@@ -1,5 +1,6 @@
-"""droplab.nn core modules: seeds, steps, resume, checkpoint recomputation, replicas, threads,
-torch.compile, and convert/sites."""
+"""droplab.nn core modules in the seeded mode: steps, resume, checkpoint recomputation, replicas,
+threads, convert/sites, and the version (torch.compile: test_compile.py; the unseeded mode:
+test_seed_modes.py)."""
 
 import copy
 
@@ -174,3 +175,14 @@ def test_set_rate_global_and_by_pattern():
     assert model[2][0].p == 0.3  # a rejected call changes nothing
     with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
         dl.set_rate(model, 1.2)
+
+
+def test_version_agrees_across_pyproject_package_and_changelog():
+    import pathlib
+    import re
+
+    pyproject = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert dl.__version__ == declared
+    changelog = (pathlib.Path(__file__).parents[1] / "CHANGELOG.md").read_text()
+    assert f"/ {declared}" in changelog or f"## {declared}" in changelog
