@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "show":
             if args.id is None:
                 raise UserError("give a run id, e.g. droplab runs show 1 (droplab runs lists them)")
-            try:
-                run_row = store.get_run(args.id)
-            except KeyError as error:
-                raise UserError(f"{error.args[0]} (droplab runs --db {args.db} lists them)") from None
+            run_row = store.get_run(args.id)  # an unknown id is a NoSuchRun, a UserError
             print(terminal_safe(format_run(run_row, store.epochs(args.id)), keep_newlines=True))
             return 0
         if args.limit is not None and args.limit < 1:

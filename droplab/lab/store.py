@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import MissingFileError, UserError
 
-__all__ = ["RunStore", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "versions"]
+__all__ = ["RunStore", "NoSuchRun", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "versions"]
 
 STATUSES = ("running", "finished", "failed", "pruned")
 
@@ -111,6 +111,13 @@ def versions() -> dict[str, str]:
 
     return {"droplab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
+
+
+class NoSuchRun(UserError, KeyError):
+    """A run id that is not in the store: a user error, and a ``KeyError`` for library callers."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def _store_problem(path: str, error: BaseException, expected_only: bool = False) -> str | None:
@@ -340,7 +347,7 @@ class RunStore:
     def get_run(self, run_id: int) -> dict:
         row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
         if row is None:
-            raise KeyError(f"no run with id {run_id} in {self.path}")
+            raise NoSuchRun(f"no run with id {run_id} in {self.path} (droplab runs --db {self.path} lists them)")
         return self._run_dict(row)
 
     def epochs(self, run_id: int) -> list[dict]:

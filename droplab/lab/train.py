@@ -29,6 +29,7 @@ from . import callbacks as cb
 from .callbacks import CHECKPOINT_FORMAT, schedule_curve
 from .config import ExperimentConfig
 from .data import Splits, augment_batch, load_dataset
+from .errors import user_errors
 from .models import dropout_modules, max_norm_
 from .tasks import task_of
 
@@ -274,14 +275,18 @@ def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple
     stored = store.get_run(resume_from)
     if not stored.get("checkpoint"):
         raise ValueError(f"run {resume_from} has no checkpoint to resume from (train it with --save)")
-    state = load_checkpoint(stored["checkpoint"])
-    try:
-        run.core.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise ValueError(f"checkpoint {stored['checkpoint']} does not fit run {resume_from}'s model: {error}") from None
-    run.history, run.wall_before = list(state["history"]), float(state["wall_time_s"])
-    run.pending_states = state.get("callbacks", {})
+    # a corrupt, truncated, edited or foreign checkpoint is the user's file: one error, the store untouched
+    with user_errors(f"run {resume_from}'s checkpoint cannot be resumed",
+                     (ValueError, TypeError, KeyError, RuntimeError, AttributeError, OSError)):
+        state = load_checkpoint(stored["checkpoint"])
+        try:
+            run.core.load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ValueError(f"checkpoint {stored['checkpoint']} does not fit run {resume_from}'s model: "
+                             f"{error}") from None
+        run.history, run.wall_before = list(state["history"]), float(state["wall_time_s"])
+        run.pending_states = dict(state.get("callbacks") or {})
     store.resume_run(resume_from)
     return resume_from, Path(stored["checkpoint"])
 
