@@ -1,12 +1,13 @@
 """The study report: one HTML page (a section and a figure per claim), a Markdown summary, the JSON results.
 
-``<dir>/index.html`` loads only its own PNGs; every string is HTML-escaped. ``summary.md`` is the same
-content as Markdown (what docs/guides/study.md quotes), ``results.json`` the numbers.
+``<dir>/index.html`` is built from the lab's report parts (:func:`droplab.lab.report.page`,
+``html_table``, ``save_figure``, ``write_page``): it loads only its own PNGs and every string is escaped.
+``summary.md`` is the same content as Markdown (what docs/guides/study.md quotes), ``results.json`` the
+numbers.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,20 +49,14 @@ def text_table(results: Sequence[ClaimResult]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def _plt():
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError('the study report needs matplotlib: pip install "droplab[lab]"') from None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def draw_figure(directory: Path, result: ClaimResult) -> str:
+    """The claim's own panel (its ``plot``) beside the effects: per-seed values, mean and 95% interval.
 
-    return plt
+    Saved as ``directory/claim-NN.png``; returns the file name.
+    """
+    from ..lab.report import pyplot, save_figure
 
-
-def draw_figure(path: Path, result: ClaimResult) -> Path:
-    """The claim's own panel (its ``plot``) beside the effects: per-seed values, mean and 95% interval."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
     if result.claim.plot is not None and result.raws:
         result.claim.plot(left, result.raws, result.settings)
@@ -82,15 +77,19 @@ def draw_figure(path: Path, result: ClaimResult) -> Path:
     right.invert_yaxis()
     right.set(title="effects (expected sign): seeds, mean, 95% CI", xlabel="effect")
     fig.suptitle(f"claim {result.claim.number}: {result.claim.title} - {result.verdict}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    name, _ = save_figure(fig, directory, f"claim-{result.claim.number:02d}.png", result.claim.title, dpi=80)
+    return name
 
 
 def _md(text: str) -> str:
     """Text safe inside a Markdown table cell (``|acc|`` would end the cell)."""
     return text.replace("|", "\\|")
+
+
+def _meta_line(meta: dict) -> str:
+    total = meta.get("total_seconds", 0.0)
+    return (f"Total: {total:.0f} s ({total / 60:.1f} min); {meta.get('date', '')}; load average before/after: "
+            f"{meta.get('load_before', '?')} / {meta.get('load_after', '?')}; {meta.get('mode', '')}.")
 
 
 def markdown_summary(results: Sequence[ClaimResult], meta: dict, figure_dir: str | None = None) -> str:
@@ -100,9 +99,7 @@ def markdown_summary(results: Sequence[ClaimResult], meta: dict, figure_dir: str
         lines.append(f"| {r.claim.number} | {r.claim.title} | **{r.verdict}** | "
                      f"{_md(_primary(r).label)}: {_effect_cell(r, _primary(r).key)} | {len(r.effects)} | "
                      f"{r.seconds:.0f} s |")
-    lines += ["", f"Total: {meta.get('total_seconds', 0):.0f} s ({meta.get('total_seconds', 0) / 60:.1f} min); "
-              f"{meta.get('date', '')}; load average before/after: {meta.get('load_before', '?')} / "
-              f"{meta.get('load_after', '?')}; {meta.get('mode', '')}.", ""]
+    lines += ["", _meta_line(meta), ""]
     for r in results:
         c = r.claim
         lines += [f"### {c.number}. {c.title}", "", f"- **Setup:** {c.setup_text}",
@@ -121,30 +118,20 @@ def markdown_summary(results: Sequence[ClaimResult], meta: dict, figure_dir: str
     return "\n".join(lines)
 
 
-def _page(title: str, body: list[str]) -> str:
-    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}"
-             "table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px}"
-             ".reproduced{color:#176e2b}.contradicted{color:#a11}.inconclusive{color:#8a6d00}img{max-width:100%}")
-    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', '<head><meta charset="utf-8">',
-                      '<link rel="icon" href="data:,">', f"<title>{html.escape(title)}</title>",
-                      f"<style>{style}</style></head>", "<body>", f"<h1>{html.escape(title)}</h1>", *body,
-                      "</body>", "</html>", ""])
-
-
 def _html_section(r: ClaimResult, figure: str | None) -> list[str]:
-    e, c = html.escape, r.claim
-    css = r.verdict.split(" ")[0]
-    rows = "".join(f"<tr><td>{e(x.label)}{'' if x.primary else ' (secondary)'}</td>"
-                   f"<td>{'&gt; 0' if x.direction > 0 else '&lt; 0'}</td><td>{e(_effect_cell(r, x.key))}</td>"
-                   f"<td>{e(r.verdicts.get(x.key, '-'))}</td></tr>" for x in c.effects)
-    parts = [f'<h2 id="claim-{c.number}">{c.number}. {e(c.title)}: <span class="{e(css)}">{e(r.verdict)}</span></h2>',
+    from ..lab.report import escape as e
+    from ..lab.report import html_table
+
+    c = r.claim
+    rows = [[x.label + ("" if x.primary else " (secondary)"), "> 0" if x.direction > 0 else "< 0",
+             _effect_cell(r, x.key), r.verdicts.get(x.key, "-")] for x in c.effects]
+    parts = [f'<h2 id="claim-{c.number}">{c.number}. {e(c.title)}: {e(r.verdict)}</h2>',
              f"<p><b>Setup.</b> {e(c.setup_text)}</p>", f"<p><b>Expected.</b> {e(c.expected)}. "
              f"<i>Source:</i> {e(c.source)}.</p>",
              f"<p>{len(r.effects)} seeds, {r.seconds:.1f} s.</p>"]
     if r.error:
-        parts.append(f"<p><b>Error:</b> {e(r.error)}</p>")
-    parts.append("<table><tr><th>effect</th><th>expected</th><th>mean [95% CI]</th><th>verdict</th></tr>"
-                 f"{rows}</table>")
+        parts.append(f'<p class="warn"><b>Error:</b> {e(r.error)}</p>')
+    parts.append(html_table(["effect", "expected", "mean [95% CI]", "verdict"], rows))
     if figure:
         parts.append(f'<p><img src="{e(figure)}" alt="claim {c.number} figure"></p>')
     return parts
@@ -153,18 +140,14 @@ def _html_section(r: ClaimResult, figure: str | None) -> list[str]:
 def write_study_report(directory: str | Path, results: Sequence[ClaimResult], meta: dict) -> Path:
     """Write ``index.html``, ``claim-NN.png``, ``summary.md`` and ``results.json`` into ``directory``."""
     from ..lab.files import write_json, write_text
+    from ..lab.report import escape, write_page
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    body = ["<pre>" + html.escape(text_table(results)) + "</pre>",
-            f"<p>{html.escape(str(meta))}</p>"]
-    for r in results:
-        figure = None
-        if r.effects:
-            figure = draw_figure(directory / f"claim-{r.claim.number:02d}.png", r).name
-        body += _html_section(r, figure)
-    write_text(directory / "summary.md", markdown_summary(results, meta, figure_dir="."))
+    # the numbers first: a figure that fails to draw must not lose them
     write_json(directory / "results.json", {"meta": meta, "claims": [r.as_dict() for r in results]})
-    path = directory / "index.html"
-    write_text(path, _page(meta.get("title", "droplab study"), body))
-    return path
+    write_text(directory / "summary.md", markdown_summary(results, meta, figure_dir="."))
+    body = ["<pre>" + escape(text_table(results)) + "</pre>", f"<p>{escape(_meta_line(meta))}</p>"]
+    for r in results:
+        body += _html_section(r, draw_figure(directory, r) if r.effects else None)
+    return write_page(directory, meta.get("title", "droplab study"), body)
