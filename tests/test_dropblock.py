@@ -145,7 +145,9 @@ def test_bench_variants_quick_smoke(tmp_path, capsys):
 
     result = json.loads(out.read_text())
     cases = [r["case"] for r in result["rows"]]
-    assert len(cases) == 5 and any("DropBlock2d" in c for c in cases) and any("VariationalLSTM" in c for c in cases)
+    assert len(cases) == 7 and any("DropBlock2d" in c for c in cases) and any("VariationalLSTM" in c for c in cases)
+    assert any("EmbeddingDropout" in c for c in cases) and any("GaussianDropout" in c for c in cases)
+    assert all(r["droplab_saved_mask_B"] == 0 for r in result["rows"] if r["droplab_saved_mask_B"] is not None)
     assert all(r["droplab_ms"] > 0 and r["torch_ms"] > 0 for r in result["rows"])
     rate = next(r["rate"] for r in result["rows"] if "rate" in r)
     assert 0 < rate["droplab_mean"] < 1 and 0 < rate["torch_mean"] < 1
