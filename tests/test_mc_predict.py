@@ -1,5 +1,7 @@
 """droplab.mc.predict: sample-for-sample equality with the loop, state restoration, consistent masks."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -282,3 +284,61 @@ def test_bad_arguments():
         predict(model, x, 2, method="magic")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         predict(lambda v: v, x, 2)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: dl.nn.Dropout(0.3, seed=2), (5, 7)),
+    (lambda: dl.nn.Dropout2d(0.3, seed=2), (5, 3, 4, 4)),
+    (lambda: dl.nn.AlphaDropout(0.3, seed=2), (5, 7)),
+    (lambda: dl.nn.GaussianDropout(0.3, seed=2), (5, 7)),
+    (lambda: dl.nn.DropPath(0.3, seed=2), (5, 7)),
+    (lambda: dl.nn.DropBlock2d(0.3, block_size=3, seed=3), (5, 2, 7, 7)),
+    (lambda: dl.nn.LockedDropout(0.3, batch_first=True, seed=1), (5, 4, 6)),
+    (lambda: dl.nn.AttentionDropout(0.3, seed=1), (5, 2, 4, 4)),
+], ids=["Dropout", "Dropout2d", "AlphaDropout", "GaussianDropout", "DropPath", "DropBlock2d", "LockedDropout",
+        "AttentionDropout"])
+def test_consistent_row_equals_the_module_run_on_a_batch_of_one(make, shape):
+    """The definition, computed by the module's own forward: row i of sample t = the module, reseeded to
+    (mc_seed(its seed, s, 0), step t), run in training on x[i:i+1] alone."""
+    from droplab.mc.sampling import mc_seed
+
+    torch.manual_seed(0)
+    site = make().to(DT)
+    x = torch.randn(*shape, dtype=DT)
+    res = predict(nn.Sequential(nn.Identity(), site), x, 4, seed=9, consistent=True, max_batch=20)
+    reference = copy.deepcopy(site).train()
+    for t in range(4):
+        for i in range(shape[0]):
+            reference.reseed(mc_seed(int(site.seed), 9, 0), step=t)
+            torch.testing.assert_close(res.samples[t, i:i + 1], reference(x[i:i + 1]), rtol=1e-12, atol=1e-12)
+
+
+def test_tuple_and_mapping_inputs_and_selected_outputs_equal_the_loop():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 4)
+            self.drop = nn.Dropout(0.4)
+
+        def forward(self, a, b, scale=1.0):
+            h = self.drop(self.fc(a)) * b[:, :1] * scale
+            return {"logits": h, "aux": (h.sum(1), h)}
+
+    torch.manual_seed(0)
+    model, a, b = Pair().to(DT).eval(), _x(6), _x(6, seed=2)
+    by_tuple = predict(model, (a, b), 5, seed=1)
+    by_mapping = predict(model, {"a": a, "b": b, "scale": 2.0}, 5, seed=1)
+    torch.testing.assert_close(by_mapping.samples, 2.0 * by_tuple.samples)
+    torch.testing.assert_close(by_tuple.samples, sample_loop(model, (a, b), 5, seed=1))
+    row_sums = predict(model, (a, b), 5, seed=1, output=lambda out: out["aux"][0]).samples
+    torch.testing.assert_close(row_sums, by_tuple.samples.sum(-1))
+    with pytest.raises(ValueError, match="output='missing' does not name"):
+        predict(model, (a, b), 2, output="missing")
+
+
+def test_no_dropout_site_raises_and_zero_rates_warn():
+    with pytest.raises(ValueError, match="no dropout site"):
+        predict(nn.Sequential(nn.Linear(5, 2)).to(DT), _x(), 3)
+    with pytest.warns(UserWarning, match="p = 0"):
+        res = predict(nn.Sequential(nn.Linear(5, 2), nn.Dropout(0.0)).to(DT), _x(), 3, seed=0)
+    assert torch.equal(res.samples[0], res.samples[2])
