@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -306,7 +305,3 @@ def compare(model_fn: Callable | str | Sequence[ExperimentConfig] | None = None,
     if report is not None:
         result.report(Path(report) / result.id)
     return result
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr)
