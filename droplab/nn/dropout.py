@@ -1,4 +1,8 @@
-"""Drop-in replacements for ``torch.nn.Dropout`` and ``torch.nn.Dropout1d/2d/3d``."""
+"""Drop-in replacements for ``torch.nn.Dropout`` and ``torch.nn.Dropout1d/2d/3d``.
+
+Each class subclasses the torch class it replaces, takes its arguments (plus droplab's keywords),
+follows its input-rank rules, warnings and exception types, and keeps the input's memory format.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ class Dropout(_DropoutNd, nn.Dropout):
 
     Inverted scaling (default) multiplies kept elements by :math:`1/(1-p)` in training and is the
     identity at inference; classic scaling leaves training unscaled and multiplies by :math:`1-p` at
-    inference. The mask is droplab's counter-based mask of ``(seed, step, replica)``: reproducible,
-    regenerated in backward, and different on each data-parallel rank.
+    inference. The mask is droplab's Philox mask of ``(key, step, replica)``: regenerated in backward,
+    the same on every device, and different on each data-parallel rank. A subclass of
+    ``torch.nn.Dropout``.
 
     Args:
         p: drop probability. Default: 0.5.
@@ -46,7 +51,7 @@ class Dropout(_DropoutNd, nn.Dropout):
         share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
 
     Shape:
-        Input :math:`(*)`, output :math:`(*)` of the same shape.
+        Input :math:`(*)`, output :math:`(*)` of the same shape and memory format.
 
     Example::
 
@@ -56,6 +61,10 @@ class Dropout(_DropoutNd, nn.Dropout):
         1
         >>> torch.equal(m.eval()(torch.ones(2)), torch.ones(2))
         True
+
+    .. warning::
+        Stricter than torch: a non-floating-point input raises :class:`droplab.functional.InputDtypeError`
+        (a ``TypeError`` and a ``RuntimeError``) in evaluation mode too, where torch returns it unchanged.
 
     Reference: Srivastava et al., JMLR 2014.
     """
@@ -83,18 +92,24 @@ class Dropout1d(_ChannelDropout, nn.Dropout1d):
     r"""Zero whole channels of ``(N, C, L)`` or ``(C, L)`` inputs with probability ``p``.
 
     One mask value per (example, channel), shared along the length. Arguments as :class:`Dropout`
-    (the noise shape is fixed).
+    (the noise shape is fixed). Other ranks raise :class:`droplab.functional.InputRankError`, a
+    ``RuntimeError`` as in torch (and a ``ValueError``).
     """
 
     _functional = staticmethod(F.dropout1d)
 
 
 class Dropout2d(_ChannelDropout, nn.Dropout2d):
-    r"""Zero whole feature maps of ``(N, C, H, W)`` or ``(C, H, W)`` inputs with probability ``p``.
+    r"""Zero whole feature maps of ``(N, C, H, W)`` inputs with probability ``p``.
 
     Adjacent pixels of a feature map are strongly correlated, so element-wise dropout barely
     regularizes convolutions; dropping the whole map does (Tompson et al., CVPR 2015).
     Arguments as :class:`Dropout` (the noise shape is fixed).
+
+    .. warning::
+        As ``torch.nn.Dropout2d`` does, a 3-D input is read as :math:`(N, C, L)` (one mask value per
+        :math:`(n, c)`), not as an unbatched :math:`(C, H, W)`, with torch's warning; other ranks than
+        3 and 4 warn. Use :class:`Dropout1d` for :math:`(N, C, L)` inputs.
     """
 
     _functional = staticmethod(F.dropout2d)
@@ -103,7 +118,8 @@ class Dropout2d(_ChannelDropout, nn.Dropout2d):
 class Dropout3d(_ChannelDropout, nn.Dropout3d):
     r"""Zero whole feature volumes of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` inputs with probability ``p``.
 
-    Arguments as :class:`Dropout` (the noise shape is fixed).
+    Arguments as :class:`Dropout` (the noise shape is fixed). As ``torch.nn.Dropout3d``, other ranks
+    than 4 and 5 warn, and every rank but 5 is read as unbatched :math:`(C, *)`.
     """
 
     _functional = staticmethod(F.dropout3d)
