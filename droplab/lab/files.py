@@ -60,8 +60,9 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         os.replace(tmp_name, path)
         tmp_name = None
         _fsync_directory(path.parent)
-    except OSError as error:
-        message = os_error_message(error, "write", path)
+    except Exception as error:  # torch.save wraps a full disk in a RuntimeError: look down the chain
+        cause = _os_error_in_chain(error)
+        message = os_error_message(cause, "write", path) if cause is not None else None
         if message is None:
             raise
         raise UserError(message) from error
@@ -71,6 +72,17 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _os_error_in_chain(error: BaseException) -> OSError | None:
+    """The first ``OSError`` among ``error`` and its causes and contexts (None if there is none)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _fsync_directory(directory: Path) -> None:
