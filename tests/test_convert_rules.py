@@ -218,3 +218,18 @@ def test_function_forms_are_functional_sites(timm_drop, tv_depth):
         h = x + block.fc(x) * keep1 / 0.7
         expected = h + block.fc(h) * keep2 / 0.8
     torch.testing.assert_close(out.detach(), expected)
+
+
+def test_transformers_stable_dropout_converts():
+    sew_d = pytest.importorskip("transformers.models.sew_d.modeling_sew_d")
+    model = nn.Sequential(nn.Linear(4, 4), sew_d.StableDropout(0.25))
+    assert [(s.kind, s.p, s.library) for s in dl.sites(model)] == [("transformers.StableDropout", 0.25, "transformers")]
+    converted = dl.convert(model, seed=1)
+    assert type(converted[1]) is dl.nn.Dropout and converted[1].p == 0.25
+    x = torch.ones(20000)
+    reference = sew_d.StableDropout(0.25).train()(x)  # transformers' own: zeros, and 1/(1-p) where kept
+    mine = converted[1].train()(x)
+    for y in (reference, mine):
+        kept = y != 0
+        torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+        assert binomtest(int(kept.sum()), x.numel(), 0.75).pvalue > 1e-3
