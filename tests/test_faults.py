@@ -123,6 +123,9 @@ def test_kill_9_mid_run_keeps_epochs_and_checkpoint_and_resume_continues(tmp_pat
         status = conn.execute("SELECT status FROM runs WHERE id = 1").fetchone()[0]
         epochs = [row[0] for row in conn.execute("SELECT epoch FROM epochs WHERE run_id = 1 ORDER BY epoch")]
     assert status == "finished" and epochs == list(range(1, max(total, kept) + 1))
+    # runs show shows the config the run was resumed with
+    assert main(["runs", "show", "1", "--db", str(db)]) == 0
+    assert f"epochs = {total}" in capsys.readouterr().out
 
 
 def test_kill_9_of_a_sweep_worker_mid_trial_is_retried_and_the_sweep_exits_0(tmp_path):
@@ -275,3 +278,40 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         runs = store.list_runs()
         assert sorted(r["name"] for r in runs) == ["w0", "w1", "w2", "w3"]
         assert all(r["status"] == "finished" and len(store.epochs(r["id"])) == 40 for r in runs)
+
+
+# names that try to leave their directory; optional steps that fail after training -------------------
+
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_hostile_run_names_stay_inside_the_report_dir(tmp_path, data, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    reports = outside / "reports"
+    name = "a/../../../escape $\\x{$ \x1b[2J\x07"
+    code = main(["compare", "--dataset", str(data), "--set", "epochs=1", "--set", f"name={name}", "--db",
+                 str(tmp_path / "r.db"), "--report-dir", str(reports), "--rates", "0,0.5", "--no-progress",
+                 "--no-coadaptation", "--set", "width=16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    written = _files_under(tmp_path)
+    assert all(reports in p.parents or p.name.startswith("r.db") or p == data for p in written), written
+    assert any(p.name == "index.html" for p in written)
+    assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.out + captured.err
+
+
+def test_a_report_that_cannot_be_written_loses_nothing(tmp_path, data, capsys):
+    with tmpfs(tmp_path / "full", "16k") as mount:
+        db = tmp_path / "r.db"
+        code = main(["compare", "--dataset", str(data), "--set", "epochs=1", "--set", "width=16", "--db", str(db),
+                     "--report-dir", str(mount), "--rates", "0,0.5", "--no-progress", "--no-coadaptation"])
+        captured = capsys.readouterr()
+        assert code == 1, captured.err
+        assert "val" in captured.out and "Traceback" not in captured.err  # the table and verdict were printed
+        assert len([line for line in captured.err.splitlines() if "error" in line]) == 1
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        statuses = [row[0] for row in conn.execute("SELECT status FROM runs ORDER BY id")]
+        comparisons = conn.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0]
+    assert statuses == ["finished", "finished"] and comparisons == 1
