@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import torch
 from torch import fx, nn
 
 __all__ = ["LeafTracer", "fx_leaf_forward", "fx_traceable"]
@@ -44,6 +45,8 @@ def fx_leaf_forward(forward: Callable) -> Callable:
 
     @functools.wraps(forward)
     def leaf_forward(self, *args, **kwargs):
+        if args and type(args[0]) is torch.Tensor:  # the common case, checked first: no tracing
+            return forward(self, *args, **kwargs)
         tracer = _tracer_of(args, kwargs)
         if tracer is not None:
             path = tracer.path_of_module(self)
@@ -59,6 +62,8 @@ def fx_traceable(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def traceable(*args, **kwargs):
+        if args and type(args[0]) is torch.Tensor:  # the common case, checked first: no tracing
+            return fn(*args, **kwargs)
         tracer = _tracer_of(args, kwargs)
         if tracer is not None:
             return tracer.create_proxy("call_function", fn, args, kwargs)
