@@ -27,6 +27,12 @@ def build(input_shape, n_outputs, width=16):
                          nn.Linear(width, width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, n_outputs))
 
 
+def build_droplab(input_shape, n_outputs):
+    import droplab.nn as dnn
+
+    return nn.Sequential(nn.Linear(input_shape[0], 8), nn.ReLU(), dnn.Dropout(0.5), nn.Linear(8, n_outputs))
+
+
 def data(seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(160, 6, generator=g)
@@ -77,6 +83,14 @@ def test_user_model_is_converted_seeded_and_rated(user_file):
     assert [s.p for s in droplab.sites(per_site)] == [0.0, 0.3, 0.6]
     with pytest.raises(UserError, match="gives 2 per-site rates but the model has 3"):
         build_model(config.replace(rates=[0.1, 0.2]), (6,), 2)
+
+
+def test_unseeded_droplab_sites_of_a_user_model_get_counters(user_file):
+    model = build_model(ExperimentConfig(model="mine.py:build_droplab", seed=5), (6,), 2)
+    (site,) = droplab.sites(model)
+    assert site.module.seeded and "2.seed" in model.state_dict()
+    again = build_model(ExperimentConfig(model="mine.py:build_droplab", seed=5), (6,), 2)
+    assert int(droplab.sites(again)[0].module.seed) == int(site.module.seed)
 
 
 def test_bad_factory_specs_are_user_errors(user_file):

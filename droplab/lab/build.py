@@ -7,7 +7,8 @@ Every model goes through the same steps, built-in or the user's:
 2. ``input_dropout > 0`` wraps the model's input in a droplab dropout site (:class:`InputDropout`), the
    first site in :func:`droplab.sites` order;
 3. :func:`droplab.convert` swaps torch.nn dropout modules for droplab's with a seed derived from the
-   run's seed, so every mask is counter-based and a resumed run draws exactly the masks it would have;
+   run's seed, and droplab modules built unseeded are seeded the same way, so every mask is
+   counter-based and a resumed run draws exactly the masks it would have;
 4. the rates: ``rates`` sets every site (one value for all, or one per site in :func:`droplab.sites`
    order), else ``rate_scale`` multiplies every site's rate as built (0: off, 0.5: halved).
 
@@ -136,7 +137,15 @@ def build_model(config, input_shape: Sequence[int], n_outputs: int) -> nn.Module
         model = convert(model, seed=seed + 1)
     except ValueError as error:
         raise UserCodeError(f"droplab.convert of {config.model}", error, code_files(factory)) from error
+    _seed_unseeded(model, seed + 100_003)
     return apply_rates(model, config)
+
+
+def _seed_unseeded(model: nn.Module, seed: int) -> None:
+    """Give droplab modules built with ``seed=None`` counters too, so every mask of the run is resumable."""
+    unseeded = [m for m in model.modules() if isinstance(m, dnn.StochasticModule) and not getattr(m, "seeded", True)]
+    for index, module in enumerate(unseeded):
+        module.reseed(seed + index)
 
 
 def with_model_defaults(config, explicit: set[str]):
