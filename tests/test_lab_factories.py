@@ -186,3 +186,14 @@ def test_uncertainty_on_a_regression_factory(user_file, capsys):
     assert "test log-likelihood" in out and "90% interval coverage" in out
     page, = (user_file / "out").iterdir()
     assert (page / "calibration.png").is_file() and "MC dropout vs weight scaling" in (page / "index.html").read_text()
+
+
+def test_python_api_stores_and_reports(user_file):
+    result = droplab.lab.compare("mine.py:build", "mine.py:data", rates=[0, 0.3], epochs=1, coadaptation=False,
+                                 store=user_file / "api.db", report=user_file / "reports")
+    assert [run["label"] for run in result.runs] == ["p=0", "p=0.3"]
+    assert result.report_path == user_file / "reports" / result.id / "index.html" and result.report_path.is_file()
+    with RunStore(user_file / "api.db") as store:
+        assert store.get_comparison(result.id)["verdict"]["outcome"] == result.verdict.outcome
+        assert len(store.list_runs()) == 2
+    assert result["verdict"] is result.verdict and "p=0.3" in result._repr_html_()

@@ -156,3 +156,17 @@ def test_history_carries_the_health_monitor(data):
     assert layers and all(last[k] > 0 for k in layers)  # every layer with parameters got gradient
     assert first["loss_slope"] is None and isinstance(last["loss_slope"], float)  # needs two epochs
     assert isinstance(last["health"], list)
+
+
+def test_resume_carries_the_schedule_and_early_stopping_state(tmp_path, data):
+    config = tiny(data, epochs=4, schedule="late:2", early_stopping_patience=3)
+    full = train(config, progress=False)
+    store = RunStore(tmp_path / "r.db")
+    half = train(config.replace(epochs=2), store=store, save=tmp_path / "ckpt", progress=False)
+    state = load_checkpoint(half.checkpoint)
+    assert set(state["callbacks"]) >= {"schedule", "health", "early_stopping"}
+    assert state["callbacks"]["schedule"] == {"t": 1}
+    resumed = resume(half.run_id, store=store, epochs=4, progress=False)
+    assert [m["rate_factor"] for m in resumed.history] == [0.0, 1.0, 1.0, 1.0]
+    for (name, p), (_, q) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), name
