@@ -86,8 +86,8 @@ def test_seeded_checkpoint_inside_the_compiled_region(backend):
     _assert_steps_equal(compiled, eager, torch.randn(5, 4, 8))
 
 
-@pytest.mark.parametrize("fullgraph", [True, False])
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend, fullgraph", [("aot_eager", True), ("aot_eager", False),
+                                                pytest.param("inductor", True, marks=pytest.mark.slow)])
 def test_unseeded_gradient_is_zero_exactly_where_its_own_output_is(backend, fullgraph):
     torch._dynamo.reset()
     site = dnn.Dropout(0.5)
