@@ -150,3 +150,15 @@ def test_reseed_makes_an_unseeded_module_seeded():
     m.reseed(9, step=2)
     assert m.seeded and set(m.state_dict()) == {"seed", "step"}
     assert torch.equal(m(torch.ones(16)), dl.functional.dropout(torch.ones(16), 0.5, seed=9, step=2))
+
+
+@pytest.mark.filterwarnings("ignore:dropout[23]d. Received")  # 2-D input to Dropout2d/3d warns, as in torch
+def test_convert_keeps_the_state_dict_so_torch_checkpoints_load_strictly():
+    torch_model = _model([c[1] for c in DROP_INS])
+    converted = dl.convert(copy.deepcopy(torch_model))
+    assert all(isinstance(m, ours) for m, ours in zip(converted[1::2], [c[0] for c in DROP_INS]))
+    assert converted.state_dict().keys() == torch_model.state_dict().keys()
+    converted.load_state_dict(torch_model.state_dict(), strict=True)
+    torch_model.load_state_dict(converted.state_dict(), strict=True)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(converted.eval()(x), torch_model.eval()(x), rtol=0, atol=0)
