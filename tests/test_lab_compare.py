@@ -117,3 +117,14 @@ def test_coadaptation_measures_join_each_run_within_budget(tmp_path):
     assert all(run["ablation_units"] == 0 and "single_unit_drop" not in run for run in tight.runs)
     quiet = run_comparison(build_configs(base, [0.0, 0.5]), coadaptation=False)
     assert all("correlation" not in run for run in quiet.runs)
+
+
+def test_cli_builds_only_the_running_commands_parser():
+    import subprocess
+    import sys
+
+    code = ("import sys; from droplab.cli import build_parser; build_parser(['runs', 'list']); "
+            "print(sorted(m for m in ('droplab.lab.sweep', 'droplab.lab.uncertainty', 'droplab.lab.compare_command', "
+            "'droplab.lab.runs', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['droplab.lab.runs']"

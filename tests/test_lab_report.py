@@ -35,3 +35,24 @@ def test_plain_table_has_every_column():
     for title in ("train acc", "best val acc", "val loss", "gap", "ECE", "epochs to best", "wall s"):
         assert title in header
     assert "0.600" in table.splitlines()[2]
+
+
+def test_one_report_module_and_no_sweep_cycle():
+    """sweep_report draws through the report module and never imports sweep (sweep imports it)."""
+    import ast
+    import inspect
+
+    from droplab.lab import sweep_report, uncertainty
+
+    for module in (sweep_report, uncertainty):
+        imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        assert "sweep" not in imported and "report" in imported and "metrics" not in imported
+
+
+def test_html_and_mathtext_escaping():
+    from droplab.lab.report import escape, mpl_text, page
+
+    html = page("<script>x</script>", [f"<p>{escape('a & <b>')}</p>"])
+    assert "<script>" not in html and "&lt;script&gt;" in html and "a &amp; &lt;b&gt;" in html
+    assert mpl_text("$\\x{$") == "\\$\\x{\\$"
