@@ -88,8 +88,8 @@ class AlphaDropout(_NoiseDropout, nn.AlphaDropout):
 
     Training: :math:`y = a\,(x \odot m + \alpha'(1 - m)) + b`, :math:`\alpha' = -\lambda\alpha`,
     :math:`a = ((1-p)(1 + p\alpha'^2))^{-1/2}`, :math:`b = -a\alpha' p`, so standard-normal input keeps
-    mean 0 and variance 1. Inference: the identity. Drop-in for ``torch.nn.AlphaDropout`` (same formulas;
-    :func:`droplab.convert` swaps it).
+    mean 0 and variance 1. Inference: the identity. Drop-in for ``torch.nn.AlphaDropout``: a subclass,
+    same formulas (:func:`droplab.convert` swaps it).
 
     Args:
         p: drop probability. Default: 0.5.
@@ -169,8 +169,5 @@ class InputDropout(StochasticModule):
         return [("inplace", self.inplace), ("share_across_batch", self.share_across_batch)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return F.input_dropout(input, self.p, False, self.inplace, scaling=self.scaling)
-        seed, step = self._next_counter()
-        return F.input_dropout(input, self.p, True, self.inplace, share_across_batch=self.share_across_batch,
-                               seed=seed, step=step, replica=self.replica, scaling=self.scaling)
+        return self._call_functional(F.input_dropout, input, self.inplace, share_across_batch=self.share_across_batch,
+                                     scaling=self.scaling)
