@@ -233,3 +233,17 @@ def test_a_droplab_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(runs, "run", broken)
     with pytest.raises(ZeroDivisionError):
         main(["runs"])
+
+
+def test_uncertainty_input_problems_are_one_error_before_training(tmp_path, capsys):
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((30, 3)), label=np.arange(30) % 2)
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(good.read_bytes()[:200])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 20)
+    for argv, message in ((["--dataset", str(truncated)], "is not a readable .npz file"),
+                          (["--out", "/proc/droplab-out"], "--out /proc/droplab-out is not writable"),
+                          (["--set", "lr=NaN"], "lr must be a finite number"),
+                          (["--checkpoint", str(garbage)], "garbage.pt")):
+        assert_user_error(capsys, "uncertainty", ["uncertainty", *argv, "--no-progress"], contains=message)

@@ -108,9 +108,14 @@ _NPZ_FEATURE_KEYS = ("x", "X", "features", "data", "inputs")
 
 
 def _load_npz(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+    import zlib
+
+    # a truncated or damaged zip fails on open or only when an array is read: both are the file's fault
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+    except unreadable as error:
         raise ValueError(f"{path} is not a readable .npz file: {error}") from None
     with data:
         keys = list(data.files)
@@ -120,7 +125,10 @@ def _load_npz(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         if feature_key is None:
             raise ValueError(f"{path} has no features array (expected one of {list(_NPZ_FEATURE_KEYS)}); "
                              f"arrays present: {keys}")
-        return data[feature_key], data[label_column]
+        try:
+            return data[feature_key], data[label_column]
+        except unreadable as error:
+            raise ValueError(f"{path} is not a readable .npz file: {error}") from None
 
 
 def _load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:

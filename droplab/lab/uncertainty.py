@@ -404,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
 
     with user_errors(""):
         curve, eps = _checked(args)
+        from .preflight import check_output_dir
+
+        check_output_dir(args.out, "--out")  # before any training, not after it
         config, splits, model, baseline = _load(args)
     model.eval()
     if not any(s.p > 0 for s in sites(model)):
