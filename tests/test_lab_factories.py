@@ -197,3 +197,47 @@ def test_python_api_stores_and_reports(user_file):
         assert store.get_comparison(result.id)["verdict"]["outcome"] == result.verdict.outcome
         assert len(store.list_runs()) == 2
     assert result["verdict"] is result.verdict and "p=0.3" in result._repr_html_()
+
+
+def test_regression_metrics_against_sklearn_and_torch():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from droplab.lab.data import Split, Splits
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 3, generator=g), torch.randn(50, 1, generator=g)
+    model = torch.nn.Linear(3, 1)
+    std, mean = torch.tensor([4.0]), torch.tensor([10.0])
+    splits = Splits(Split(x, y), Split(x, y), Split(x, y), 3, 1, task="regression", target_mean=mean, target_std=std)
+    got = regression.split_metrics(model.eval(), splits.test, splits)
+    with torch.no_grad():
+        pred = (model(x) * std + mean).numpy()
+    true = (y * std + mean).numpy()
+    assert got["rmse"] == pytest.approx(mean_squared_error(true, pred) ** 0.5, rel=1e-5)
+    assert got["mae"] == pytest.approx(mean_absolute_error(true, pred), rel=1e-5)
+    assert got["r2"] == pytest.approx(r2_score(true, pred), rel=1e-4, abs=1e-5)
+    out = torch.randn(50, 2, generator=g)
+    reference = torch.nn.GaussianNLLLoss(full=True)(out[:, :1], y, out[:, 1:].exp())
+    assert regression.loss(out, y, nll_head=True).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("intended, outcome", [
+    ({"train_rmse": 50.0, "best_val_rmse": 55.0, "val_rmse": 55.0}, "helps"),
+    ({"train_rmse": 41.0, "best_val_rmse": 66.0, "val_rmse": 70.0}, "hurts"),
+    ({"train_rmse": 70.0, "best_val_rmse": 61.0, "val_rmse": 72.0}, "too_aggressive"),
+])
+def test_regression_verdict(intended, outcome):
+    baseline = {"train_rmse": 40.0, "best_val_rmse": 60.0, "val_rmse": 62.0, "label": "off"}
+    verdict = regression.verdict(baseline, {**intended, "label": "p=0.5"})
+    assert verdict.outcome == outcome and "RMSE" in verdict.headline
+    calm = regression.verdict({"train_rmse": 59.0, "best_val_rmse": 60.0, "val_rmse": 60.0}, intended)
+    assert calm.outcome in ("no_overfitting", "helps")
+
+
+def test_nll_head_trains_and_reports_finite_uncertainty(user_file):
+    from droplab.lab.train import train
+
+    result = train(ExperimentConfig(model="mine.py:build", dataset="mine.py:regression_data", epochs=2,
+                                    nll_head=True, batch_size=40), progress=False)
+    assert result.task == "regression" and math.isfinite(result.final["test_ll_mc"])
+    assert "tau_mc" not in result.final and 0 <= result.final["coverage90_ws"] <= 1
