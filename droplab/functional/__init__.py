@@ -44,6 +44,7 @@ from .dropout import (
     seed_tensor,
 )
 from .droppath import drop_path, drop_path_rates
+from .inference import inference_rule
 from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
 from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
 
@@ -78,6 +79,7 @@ __all__ = [
     "dropblock3d",
     "dropblock_mask",
     "drop_path",
+    "inference_rule",
     "drop_path_rates",
     "dropconnect_weights",
     "dropconnect_linear",

@@ -9,7 +9,8 @@ import torch
 
 from .._fx import fx_traceable
 from ..kernels.ops import masked_scale
-from ..rng import drop_threshold
+from ..rng import drop_threshold, encode_seed
+from .inference import inference_rule
 
 __all__ = [
     "SCALINGS",
@@ -94,8 +95,7 @@ def seed_tensor(seed: int | torch.Tensor | None) -> torch.Tensor:
         return seed.reshape(())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, but got {type(seed).__name__}")
-    s = seed % 2**64
-    return torch.tensor(s - 2**64 if s >= 2**63 else s, dtype=torch.int64)
+    return torch.tensor(encode_seed(seed), dtype=torch.int64)
 
 
 _seed_tensor = seed_tensor  # the name the variant functionals import
@@ -186,9 +186,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     stream = _check_counter_int("stream", stream)
     mask_shape = resolve_noise_shape(input.shape, noise_shape)
     if not training:
-        if scaling == "inverted" or p == 0.0:
-            return input
-        return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
+        return inference_rule(input, p, scaling, inplace)
     if p == 0.0:
         return input
     scale = 1.0 / (1.0 - p) if scaling == "inverted" and p < 1.0 else 1.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rng import seed_key
 from . import masked_scale as _dispatch_masked_scale
 
 __all__ = ["dense_like", "masked_scale", "masked_scale_op"]
@@ -34,9 +35,7 @@ def dense_like(x: torch.Tensor) -> torch.Tensor:
 
 def _impl(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
           threshold: int, scale: float, mask_shape: list[int]) -> torch.Tensor:
-    s = int(seed) % 2**64
-    y = _dispatch_masked_scale(x, (s & 0xFFFFFFFF, s >> 32), int(step), replica, stream, threshold,
-                               scale, tuple(mask_shape))
+    y = _dispatch_masked_scale(x, seed_key(seed), int(step), replica, stream, threshold, scale, tuple(mask_shape))
     if x.is_contiguous() and y.is_contiguous():
         return y
     return dense_like(x).copy_(y)  # the backends compute in logical order; restore the input's layout
