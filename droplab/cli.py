@@ -49,9 +49,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as exit_:  # --help, or an argument error already printed: a status, so main(argv) returns
         return exit_.code if isinstance(exit_.code, int) else 2
+    if extra:  # named after the command they were given to, not the top-level parser
+        prog = f"droplab {args.command}" if getattr(args, "command", None) else "droplab"
+        print(f"{prog}: error: unrecognized arguments: {_clean(' '.join(extra))}\n  (see {prog} --help)",
+              file=sys.stderr)
+        return 2
     if args.version:
         from droplab import __version__
 

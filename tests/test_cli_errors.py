@@ -247,3 +247,10 @@ def test_uncertainty_input_problems_are_one_error_before_training(tmp_path, caps
                           (["--set", "lr=NaN"], "lr must be a finite number"),
                           (["--checkpoint", str(garbage)], "garbage.pt")):
         assert_user_error(capsys, "uncertainty", ["uncertainty", *argv, "--no-progress"], contains=message)
+
+
+def test_unrecognized_arguments_are_named_after_their_command(capsys):
+    assert main(["compare", "--no-such-flag", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("droplab compare: error: unrecognized arguments: --no-such-flag 1")
+    assert len(err.strip().splitlines()) == 2
