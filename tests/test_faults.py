@@ -315,3 +315,18 @@ def test_a_report_that_cannot_be_written_loses_nothing(tmp_path, data, capsys):
         statuses = [row[0] for row in conn.execute("SELECT status FROM runs ORDER BY id")]
         comparisons = conn.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0]
     assert statuses == ["finished", "finished"] and comparisons == 1
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from droplab.lab.files import atomic_write, safe_component, write_json
+
+    target = write_json(tmp_path / "results.json", {"kept": True})
+    with pytest.raises(ZeroDivisionError), atomic_write(target) as handle:
+        handle.write('{"half": ')
+        1 / 0  # the writer crashes mid-file
+    assert target.read_text() == '{\n  "kept": true\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    for hostile in ("../x", "a/../../b", "..", ".hidden", "", "\x1b[2J", "C:\\win", "/abs"):
+        component = safe_component(hostile)
+        assert component and "/" not in component and "\\" not in component and not component.startswith(".")
+        assert (tmp_path / component).resolve().parent == tmp_path.resolve()

@@ -29,8 +29,8 @@ from typing import IO, Any
 
 from .errors import UserError, os_error_message
 
-__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_torch", "safe_component",
-           "confined_path", "terminal_safe", "check_writable_file"]
+__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_torch", "save_figure_file",
+           "safe_component", "confined_path", "terminal_safe", "check_writable_file"]
 
 # bidirectional overrides and isolates can make a name display as something else
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
@@ -126,6 +126,14 @@ def save_torch(obj: Any, path: str | Path) -> Path:
     with atomic_write(path, "wb") as handle:
         torch.save(obj, handle)
     return Path(path)
+
+
+def save_figure_file(fig: Any, path: str | Path, *, dpi: int = 90) -> Path:
+    """``fig.savefig`` to ``path`` atomically (the format from the suffix; a failed write leaves no partial image)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    return path
 
 
 def check_writable_file(path: str | Path, what: str) -> Path:

@@ -87,7 +87,9 @@ def save_figure(fig, directory: Path, filename: str, caption: str, dpi: int = 90
     plt = pyplot()
     try:
         fig.tight_layout()
-        fig.savefig(Path(directory) / filename, dpi=dpi)
+        from .files import save_figure_file
+
+        save_figure_file(fig, Path(directory) / filename, dpi=dpi)  # atomic: no partial PNG on a full disk
     finally:
         plt.close(fig)
     return filename, caption

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .files import save_figure_file
+
 __all__ = ["configure", "run", "ood_sets", "auroc", "fgsm", "uncertainty_report", "NO_DEFENCE"]
 
 HELP = "MC dropout: calibration, MC vs weight scaling, OOD detection AUROC, FGSM, as an HTML report"
@@ -216,7 +218,7 @@ def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
     ax.legend(loc="upper left", fontsize=8)
     figures.append(("reliability.png", "Reliability diagram: MC dropout vs the weight-scaled pass"))
     fig.tight_layout()
-    fig.savefig(out / figures[-1][0], dpi=110)
+    save_figure_file(fig, out / figures[-1][0], dpi=110)
     plt.close(fig)
 
     curve = results["curve"]
@@ -231,7 +233,7 @@ def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
         ax.legend(fontsize=8)
     figures.append(("mc_curve.png", "MC averaging over k samples against the weight-scaled pass"))
     fig.tight_layout()
-    fig.savefig(out / figures[-1][0], dpi=110)
+    save_figure_file(fig, out / figures[-1][0], dpi=110)
     plt.close(fig)
 
     scores = results["ood_scores"]
@@ -245,7 +247,7 @@ def _figures(results: dict, out: Path) -> list[tuple[str, str]]:
         ax.legend(fontsize=7)
     figures.append(("ood.png", "Uncertainty of in-distribution vs shifted inputs"))
     fig.tight_layout()
-    fig.savefig(out / figures[-1][0], dpi=110)
+    save_figure_file(fig, out / figures[-1][0], dpi=110)
     plt.close(fig)
 
     return [*figures, _fgsm_figure(plt, results["fgsm"], out)]
