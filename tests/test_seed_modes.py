@@ -162,3 +162,11 @@ def test_convert_keeps_the_state_dict_so_torch_checkpoints_load_strictly():
     torch_model.load_state_dict(converted.state_dict(), strict=True)
     x = torch.randn(3, 6)
     torch.testing.assert_close(converted.eval()(x), torch_model.eval()(x), rtol=0, atol=0)
+
+
+def test_eager_forward_keeps_the_step_buffer_identity():
+    # DDP's buffer list, hooks and user references hold the buffer object: eager forwards advance it in place
+    m = dnn.Dropout(0.5, seed=2)
+    step = m.step
+    m(torch.ones(8))
+    assert m.step is step and int(step) == 1

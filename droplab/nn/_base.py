@@ -149,13 +149,17 @@ class StochasticModule(nn.Module):
                 return counters
         if self._issued and in_recomputation():
             return self._issued.pop()
-        if self.seeded:
-            # the step tensor this forward read is never written again: the buffer is rebound to a new
-            # tensor, so whatever re-reads the value later (inductor's backward, a compiled checkpoint's
-            # recomputation) gets this forward's step, never the next one
+        if self.seeded and torch.compiler.is_compiling():
+            # compiled: the step tensor this forward read is never written again, the buffer is rebound
+            # to a new tensor, so whatever re-reads the value later (inductor's backward, a compiled
+            # checkpoint's recomputation) gets this forward's step, never the next one
             step = self.step
             self.step = step + 1
             counters = (self.seed, step)
+        elif self.seeded:
+            # eager: a copy carries the value; the buffer keeps its identity (DDP, hooks hold references)
+            counters = (self.seed, self.step.clone())
+            self.step.add_(1)
         else:
             counters = (fresh_key(), torch.zeros((), dtype=torch.int64))
         if not torch.compiler.is_compiling():
