@@ -46,7 +46,8 @@ class Case:
     does not define (each such switch needs a reason in ``notes``): ``half_dtypes`` lists the
     reduced-precision dtypes the variant supports, ``channels_last`` whether the op is element-wise
     (its 4-D output then keeps a channels_last layout), ``fullgraph`` whether it compiles as one graph
-    (``notes["fullgraph"]`` says why not).
+    (``notes["fullgraph"]`` says why not). ``known_failures`` maps a check's name (``"channels_last"``)
+    to the reason it fails today: that check is a strict xfail for the case, so fixing it is noticed.
     """
 
     id: str
@@ -66,6 +67,7 @@ class Case:
     channels_last: bool = True
     fullgraph: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+    known_failures: dict[str, str] = field(default_factory=dict)
 
     def input(self, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
         if self.make_input is not None:
@@ -305,9 +307,10 @@ class _Holder(nn.Module):
 
 
 def _is_droplab(module: nn.Module) -> bool:
-    from droplab.nn import StochasticModule
-
-    return isinstance(module, StochasticModule)
+    """A droplab module (any class of droplab.nn, the RNN modules included), or an adapter around one."""
+    if isinstance(module, Adapter):
+        return _is_droplab(module.inner)
+    return type(module).__module__.startswith("droplab.nn.")
 
 
 def check_fx_trace(case: Case) -> None:
@@ -389,6 +392,9 @@ def install(namespace: dict, cases: list[Case]) -> None:
         def test(case, _check=check):
             _check(case)
 
-        name = f"test_contract_{check.__name__.removeprefix('check_')}"
+        short = check.__name__.removeprefix("check_")
+        name = f"test_contract_{short}"
         test.__name__ = name
-        namespace[name] = pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])(test)
+        params = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known_failures[short])]
+                               if short in c.known_failures else []) for c in cases]
+        namespace[name] = pytest.mark.parametrize("case", params)(test)
