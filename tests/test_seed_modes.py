@@ -94,8 +94,9 @@ def test_unseeded_backward_regenerates_its_own_mask():
         torch.testing.assert_close(x.grad, (y != 0).float() * 2.0, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
 @pytest.mark.parametrize("preserve_rng_state", [True, False])
-def test_unseeded_checkpoint_recompute_reproduces_the_mask(preserve_rng_state):
+def test_unseeded_checkpoint_recompute_reproduces_the_mask(preserve_rng_state, use_reentrant):
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(8, 8), dnn.Dropout(0.5), nn.Linear(8, 8))
     x = torch.randn(4, 8, requires_grad=True)
@@ -103,7 +104,7 @@ def test_unseeded_checkpoint_recompute_reproduces_the_mask(preserve_rng_state):
         plain = block(x)
         plain.sum().backward()
     want, x.grad = x.grad.clone(), None
-    out = checkpoint(block, x, use_reentrant=False, preserve_rng_state=preserve_rng_state)
+    out = checkpoint(block, x, use_reentrant=use_reentrant, preserve_rng_state=preserve_rng_state)
     assert torch.equal(out, plain)
     out.sum().backward()
     assert torch.equal(x.grad, want)
