@@ -11,7 +11,9 @@ Correctness (any failure makes the exit status 1):
   seed and step, over odd sizes, noise shapes (element, channel, per-example, generic), dtypes and
   rates; then the tail of tensors past 2**31 elements against the spec's words at that offset;
 * gradcheck in float64 on CUDA through the Triton backend;
-* ``torch.compile(fullgraph=True)`` of modules using droplab dropout: the same masks as eager.
+* ``torch.compile(fullgraph=True)`` of modules using droplab dropout: the same masks as eager;
+* the variants (DropBlock, embedding dropout, Gaussian and Concrete noise, forward and gradient) and the
+  Box-Muller and logistic noise kernels: the CPU path's bits.
 
 Then a table: forward and forward+backward time (median, L2 flushed, eager, launch overhead
 included) and achieved GB/s of ``torch.nn.functional.dropout`` and droplab at 2**24 and 2**28
@@ -208,6 +210,46 @@ def _check_compile(device: str, compiler: str) -> list[str]:
 # --- speed and memory -------------------------------------------------------------------------
 
 
+def check_variants(device: str, backend: str | None = None) -> list[str]:
+    """Every variant's forward and input/weight gradient on ``device`` equal the CPU path's, bit for bit.
+
+    DropBlock (the Triton origin mask grown by max-pool), embedding dropout (the Triton row-keep
+    kernel), Gaussian (Box-Muller) and Concrete (logistic) noise: the float32 transforms of the Philox
+    words, which the spec fixes op for op (no fma), so the GPU must give the CPU's bits.
+    """
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, 19, 23, generator=g)
+    weight = torch.randn(300, 16, generator=g)
+    ids = torch.randint(0, 300, (5, 13), generator=g)
+    logit = torch.tensor(-1.2)
+    F_ = dl.functional
+    ops = {
+        "dropblock2d": (lambda t, dev: F_.dropblock2d(t, 0.2, 5, seed=2**64 - 5, step=3), x),
+        "gaussian": (lambda t, dev: F_.gaussian_dropout(t, 0.3, seed=7, step=1), x),
+        "concrete": (lambda t, dev: F_.concrete_dropout(t, logit.to(dev), seed=7, step=1), x),
+        "embedding": (lambda w, dev: F_.embedding_dropout(ids.to(dev), w, 0.4, seed=9, step=2, padding_idx=5), weight),
+    }
+    failures = []
+    for name, (op, data) in ops.items():
+        results = []
+        for dev, forced in ((device, backend), ("cpu", None)):
+            t = data.to(dev).requires_grad_(True)
+            with _forced(forced):
+                y = op(t, dev)
+                (grad,) = torch.autograd.grad(y, t, torch.ones_like(y))
+            results.append((y.detach().cpu(), grad.cpu()))
+        for label, got, want in ((f"{name} forward", results[0][0], results[1][0]),
+                                 (f"{name} gradient", results[0][1], results[1][1])):
+            if not same_bits(got, want):
+                failures.append(f"{label}: differs from the CPU path in {int((got != want).sum())} elements")
+    for kind in ("normal", "logistic"):
+        numel = (1 << 20) + 3
+        got = kernels.noise(kind, numel, (0xDEADBEEF, 0x1234), 5, 1, 2, device).cpu()
+        if not same_bits(got, kernels.noise(kind, numel, (0xDEADBEEF, 0x1234), 5, 1, 2, "cpu")):
+            failures.append(f"{kind} noise: differs from the CPU path")
+    return failures
+
+
 def bench_ms(fn: Callable[[], object]) -> float:
     """Median milliseconds of ``fn`` on the GPU, L2 flushed between runs."""
     from triton.testing import do_bench
@@ -341,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     checks = [("bit-equality with the CPU path", lambda: check_bit_equality(device)),
               ("gradcheck (float64, Triton)", lambda: check_gradcheck(device)),
-              ("torch.compile", lambda: check_compile(device))]
+              ("torch.compile", lambda: check_compile(device)),
+              ("variants (DropBlock, embedding, Gaussian, Concrete)", lambda: check_variants(device))]
     if not args.no_large:
         checks.append(("past 2**31 elements", lambda: check_large(device)))
     failed = 0

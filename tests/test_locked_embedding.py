@@ -8,6 +8,7 @@ from torch import nn
 import droplab.functional as F
 import droplab.nn as dnn
 from contract import Adapter, Case, install
+from droplab._fx import fx_leaf_forward
 
 
 class _EmbeddingAsWeightMap(Adapter):
@@ -15,11 +16,13 @@ class _EmbeddingAsWeightMap(Adapter):
 
     The contract drives tensor -> tensor maps; looking up every row once makes the module a map of its
     (float) weight matrix, so eval, expectation, endpoints, gradcheck and state_dict are checked on the
-    quantity EmbeddingDropout actually drops. ``torch.func.functional_call`` swaps ``w`` in (and keeps the
-    module one leaf for torch.fx); under ``torch.compile`` it would drop the step buffer's in-place advance,
-    so a compiled call runs the module's own counter path (``_call_functional``) with ``w`` instead.
+    quantity EmbeddingDropout actually drops. ``torch.func.functional_call`` swaps ``w`` in; under
+    ``torch.compile`` it would drop the step buffer's in-place advance, so a compiled call runs the
+    module's own counter path (``_call_functional``) with ``w`` instead. Under torch.fx the adapter is
+    one leaf, as the module it adapts (``functional_call`` cannot take a Proxy).
     """
 
+    @fx_leaf_forward  # one call_module node under torch.fx, as the module it adapts
     def forward(self, w):
         ids = torch.arange(w.shape[0])
         inner = self.inner

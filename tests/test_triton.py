@@ -43,7 +43,7 @@ CHECKS = (
     [f"kernel-{sid}-{dtype}" for sid, _, _ in SHAPES for dtype in DTYPES]
     + ["small-block", "index64", "counters", "keep-mask", "special-values", "non-contiguous", "empty",
        "dispatch", "functional-autograd", "gradcheck", "large-logic", "variant-noise", "variant-masks",
-       "variant-functionals"]
+       "variant-functionals", "gpu-check-variants"]
 )
 
 
@@ -291,6 +291,11 @@ def _check_variant_functionals() -> list[str]:
     return failures
 
 
+def _check_gpu_check_variants() -> list[str]:
+    # gpu_check's variant check, with the CPU standing in for the GPU through the interpreter
+    return _load_gpu_check().check_variants("cpu", backend="triton")
+
+
 def _check_large_logic() -> list[str]:
     # gpu_check's > 2**31-element check, scaled down to 2**13 with the int64-offset kernels forced
     from droplab.kernels import triton as kt
@@ -321,6 +326,7 @@ def _worker() -> None:
         "functional-autograd": _check_functional_autograd, "gradcheck": _check_gradcheck,
         "large-logic": _check_large_logic, "variant-noise": _check_variant_noise,
         "variant-masks": _check_variant_masks, "variant-functionals": _check_variant_functionals,
+        "gpu-check-variants": _check_gpu_check_variants,
     }
     results = {}
     for check in CHECKS:
