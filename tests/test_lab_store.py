@@ -1,8 +1,10 @@
+import contextlib
 import os
 import sqlite3
 
 import pytest
 import torch
+from conftest import missing_service
 from lab_fixtures import write_npz
 
 from droplab.cli import main
@@ -174,10 +176,30 @@ def test_a_directory_or_proc_as_store_is_a_user_error(tmp_path):
         RunStore("/proc/droplab-test.db")
 
 
-def test_read_only_store_is_listed_without_writing(tmp_path, capsys):
-    import os
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` made read-only: by permissions for a normal user, by a read-only bind mount for root."""
     import stat
+    import subprocess
 
+    if os.geteuid() != 0:
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            yield
+        finally:
+            folder.chmod(stat.S_IRWXU)
+        return
+    done = subprocess.run(f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}", shell=True,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        missing_service(f"root cannot make a read-only bind mount here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_read_only_store_is_listed_without_writing(tmp_path, capsys):
     folder = tmp_path / "ro"
     folder.mkdir()
     db = folder / "r.db"
@@ -187,11 +209,9 @@ def test_read_only_store_is_listed_without_writing(tmp_path, capsys):
         store.finish_run(run_id, {"val_acc": 0.5})
     for extra in ("r.db-wal", "r.db-shm"):
         assert not (folder / extra).exists()  # closed cleanly: the WAL was checkpointed
-    db.chmod(stat.S_IRUSR)
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        if os.access(db, os.W_OK):
-            pytest.skip("running as root: permissions do not make a file read-only (test_faults uses a mount)")
+    with read_only(folder):
+        with pytest.raises(OSError):
+            (folder / "probe").write_text("x")  # really read-only, for root too
         with RunStore(db, read_only=True) as store:
             assert [r["name"] for r in store.list_runs()] == ["kept"]
             assert store.reap_stale() == []
@@ -200,9 +220,6 @@ def test_read_only_store_is_listed_without_writing(tmp_path, capsys):
         assert main(["runs", "--db", str(db)]) == 0
         assert "kept" in capsys.readouterr().out
         assert sorted(p.name for p in folder.iterdir()) == ["r.db"]
-    finally:
-        folder.chmod(stat.S_IRWXU)
-        db.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
 
 def test_resume_is_refused_while_the_writer_lives(tmp_path):
