@@ -121,3 +121,26 @@ def test_counter_arguments_validated():
         rng.keep_mask(4, 0.5, seed=0, step=-1)
     with pytest.raises(TypeError, match="seed must be an int"):
         rng.keep_mask(4, 0.5, seed=1.5)
+
+
+def test_one_seed_encoding_round_trips():
+    """encode_seed is two's complement of seed mod 2**64; seed_key reads ints and tensors alike."""
+    for seed in (0, 1, 2**63 - 1, 2**63, 2**64 - 1, -1, -(2**63), 2**70 + 5):
+        encoded = rng.encode_seed(seed)
+        assert -(2**63) <= encoded < 2**63 and encoded % 2**64 == seed % 2**64
+        tensor = rng.seed_tensor(seed)
+        assert tensor.dtype == torch.int64 and tensor.dim() == 0 and int(tensor) == encoded
+        s = seed % 2**64
+        assert rng.seed_key(seed) == rng.seed_key(tensor) == (s & 0xFFFFFFFF, s >> 32)
+    with pytest.raises(TypeError):
+        rng.encode_seed(True)
+
+
+def test_words_at_and_block_words_follow_the_scalar_spec():
+    key = rng.split_seed(2**64 - 3)
+    indices = torch.tensor([[0, 5, 4095], [17, 2**33 + 2, 3]])
+    got = rng.words_at(indices, key, 7, 1, 2)
+    for index, word in zip(indices.flatten().tolist(), got.flatten().tolist()):
+        assert word == rng.philox4x32_scalar((index // 4, 7, 1, 2), key)[index % 4]
+    blocks = rng.block_words(torch.tensor([3, 2**32 - 1]), key, 7, 1, 2)
+    assert blocks.tolist() == [list(rng.philox4x32_scalar((b, 7, 1, 2), key)) for b in (3, 2**32 - 1)]
