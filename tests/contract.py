@@ -18,7 +18,8 @@ A test module describes its modules as :class:`Case` objects and calls
 * a deepcopy and a pickled copy draw the same masks as the original;
 * ``torch.fx.symbolic_trace`` of a model holding it keeps it as one ``call_module`` node that runs as before;
 * channels_last input gives channels_last output, equal to the contiguous result (4-D inputs);
-* autograd saves no mask for backward, and a parameter-free module nothing but integers and the input.
+* autograd saves no mask for backward, and a parameter-free module nothing but integers and the input;
+* built with ``seed=None`` it keeps no counters in its ``state_dict`` and ``torch.manual_seed`` replays it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ P_MESSAGE = "dropout probability has to be between 0 and 1, but got"
 class Case:
     """One module under contract.
 
-    ``make(p, seed)`` builds the module; ``shape`` is a valid input shape; ``eval_rule`` is
-    ``"identity"``, ``"scale"`` (multiply by 1 - p) or ``callable(module, x) -> expected``.
+    ``make(p, seed)`` builds the module (``seed=None``: the unseeded mode); ``shape`` is a valid input
+    shape; ``eval_rule`` is ``"identity"``, ``"scale"`` (multiply by 1 - p) or
+    ``callable(module, x) -> expected``.
     ``repr_args`` are the names that must appear in ``repr``. Flags switch off checks a variant
     does not define (each such switch needs a reason in ``notes``): ``half_dtypes`` lists the
     reduced-precision dtypes the variant supports, ``channels_last`` whether the op is element-wise
@@ -381,9 +383,23 @@ def check_saves_no_mask(case: Case) -> None:
             f"saved for backward beyond integers and the input: {saved} (in eval mode: {baseline})")
 
 
+def check_unseeded(case: Case) -> None:
+    module = case.make(0.4, None).train()
+    counters = [k for k in module.state_dict() if k.rsplit(".", 1)[-1] in ("seed", "step")]
+    assert not counters, f"an unseeded module keeps counters in its state_dict (torch's has none): {counters}"
+    x = case.input()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = module(x)
+        torch.manual_seed(0)
+        again = module(x)
+    torch.testing.assert_close(again, first, rtol=0, atol=0, msg="torch.manual_seed does not replay the mask")
+
+
 CHECKS = [check_eval, check_shape_dtype, check_expectation, check_p_zero_and_one, check_repr,
           check_state_dict, check_gradcheck, check_bad_arguments, check_compile_fullgraph, check_half_precision,
-          check_meta_and_back, check_deepcopy_and_pickle, check_fx_trace, check_channels_last, check_saves_no_mask]
+          check_meta_and_back, check_deepcopy_and_pickle, check_fx_trace, check_channels_last, check_saves_no_mask,
+          check_unseeded]
 
 
 def install(namespace: dict, cases: list[Case]) -> None:

@@ -16,7 +16,7 @@ NOTES = {"p01": "a learned rate lives in (0, 1): its logit is infinite at p = 0 
 
 
 def _linear(p, s):
-    torch.manual_seed(s)
+    torch.manual_seed(0 if s is None else s)  # s=None: the unseeded mode
     return dnn.ConcreteDropout(nn.Linear(5, 5), p, seed=s)
 
 
