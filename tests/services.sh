@@ -15,7 +15,7 @@ _droplab_services() {
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
             echo "tests/services.sh: installing ${missing[*]} with apt-get (a minute or two, once)" >&2
             if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-                   && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                   && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
                       "${missing[@]}" >/dev/null; }; then
                 echo "tests/services.sh: apt-get could not install ${missing[*]}; the tests needing them skip" >&2
             fi
