@@ -27,8 +27,9 @@ def assert_user_error(capsys, command: str, argv: list[str], *, contains: str = 
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert lines and lines[0].startswith(f"droplab {command}: error:"), err
-    assert len(lines) <= 3 and "Traceback" not in err, err
+    # progress notes may come first; the error is the last block, at most three lines
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"droplab {command}: error:")]
+    assert starts and len(lines) - starts[0] <= 3 and "Traceback" not in err, err
     assert contains in err, err
     if store is not None:
         assert digest(store) == before, "the run store changed"
@@ -254,3 +255,17 @@ def test_unrecognized_arguments_are_named_after_their_command(capsys):
     err = capsys.readouterr().err
     assert err.startswith("droplab compare: error: unrecognized arguments: --no-such-flag 1")
     assert len(err.strip().splitlines()) == 2
+
+
+def test_a_diverging_run_fails_with_one_error_and_keeps_its_finished_epochs(tmp_path, capsys):
+    data = write_npz(tmp_path / "d.npz", n=60, features=6)
+    db = tmp_path / "r.db"
+    err = assert_user_error(capsys, "compare", ["compare", "--dataset", str(data), "--set", "lr=1e30", "--set",
+                                                "epochs=3", "--set", "width=8", "--db", str(db), "--no-report",
+                                                "--no-progress", "--no-coadaptation"], contains="training diverged")
+    assert "lower lr (now 1e+30)" in err
+    with sqlite3.connect(db) as conn:
+        status, error = conn.execute("SELECT status, error FROM runs WHERE id = 1").fetchone()
+        losses = [row[0] for row in conn.execute("SELECT json_extract(metrics, '$.batch_loss') FROM epochs")]
+    assert status == "failed" and "training diverged" in error  # never "finished" with NaN losses
+    assert all(loss is not None and np.isfinite(loss) for loss in losses)

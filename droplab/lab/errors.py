@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-__all__ = ["UserError", "MissingFileError", "UserCodeError", "user_errors", "os_error_message", "user_frames",
-           "is_library_file"]
+__all__ = ["UserError", "MissingFileError", "TrainingDiverged", "UserCodeError", "user_errors", "os_error_message",
+           "user_frames", "is_library_file"]
 
 MAX_LINES = 3
 
@@ -39,6 +39,10 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file the user named does not exist (also a ``FileNotFoundError`` for library callers)."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite (a learning rate too high for the model, most often)."""
 
 
 class UserCodeError(Exception):

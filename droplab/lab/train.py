@@ -17,6 +17,7 @@ Two single points are meant for data-parallel training: :func:`wrap_model` and :
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from . import callbacks as cb
 from .callbacks import CHECKPOINT_FORMAT, schedule_curve
 from .config import ExperimentConfig
 from .data import Splits, augment_batch, load_dataset
-from .errors import user_errors
+from .errors import TrainingDiverged, user_errors
 from .models import dropout_modules, max_norm_
 from .tasks import task_of
 
@@ -206,6 +207,10 @@ def _train_epoch(run: TrainState, epoch: int) -> float:
 def _epoch(run: TrainState, epoch: int) -> None:
     start = time.perf_counter()
     batch_loss = _train_epoch(run, epoch)
+    if not math.isfinite(batch_loss):  # never store a diverged run as finished with NaN metrics
+        raise TrainingDiverged(f"training diverged: the training loss is {batch_loss} at epoch {epoch} of "
+                               f"{run.name!r}; lower lr (now {run.config.lr:g}) or set max_norm (the finished "
+                               "epochs are stored)")
     run.model.eval()
     metrics = {"epoch": epoch, **run.task.epoch_metrics(run.core, run.splits, run.config.nll_head, run.config.device),
                "batch_loss": batch_loss, "epoch_time_s": time.perf_counter() - start}
