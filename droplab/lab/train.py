@@ -207,13 +207,14 @@ def _train_epoch(run: TrainState, epoch: int) -> float:
 def _epoch(run: TrainState, epoch: int) -> None:
     start = time.perf_counter()
     batch_loss = _train_epoch(run, epoch)
-    if not math.isfinite(batch_loss):  # never store a diverged run as finished with NaN metrics
-        raise TrainingDiverged(f"training diverged: the training loss is {batch_loss} at epoch {epoch} of "
-                               f"{run.name!r}; lower lr (now {run.config.lr:g}) or set max_norm (the finished "
-                               "epochs are stored)")
     run.model.eval()
     metrics = {"epoch": epoch, **run.task.epoch_metrics(run.core, run.splits, run.config.nll_head, run.config.device),
                "batch_loss": batch_loss, "epoch_time_s": time.perf_counter() - start}
+    for key in ("batch_loss", "val_loss"):  # never store a diverged epoch, nor a run finished with NaN metrics
+        value = metrics.get(key, 0.0)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged: {key} is {value} at epoch {epoch} of {run.name!r}; lower lr "
+                                   f"(now {run.config.lr:g}) or set max_norm (the finished epochs are stored)")
     for callback in run.callbacks:
         callback.on_epoch_end(run, epoch, metrics)
     run.history.append(metrics)
