@@ -342,3 +342,31 @@ def test_no_dropout_site_raises_and_zero_rates_warn():
     with pytest.warns(UserWarning, match="p = 0"):
         res = predict(nn.Sequential(nn.Linear(5, 2), nn.Dropout(0.0)).to(DT), _x(), 3, seed=0)
     assert torch.equal(res.samples[0], res.samples[2])
+
+
+def test_prefix_runs_once_on_the_unreplicated_batch_past_zero_rate_sites():
+    """An untraceable model whose only active dropout is in the head: the body sees N rows, never T*N."""
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 8)
+            self.off = nn.Dropout(0.0)  # a site at p = 0 (as in a BERT with hidden dropout 0): the identity
+            self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 2))
+
+        def forward(self, x, scale):
+            h = self.off(torch.relu(self.fc(x)))
+            if h.sum() > -1e9:  # not traceable by torch.fx
+                h = h * scale
+            return TF.dropout(self.head(h), 0.0, self.training)  # a functional call at p = 0 as well
+
+    torch.manual_seed(0)
+    model, x = Body().to(DT).eval(), _x(6)
+    rows = []
+    model.fc.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    res = predict(model, (x, 2.0), 40, seed=0, max_batch=60)
+    # the probe (2 rows), the plan check (6 rows lazily, 2 x 6 rows whole as its reference), then the 4 passes
+    # of 10 samples each on the 6 unreplicated rows: never 60
+    assert res.path == "hooks" and set(rows) == {2, 6, 12} and rows.count(6) == 5
+    torch.testing.assert_close(res.samples, sample_loop(model, (x, 2.0), 40, seed=0))
+    assert res.samples.std(0).min() > 0

@@ -229,7 +229,9 @@ def _prepared(model: nn.Module, probe_inputs) -> Iterator[_Prepared]:
                     swapped.append((site.name, site.module))
             found = sites(root)
             _check_sites(found, functional)
-            droplab_sites = [s.module for s in found if isinstance(s.module, StochasticModule)]
+            # a site at p = 0 is the identity: left inactive, it does not replicate the batch (the prefix
+            # before the first *active* site runs once)
+            droplab_sites = [s.module for s in found if isinstance(s.module, StochasticModule) and s.p > 0]
             # MultiheadAttention's dropout is a functional call inside it, routed like any other
             torch_sites = [s.module for s in found if not isinstance(s.module, StochasticModule) and s.p > 0
                            and not (isinstance(s.module, nn.RNNBase) and s.module.num_layers == 1)
@@ -263,6 +265,8 @@ class _FunctionalSites(CallMode):
             return func(*args, **kwargs)
         index = self.calls.get(issuer, 0)
         self.calls[issuer] = index + 1
+        if call.p == 0:  # the identity: run as is, so it does not replicate the batch
+            return func(*args, **kwargs)
         key = site_key(f"{issuer}#{index}")
         if call.form.droplab is not None:
             def draw(x):
