@@ -296,3 +296,20 @@ def test_storage_that_is_a_directory_is_a_user_error(tmp_path, capsys):
 
     assert main(["sweep", "--storage", str(tmp_path), "--db", str(tmp_path / "r.db")]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
+    from droplab.lab.errors import TrainingDiverged
+
+    db = str(tmp_path / "div.db")
+    S.create_study(_spec("div", trials=3, sampler="random"), S.open_storage(db))
+    inner = _fake_objective()
+
+    def sometimes_diverges(trial):
+        if trial.number == 1:
+            raise TrainingDiverged("training diverged: batch_loss is nan at epoch 2")
+        return inner(trial)
+
+    S.run_worker("div", db, objective=sometimes_diverges)
+    study, _ = S.load_spec("div", S.open_storage(db))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2

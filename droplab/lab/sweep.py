@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
            "suggest", "run_worker", "spawn_workers", "run_sweep", "configure", "run"]
@@ -503,7 +503,8 @@ def _lead(name, storage, worker_index, heartbeat_interval, grace_period, objecti
             if spec.trials - _finished(study) - running > 0:
                 before = len(study.get_trials(deepcopy=False))
                 # one trial at a time, re-counting in between; retries (WAITING) are popped first
-                study.optimize(guarded, n_trials=1, gc_after_trial=False, catch=(_Surplus,))
+                # a diverged trial (NaN loss at some lr) fails alone; the sweep goes on without it
+                study.optimize(guarded, n_trials=1, gc_after_trial=False, catch=(_Surplus, TrainingDiverged))
                 ran += len(study.get_trials(deepcopy=False)) - before
                 if (spec.sampler == "grid" and study.sampler.is_exhausted(study)
                         and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
