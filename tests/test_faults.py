@@ -323,7 +323,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
     target = write_json(tmp_path / "results.json", {"kept": True})
     with pytest.raises(ZeroDivisionError), atomic_write(target) as handle:
         handle.write('{"half": ')
-        1 / 0  # the writer crashes mid-file
+        raise ZeroDivisionError("the writer crashes mid-file")
     assert target.read_text() == '{\n  "kept": true\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
     for hostile in ("../x", "a/../../b", "..", ".hidden", "", "\x1b[2J", "C:\\win", "/abs"):
