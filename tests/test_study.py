@@ -179,6 +179,7 @@ def test_study_quick_on_two_claims(tmp_path):
     results = json.loads((report / "results.json").read_text())
     assert [c["number"] for c in results["claims"]] == [3, 14]
     assert all(c["verdict"] == ONE_SEED for c in results["claims"])
+    assert all(0 < c["cpu_seconds"] and 0 < c["seconds"] for c in results["claims"])
     assert (report / "claim-03.png").stat().st_size > 0 and (report / "claim-14.png").stat().st_size > 0
     assert "Weight scaling approximates" in (report / "index.html").read_text()
     with RunStore(db) as store:

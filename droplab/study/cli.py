@@ -51,17 +51,19 @@ def run_study(claims, *, seeds: int | None = None, quick: bool = False, store=No
     meta = {"title": f"droplab study {study_id}", "id": study_id,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_before": _load_average(), "mode": "quick (one seed)" if quick else "default seeds"}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = []
     for claim in claims:
         echo(f"claim {claim.name}: {claim.title}")
         result = run_claim(claim, seeds=seeds, quick=quick, store=store, study_id=study_id, echo=echo)
         echo(f"  -> {result.verdict} ({result.seconds:.1f} s)")
         results.append(result)
-    meta.update(total_seconds=time.perf_counter() - start, load_after=_load_average())
+    meta.update(total_seconds=time.perf_counter() - start, total_cpu_seconds=time.process_time() - cpu_start,
+                load_after=_load_average())
     echo("")
     echo(text_table(results))
-    echo(f"total {meta['total_seconds']:.0f} s; load average before {meta['load_before']}, after {meta['load_after']}")
+    echo(f"total {meta['total_seconds']:.0f} s wall, {meta['total_cpu_seconds']:.0f} s CPU; load average before "
+         f"{meta['load_before']}, after {meta['load_after']}")
     path = None
     if report_dir is not None:
         from pathlib import Path

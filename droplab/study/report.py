@@ -41,10 +41,10 @@ def _effect_cell(result: ClaimResult, key: str) -> str:
 
 def text_table(results: Sequence[ClaimResult]) -> str:
     """One line per claim: number, key, verdict, primary effect with its interval, seeds, seconds."""
-    rows = [("#", "claim", "verdict", "primary effect [95% CI]", "seeds", "time")]
+    rows = [("#", "claim", "verdict", "primary effect [95% CI]", "seeds", "wall", "cpu")]
     for r in results:
         rows.append((str(r.claim.number), r.claim.key, r.verdict, _effect_cell(r, _primary(r).key),
-                     str(len(r.effects)), f"{r.seconds:.0f} s"))
+                     str(len(r.effects)), f"{r.seconds:.0f} s", f"{r.cpu_seconds:.0f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
@@ -87,24 +87,27 @@ def _md(text: str) -> str:
 
 
 def _meta_line(meta: dict) -> str:
-    total = meta.get("total_seconds", 0.0)
-    return (f"Total: {total:.0f} s ({total / 60:.1f} min); {meta.get('date', '')}; load average before/after: "
+    total, cpu = meta.get("total_seconds", 0.0), meta.get("total_cpu_seconds", 0.0)
+    return (f"Total: {total:.0f} s wall ({total / 60:.1f} min), {cpu:.0f} s CPU ({cpu / 60:.1f} min); "
+            f"{meta.get('date', '')}; load average before/after: "
             f"{meta.get('load_before', '?')} / {meta.get('load_after', '?')}; {meta.get('mode', '')}.")
 
 
 def markdown_summary(results: Sequence[ClaimResult], meta: dict, figure_dir: str | None = None) -> str:
     """The study as Markdown: a verdict table, then per claim its setup, expectation, effects and verdict."""
-    lines = ["| # | claim | verdict | primary effect, mean [95% CI] | seeds | time |", "|---|---|---|---|---|---|"]
+    lines = ["| # | claim | verdict | primary effect, mean [95% CI] | seeds | wall (CPU) |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.claim.number} | {r.claim.title} | **{r.verdict}** | "
                      f"{_md(_primary(r).label)}: {_effect_cell(r, _primary(r).key)} | {len(r.effects)} | "
-                     f"{r.seconds:.0f} s |")
+                     f"{r.seconds:.0f} s ({r.cpu_seconds:.0f} s) |")
     lines += ["", _meta_line(meta), ""]
     for r in results:
         c = r.claim
         lines += [f"### {c.number}. {c.title}", "", f"- **Setup:** {c.setup_text}",
                   f"- **Expected:** {c.expected}. *Source:* {c.source}.",
-                  f"- **Verdict:** **{r.verdict}** ({len(r.effects)} seeds, {r.seconds:.0f} s)"]
+                  f"- **Verdict:** **{r.verdict}** ({len(r.effects)} seeds, {r.seconds:.0f} s wall, "
+                  f"{r.cpu_seconds:.0f} s CPU)"]
         if r.error:
             lines.append(f"- **Error:** `{r.error}`")
         lines += ["", "| effect | expected | mean [95% CI] | verdict |", "|---|---|---|---|"]

@@ -30,13 +30,14 @@ class ClaimResult:
     verdicts: dict[str, str] = field(default_factory=dict)
     verdict: str = "inconclusive"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  #: this process's CPU time: about the wall time an idle machine would take
     error: str | None = None
 
     def as_dict(self) -> dict:
         c = self.claim
         return {"number": c.number, "key": c.key, "title": c.title, "setup": c.setup_text, "expected": c.expected,
                 "source": c.source, "seeds": self.seeds, "settings": self.settings, "verdict": self.verdict,
-                "seconds": self.seconds, "error": self.error, "per_seed": self.effects,
+                "seconds": self.seconds, "cpu_seconds": self.cpu_seconds, "error": self.error, "per_seed": self.effects,
                 "effects": [{"key": e.key, "label": e.label, "direction": e.direction, "primary": e.primary,
                              "verdict": self.verdicts.get(e.key),
                              **(self.intervals[e.key].as_dict() if e.key in self.intervals else {})}
@@ -66,7 +67,7 @@ def judge(result: ClaimResult) -> None:
 def run_claim(claim: Claim, *, seeds: int | None = None, quick: bool = False, store=None, study_id: str = "",
               echo=print) -> ClaimResult:
     """Run ``claim`` over its seeds (one with ``quick``), store each seed, and judge it."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     settings = claim.setup(quick)
     result = ClaimResult(claim, settings, seeds_for(claim, seeds, quick))
     for seed in result.seeds:
@@ -95,5 +96,6 @@ def run_claim(claim: Claim, *, seeds: int | None = None, quick: bool = False, st
     else:
         result.verdict = "failed"
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
 
