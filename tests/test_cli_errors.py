@@ -270,3 +270,9 @@ def test_a_diverging_run_fails_with_one_error_and_keeps_its_finished_epochs(tmp_
         epochs = [json.loads(row[0]) for row in conn.execute("SELECT metrics FROM epochs WHERE run_id = 1")]
     assert status == "failed" and "training diverged" in error  # never "finished" with NaN losses
     assert all(np.isfinite(m["batch_loss"]) and np.isfinite(m["val_loss"]) for m in epochs)
+
+
+def test_resume_from_a_missing_store_creates_nothing(tmp_path, capsys):
+    db = tmp_path / "nowhere.db"
+    assert_user_error(capsys, "compare", ["compare", "--resume", "1", "--db", str(db)], contains="no run store at")
+    assert list(tmp_path.iterdir()) == []

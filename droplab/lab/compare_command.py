@@ -207,6 +207,7 @@ def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from .errors import MissingFileError, UserError
     from .report import format_table
     from .store import RunStore
     from .tasks import task_of
@@ -216,7 +217,13 @@ def _resume(args: argparse.Namespace) -> int:
     for item in args.set or []:
         key, _, value = item.partition("=")
         if key.strip() == "epochs":
-            epochs = int(value)
+            try:
+                epochs = int(value)
+            except ValueError:
+                raise UserError(f"epochs must be an integer, but got {value.strip()!r}") from None
+    if args.db != ":memory:" and not os.path.isfile(os.path.expanduser(args.db)):  # never create a store for it
+        raise MissingFileError(f"no run store at {args.db} to resume run {args.resume} from (pass the --db it was "
+                               "stored in)")
     with RunStore(args.db) as store:
         result = resume(args.resume, store=store, epochs=epochs, progress=not args.no_progress)
     print(format_table([{"label": f"run {result.run_id}", **result.final}], task_of(result.task).TABLE_COLUMNS))
