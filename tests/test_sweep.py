@@ -274,9 +274,9 @@ def test_last_rate_bin_keeps_the_highest_rate():
     (["--workers", "0"], "--workers must be a positive integer, but got 0"),
     (["--storage", "foo://somewhere/db"], "unknown database scheme 'foo'"),
     (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot be opened"),
-    (["--worker", "--name", "nosuch"], "no sweep named 'nosuch' in this storage"),
+    (["--worker", "--name", "nosuch"], "no sweep storage at s.db to join"),
     (["--worker"], "--worker needs --name"),
-    (["--resume", "nosuch"], "no sweep named 'nosuch'"),
+    (["--resume", "nosuch"], "no sweep storage at s.db to resume nosuch from"),
     (["--set", "lr=NaN"], "lr must be a finite number"),
     (["--set", "dataset=missing.csv"], "dataset file not found: missing.csv"),
 ])
@@ -313,3 +313,17 @@ def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path):
     S.run_worker("div", db, objective=sometimes_diverges)
     study, _ = S.load_spec("div", S.open_storage(db))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
+
+
+def test_commands_on_an_existing_study_never_create_a_storage(tmp_path, monkeypatch, capsys):
+    from droplab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sweep", "show", "x", "--storage", "none.db"], ["sweep", "--resume", "x", "--storage", "none.db"],
+                 ["sweep", "--worker", "--name", "x", "--storage", "none.db"]):
+        assert main(argv) == 2
+        assert "no sweep storage at none.db" in capsys.readouterr().err
+    S.create_study(_spec("known"), S.open_storage("there.db"))
+    assert main(["sweep", "--worker", "--name", "nosuch", "--storage", "there.db"]) == 2
+    assert "no sweep named 'nosuch' in this storage; known: known" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.db"]

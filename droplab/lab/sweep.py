@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainingDiverged, UserError
+from .errors import MissingFileError, TrainingDiverged, UserError
 
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
            "suggest", "run_worker", "spawn_workers", "run_sweep", "configure", "run"]
@@ -682,15 +682,26 @@ def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
                      pruning=not args.no_pruning, db=os.path.abspath(args.db))
 
 
+def _existing_storage(storage: str | None, purpose: str) -> None:
+    """A SQLite storage that should already hold the study exists (opening would silently create an empty one)."""
+    text = storage or DEFAULT_STORAGE
+    if "://" not in text and not os.path.isfile(text):
+        raise MissingFileError(f"no sweep storage at {text} to {purpose} (pass the --storage the sweep was created "
+                               "with)")
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "show":
         from .sweep_report import show
 
+        _existing_storage(args.show_storage or args.storage, f"show {args.study} from")
         study, _ = load_spec(args.study, open_storage(args.show_storage or args.storage))
         return show(study, out_dir=args.out)
+    if args.worker and not args.name:
+        raise UserError("--worker needs --name (the study to join)")
+    if args.worker or args.resume:
+        _existing_storage(args.storage, "join" if args.worker else f"resume {args.resume} from")
     if args.worker:
-        if not args.name:
-            raise UserError("--worker needs --name (the study to join)")
         run_worker(args.name, args.storage, worker_index=args.worker_index, threads=args.threads,
                    heartbeat_interval=args.heartbeat, grace_period=args.grace)
         return 0
