@@ -201,3 +201,17 @@ def test_study_quick_on_two_claims(tmp_path):
     to_ols = float((learned - w_ols).norm() / w_ols.norm())
     assert to_star < 0.2 and to_star < 0.5 * to_ols  # SGD noise leaves ~10% at 60 epochs; OLS is ~60% away
     assert l2["final"]["effects"]["closer_than_ols"] == pytest.approx(to_ols - to_star, rel=1e-6)
+
+
+def test_claim4_gru_step_is_torch_grucell_without_dropout():
+    from droplab.study.claims.c04_recurrent import SequenceGRU
+
+    torch.manual_seed(0)
+    model = SequenceGRU(40, 10, 8, 0.3, 20, locked=True).eval()  # eval: dropout off, both modes equal
+    x = torch.randn(5, 40)
+    h = torch.zeros(5, 8)
+    for t in range(20):
+        h = model.cell(x.reshape(5, 20, 2)[:, t], h)
+    assert torch.allclose(model(x), model.head(h), atol=1e-6)
+    model.locked = False
+    assert torch.allclose(model(x), model.head(h), atol=1e-6)
