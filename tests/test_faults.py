@@ -291,9 +291,14 @@ def test_hostile_run_names_stay_inside_the_report_dir(tmp_path, data, capsys):
     outside.mkdir()
     reports = outside / "reports"
     name = "a/../../../escape $\\x{$ \x1b[2J\x07"
-    code = main(["compare", "--dataset", str(data), "--set", "epochs=1", "--set", f"name={name}", "--db",
-                 str(tmp_path / "r.db"), "--report-dir", str(reports), "--rates", "0,0.5", "--no-progress",
-                 "--no-coadaptation", "--set", "width=16"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["compare", "--dataset", str(data), "--set", "epochs=1", "--set", f"name={name}", "--db",
+                     str(tmp_path / "r.db"), "--report-dir", str(reports), "--rates", "0,0.5", "--no-progress",
+                     "--no-coadaptation", "--set", "width=16"])
+    assert not [w for w in caught if "Glyph" in str(w.message)], "control characters reached matplotlib"
     captured = capsys.readouterr()
     assert code == 0, captured.err
     written = _files_under(tmp_path)

@@ -43,8 +43,10 @@ def escape(text: object) -> str:
 
 
 def mpl_text(text: object) -> str:
-    """``text`` for a matplotlib label: ``$`` escaped, so mathtext never parses a user's string."""
-    return str(text).replace("$", "\\$")
+    """``text`` for a matplotlib label: control characters dropped, ``$`` escaped (mathtext never parses it)."""
+    from .files import terminal_safe
+
+    return terminal_safe(text).replace("$", "\\$")
 
 
 def table_rows(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> list[list[str]]:
