@@ -67,7 +67,7 @@ def test_storage_url_defaults_to_a_sqlite_file_and_postgres_uses_psycopg3(tmp_pa
     assert S.storage_url(None).startswith("sqlite:///") and S.storage_url(None).endswith(S.DEFAULT_STORAGE)
     assert S.storage_url("postgresql://u:p@h/db") in ("postgresql+psycopg://u:p@h/db", "postgresql://u:p@h/db")
     assert S.storage_url("mysql://u@h/db") == "mysql://u@h/db"
-    with pytest.raises(ValueError, match="heartbeat_interval must be a positive integer"):
+    with pytest.raises(ValueError, match="--heartbeat must be a positive integer"):
         S.open_storage(str(tmp_path / "x.db"), heartbeat_interval=0)
 
 
@@ -274,6 +274,8 @@ def test_last_rate_bin_keeps_the_highest_rate():
     (["--workers", "0"], "--workers must be a positive integer, but got 0"),
     (["--storage", "foo://somewhere/db"], "unknown database scheme 'foo'"),
     (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "cannot be opened"),
+    (["--storage", "mysql://u:secret@127.0.0.1:1/db"], "needs a database driver that is not installed"),
+    (["--heartbeat", "0"], "--heartbeat must be a positive integer"),
     (["--worker", "--name", "nosuch"], "no sweep storage at s.db to join"),
     (["--worker"], "--worker needs --name"),
     (["--resume", "nosuch"], "no sweep storage at s.db to resume nosuch from"),

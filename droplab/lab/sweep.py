@@ -186,7 +186,7 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
     from optuna import storages
 
     if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
-        raise ValueError(f"heartbeat_interval must be a positive integer (seconds), but got {heartbeat_interval!r}")
+        raise UserError(f"--heartbeat must be a positive integer (seconds), but got {heartbeat_interval!r}")
     if grace_period is not None and (isinstance(grace_period, bool) or grace_period < 1):
         raise UserError(f"--grace must be a positive integer (seconds), but got {grace_period!r}")
     url = _checked_url(storage)
@@ -230,8 +230,11 @@ def _storage_problem(storage: str, error: Exception) -> str | None:
     """One line for a storage that cannot be opened (unreachable, refused, not a database); None for a bug."""
     name = type(error).__name__
     text = str(error).splitlines()[0] if str(error) else name
-    if isinstance(error, ModuleNotFoundError):
+    if isinstance(error, ModuleNotFoundError) and error.name:
         return f"--storage {storage} needs the database driver {error.name}: pip install {error.name}"
+    if isinstance(error, ImportError):  # optuna's wrapper around a missing driver
+        scheme = storage.split("://", 1)[0]
+        return f"--storage {scheme}://... needs a database driver that is not installed: {text}"
     if name in ("OperationalError", "DatabaseError", "InterfaceError", "ArgumentError", "NoSuchModuleError"):
         shown = storage.split("@", 1)[-1] if "@" in storage else storage  # never print a password
         return (f"--storage {shown} cannot be opened: {text} (is the server running and reachable, the URL right, "
