@@ -56,6 +56,9 @@ def test_overrides_are_typed():
     ("seed=-1", "seed must be an integer in 0..2**64-1, but got -1"),
     ("seed=18446744073709551616", "seed must be an integer in 0..2**64-1"),
     ("val_fraction=0.8", "val_fraction + test_fraction must leave training data"),
+    ("variant=dropblock", "variant 'dropblock' drops channels or blocks of a (N, C, L) signal: use model='cnn1d'"),
+    ("variant=locked", "variant 'locked' shares one mask over time steps: use model='gru' or 'transformer'"),
+    ("device=meta", "device 'meta' holds no data and cannot train"),
 ])
 def test_bad_values_are_rejected(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -98,3 +101,11 @@ def test_from_toml(tmp_path):
         ExperimentConfig.from_toml(path)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         ExperimentConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_batchnorm_with_batches_of_one_is_refused():
+    with pytest.raises(UserError, match="batchnorm needs batches of at least 2 examples"):
+        ExperimentConfig().with_overrides(["batchnorm=before_dropout", "batch_size=1"])
+    with pytest.raises(UserError, match="variant 'concrete' learns the rate of the layer it wraps"):
+        ExperimentConfig().with_overrides(["model=cnn1d", "variant=concrete"])
+    assert ExperimentConfig().with_overrides(["model=cnn1d", "variant=dropblock"]).variant == "dropblock"

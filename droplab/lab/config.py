@@ -131,6 +131,7 @@ class ExperimentConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be a positive integer or null (torch's default), but got {self.threads}")
         _check_device(self.device)
+        _check_combinations(self)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be a positive integer or None, "
                              f"but got {self.early_stopping_patience}")
@@ -244,6 +245,25 @@ def parse_schedule(spec: str) -> tuple[str, int]:
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, but got {value!r}")
+
+
+def _check_combinations(config: ExperimentConfig) -> None:
+    """Knobs that are each valid but cannot work together (found at config time, so ``--dry-run`` sees them)."""
+    builtin = ":" not in str(config.model)  # a user's model factory places its own sites
+    if builtin and config.variant in ("channel", "dropblock") and config.model != "cnn1d":
+        raise ValueError(f"variant {config.variant!r} drops channels or blocks of a (N, C, L) signal: use "
+                         f"model='cnn1d' (got model={config.model!r})")
+    if builtin and config.variant == "locked" and config.model not in ("gru", "transformer"):
+        raise ValueError(f"variant 'locked' shares one mask over time steps: use model='gru' or 'transformer' "
+                         f"(got model={config.model!r})")
+    if builtin and config.variant == "concrete" and config.model != "mlp":
+        raise ValueError("variant 'concrete' learns the rate of the layer it wraps: the lab supports it on "
+                         f"model='mlp' (got model={config.model!r})")
+    if config.batchnorm != "none" and config.batch_size == 1:
+        raise ValueError("batchnorm needs batches of at least 2 examples in training: raise batch_size or set "
+                         "batchnorm=none")
+    if str(config.device).split(":")[0] == "meta":
+        raise ValueError("device 'meta' holds no data and cannot train: use device=cpu or cuda")
 
 
 def _check_device(device: str) -> None:
