@@ -276,3 +276,10 @@ def test_resume_from_a_missing_store_creates_nothing(tmp_path, capsys):
     db = tmp_path / "nowhere.db"
     assert_user_error(capsys, "compare", ["compare", "--resume", "1", "--db", str(db)], contains="no run store at")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_last_batch_of_one_under_batchnorm_is_found_by_the_dry_run(tmp_path, capsys):
+    data = write_npz(tmp_path / "d.npz", n=71, features=4)  # 50 training examples after the split
+    argv = ["compare", "--dataset", str(data), "--set", "batchnorm=before_dropout", "--dry-run"]
+    assert_user_error(capsys, "compare", [*argv, "--set", "batch_size=7"], contains="(50 training examples")
+    assert main([*argv, "--set", "batch_size=10"]) == 0

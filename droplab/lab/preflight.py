@@ -72,6 +72,11 @@ def check_datasets(configs: Iterable) -> dict[tuple, object]:
         if len(loaded.train) == 0:
             raise UserError(f"dataset {config.dataset}: val_fraction={config.val_fraction} leaves no training "
                             "examples; lower it")
+        n_train = len(loaded.train)
+        if config.batchnorm != "none" and (n_train % config.batch_size == 1 or n_train == 1):
+            raise UserError(f"with batchnorm, the last training batch would hold 1 example ({n_train} training "
+                            f"examples, batch_size={config.batch_size}), which BatchNorm cannot train on; change "
+                            "batch_size")
         if config.augment and not loaded.sequence:
             raise UserError(f"augment=true shifts and perturbs MNIST-1D-like sequences; dataset {config.dataset!r} "
                             "is not one (set augment=false)")
