@@ -12,7 +12,8 @@ self-contained source files, so the test loads exactly those files out of the re
    empty stub parent packages, so the classes carry their real qualified names (which is how droplab's
    rules recognize them). torchvision's file imports one helper, ``torchvision.utils._log_api_usage_once``
    (API usage telemetry), which the stub provides as a no-op.
-3. The stubs are removed from ``sys.modules`` afterwards.
+3. The stubs are removed from ``sys.modules`` after each test (other packages probe for torchvision, and
+   must not find a stub without a ``__spec__``).
 
 When the registry cannot be reached, the tests skip with the reason; under ``CI=true`` they fail instead.
 """
@@ -71,7 +72,7 @@ def _load(package: str, member: str, stubs: dict[str, dict]) -> types.ModuleType
     return module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def timm_drop():
     saved = {k: v for k, v in sys.modules.items() if k == "timm" or k.startswith("timm.")}
     yield _load("timm", "timm/layers/drop.py", {"timm": {}, "timm.layers": {}})
@@ -80,7 +81,7 @@ def timm_drop():
     sys.modules.update(saved)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tv_depth():
     saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
     stubs = {"torchvision": {}, "torchvision.ops": {}, "torchvision.utils": {"_log_api_usage_once": lambda obj: None}}
