@@ -114,8 +114,6 @@ def test_unseeded_conversion_keeps_state_dict_and_follows_torch_manual_seed():
     model = TwoCalls()
     keys = set(model.state_dict())
     converted = dl.convert(model, example_input=torch.randn(2, 5)).train()
-    if any(k.endswith(".seed") for k in converted.state_dict()):
-        pytest.skip("this checkout's droplab modules keep counters even when unseeded")
     assert set(converted.state_dict()) == keys
     x = torch.randn(4, 5)
     torch.manual_seed(1)
