@@ -3,7 +3,6 @@
 import copy
 import pickle
 
-import pytest
 import torch
 import torch.nn.functional as TF
 from scipy.stats import binomtest
