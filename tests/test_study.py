@@ -215,3 +215,18 @@ def test_claim4_gru_step_is_torch_grucell_without_dropout():
     assert torch.allclose(model(x), model.head(h), atol=1e-6)
     model.locked = False
     assert torch.allclose(model(x), model.head(h), atol=1e-6)
+
+
+def test_markdown_summary_states_verdicts_times_and_escapes_pipes():
+    from droplab.study.report import markdown_summary
+
+    claim = _synthetic_claim(1.0, +1)
+    claim = Claim(**{**claim.__dict__, "effects": (Effect("value", "|a - b|", +1),)})
+    result = run_claim(claim, echo=lambda *a: None)
+    result.seconds, result.cpu_seconds = 12.0, 9.0
+    text = markdown_summary([result], {"total_seconds": 60.0, "total_cpu_seconds": 45.0, "date": "D",
+                                       "load_before": "1.00", "load_after": "2.00", "mode": "default seeds"})
+    interval = result.intervals["value"]
+    assert f"\\|a - b\\|: {interval.mean:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]" in text
+    assert "**reproduced**" in text and "12 s (9 s)" in text
+    assert "Total: 60 s wall (1.0 min), 45 s CPU (0.8 min); D; load average before/after: 1.00 / 2.00" in text
