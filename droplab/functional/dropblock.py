@@ -60,7 +60,6 @@ def _coverage(size: int, block: int) -> torch.Tensor:
     return torch.minimum(i, torch.tensor(size - block, dtype=torch.float64)) - torch.clamp(i - block + 1, min=0) + 1
 
 
-@torch.compiler.assume_constant_result  # a constant of the rate and sizes: compiled graphs bake it in
 def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     r"""Origin drop probability :math:`\gamma` whose expected dropped fraction of the map is exactly ``p``.
 
@@ -68,6 +67,12 @@ def dropblock_gamma(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) 
     :math:`\gamma \mapsto \operatorname{mean}_i\, 1 - (1-\gamma)^{c_i}` (60 halvings: float64 exact).
     """
     return _solve_gamma(p, tuple(spatial), tuple(block))
+
+
+# a constant of the rate and sizes, so compiled graphs bake it in (no graph break on the solver's
+# data-dependent torch.unique). What torch.compiler.assume_constant_result does, without importing
+# torch._dynamo at `import droplab` (a second); tests/test_graph_breaks.py fails if torch changes it.
+dropblock_gamma._dynamo_marked_constant = True
 
 
 @functools.lru_cache(maxsize=256)
