@@ -65,7 +65,7 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
 
 
 def markdown_pages() -> list[Path]:
-    pages = sorted((ROOT / "docs").rglob("*.md"))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     return [page for page in pages if page.exists()]
 
 
