@@ -93,7 +93,7 @@ def test_two_processes_write_at_once(tmp_path):
 
     path = tmp_path / "r.db"
     RunStore(path).close()
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # children open their own connections
     procs = [ctx.Process(target=_writer, args=(str(path), i)) for i in range(2)]
     for p in procs:
         p.start()
@@ -253,3 +253,27 @@ def test_control_characters_in_names_never_reach_the_terminal(tmp_path, capsys):
     assert main(["runs", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "evilname" in out and "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+
+
+def _open_new_store_together(path: str, barrier) -> None:
+    barrier.wait()
+    with RunStore(path) as store:
+        store.start_run({"dropout": 0.5}, name="racer", seed=0)
+
+
+def test_processes_opening_a_new_store_together_all_get_in(tmp_path):
+    """Switching a new file to WAL races (SQLite answers BUSY at once, without its busy handler): all must open."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # children open their own connections
+    for round_ in range(10):
+        path = str(tmp_path / f"race{round_}.db")
+        barrier = ctx.Barrier(4)
+        workers = [ctx.Process(target=_open_new_store_together, args=(path, barrier)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        with RunStore(path) as store:
+            assert len(store.list_runs()) == 4

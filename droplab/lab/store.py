@@ -163,7 +163,7 @@ class RunStore:
                 self._check_readable()
             else:
                 if self.path != ":memory:":
-                    self._conn.execute("PRAGMA journal_mode = WAL")
+                    self._enable_wal(busy_timeout_s)
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self.migrate()
         except UserError:
@@ -193,6 +193,21 @@ class RunStore:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         return conn
+
+    def _enable_wal(self, busy_timeout_s: float) -> None:
+        # SQLite answers a journal-mode switch that races another connection with SQLITE_BUSY at once,
+        # without its busy handler (two processes opening a new store together), so wait here instead
+        deadline = time.monotonic() + busy_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error).lower() or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _check_readable(self) -> None:
         current = self.schema_version()
