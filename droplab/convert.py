@@ -215,7 +215,11 @@ def convert(model: nn.Module, to: str = "droplab", *, seed: int | None = None, e
             targets.append((name, module))
         elif to == "torch" and isinstance(module, dnn.StochasticModule):
             targets.append((name, module))
-    reverse = {entry[0]: (torch_cls, entry[2]) for torch_cls, entry in CONVERSIONS.items()}
+    reverse: dict = {}
+    for torch_cls, entry in CONVERSIONS.items():
+        # the first class registered for a droplab class converts it back: a user's own class mapped onto
+        # dl.nn.Dropout must not turn every converted torch.nn.Dropout into that class
+        reverse.setdefault(entry[0], (torch_cls, entry[2]))
     if to == "torch":
         detach_routers(model)
     for index, (name, module) in enumerate(targets):

@@ -87,7 +87,7 @@ def run_page(text: str, label: str) -> int:
 
 
 @pytest.mark.parametrize("page", markdown_pages(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_markdown_python_blocks_run(page, tmp_path, monkeypatch):
+def test_markdown_python_blocks_run(page, tmp_path, monkeypatch, registries_restored):
     monkeypatch.chdir(tmp_path)
     run_page(page.read_text(encoding="utf-8"), str(page.relative_to(ROOT)))
 
@@ -131,8 +131,20 @@ def docstring_tests() -> list:
 SETUP = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "dl": droplab}
 
 
+@pytest.fixture
+def registries_restored():
+    """An example may register a conversion (as users do); the registries are put back after it."""
+    from droplab.convert import CONVERSIONS, LIBRARY_RULES
+
+    saved = dict(CONVERSIONS), dict(LIBRARY_RULES)
+    yield
+    for registry, before in zip((CONVERSIONS, LIBRARY_RULES), saved):
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.mark.parametrize("test", docstring_tests())
-def test_docstring_examples_run(test):
+def test_docstring_examples_run(test, registries_restored):
     test.globs = {**test.globs, **SETUP}
     torch.manual_seed(0)
     report: list[str] = []

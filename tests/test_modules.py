@@ -186,3 +186,27 @@ def test_version_agrees_across_pyproject_package_and_changelog():
     assert dl.__version__ == declared
     changelog = (pathlib.Path(__file__).parents[1] / "CHANGELOG.md").read_text()
     assert f"/ {declared}" in changelog or f"## {declared}" in changelog
+
+
+def test_a_user_class_registered_onto_droplab_dropout_keeps_torch_dropout_converting_back():
+    from droplab.convert import CONVERSIONS, register_conversion
+
+    class MyDrop(nn.Module):
+        def __init__(self, rate):
+            super().__init__()
+            self.rate = rate
+
+        def forward(self, x):
+            return nn.functional.dropout(x, self.rate, self.training)
+
+    saved = dict(CONVERSIONS)
+    try:
+        register_conversion(MyDrop, dl.nn.Dropout, lambda m, seed: dl.nn.Dropout(m.rate, seed=seed),
+                               lambda m: MyDrop(m.p))
+        converted = dl.convert(nn.Sequential(nn.Dropout(0.2), MyDrop(0.3)), seed=0)
+        assert [type(m) for m in converted] == [dl.nn.Dropout, dl.nn.Dropout]
+        back = dl.convert(converted, to="torch")
+        assert type(back[0]) is nn.Dropout and back[0].p == 0.2 and back[1].p == 0.3
+    finally:
+        CONVERSIONS.clear()
+        CONVERSIONS.update(saved)
