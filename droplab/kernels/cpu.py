@@ -14,7 +14,9 @@ and their bits are converted by hand.
 
 The kernels are compiled on first use (``cache=True``: the machine code is cached on disk, so the JIT
 cost is paid once per machine) and run on ``torch.get_num_threads()`` threads, clamped to numba's
-pool. Masks never depend on the thread count: each element's word is a pure function of its index.
+pool and to the work available; one thread's worth of work, and any call in a forked child, runs a
+serial twin of the kernel that never touches numba's thread pool. Masks never depend on the thread
+count: each element's word is a pure function of its index.
 """
 
 from __future__ import annotations
@@ -38,18 +40,13 @@ try:  # numba is a core dependency, but a missing one only makes this backend un
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
-if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
-    from numba.np.ufunc import parallel as _numba_parallel
-
-    if not _numba_parallel._is_initialized:
-        # numba's default layer on Linux is GNU OpenMP, which aborts a forked child (a DataLoader worker)
-        # that launches a parallel region after its parent did; workqueue is fork-safe, and the launch
-        # lock below makes it safe for concurrent Python threads. A layer the user chose is kept.
-        numba.config.THREADING_LAYER = "workqueue"
-
-# one parallel launch at a time from this process's Python threads (workqueue is not thread-safe);
-# re-created in a forked child, where a parent thread may have held it at fork time
+# Fork safety. numba's default threading layer on Linux is GNU OpenMP, which kills a forked child (a
+# DataLoader worker) that opens a parallel region after its parent did; the workqueue layer survives a
+# fork but costs 2-4x more per launch. So each kernel is compiled twice: a parallel twin for the process
+# that imported droplab, and a serial twin (no thread pool at all) for one thread's worth of work and for
+# every forked child. Parallel launches from several Python threads are serialized by the lock below.
 _LAUNCH = threading.Lock()
+_IMPORT_PID = os.getpid()
 
 
 def _new_launch_lock() -> None:
@@ -59,6 +56,11 @@ def _new_launch_lock() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_launch_lock)
+
+
+def _in_forked_child() -> bool:
+    return os.getpid() != _IMPORT_PID
+
 
 __all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
            "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup"]
@@ -88,25 +90,50 @@ def _fallback_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"droplab-numba-cache-{uid}")
 
 
-def _parallel_kernel(fn):
-    """``njit(parallel=True, nogil=True)`` with numba's on-disk cache wherever one can be written.
+class _Kernel:
+    """A kernel's two compiled twins: ``parallel`` (numba's thread pool) and ``serial`` (none)."""
+
+    def __init__(self, parallel, serial) -> None:
+        self.parallel = parallel
+        self.serial = serial
+
+
+def _renamed(fn, suffix: str):
+    """A copy of ``fn`` under another qualified name: numba names its cache files after it, so the two
+    twins of one kernel (same bytecode, different flags) never read each other's machine code."""
+    import types as pytypes
+
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
+                                fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+def _jit(fn, parallel: bool):
+    """``njit(nogil=True)`` with numba's on-disk cache wherever one can be written.
 
     numba raises at decoration when neither the package tree nor its user-wide directory is writable
     (a root-installed package used by another user, ``NUMBA_CACHE_DIR`` unset): then the cache goes to
     a per-user directory under the temp dir, and where even that fails the kernel compiles uncached.
     """
     try:
-        return njit(parallel=True, cache=True, nogil=True)(fn)
+        return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         pass
     previous = numba.config.CACHE_DIR
     numba.config.CACHE_DIR = _fallback_cache_dir()  # read by numba's locator at decoration only
     try:
-        return njit(parallel=True, cache=True, nogil=True)(fn)
+        return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except (RuntimeError, OSError):
-        return njit(parallel=True, nogil=True)(fn)
+        return njit(parallel=parallel, nogil=True)(fn)
     finally:
         numba.config.CACHE_DIR = previous
+
+
+def _parallel_kernel(fn) -> _Kernel:
+    """Compile ``fn`` (whose last argument is its thread count, looped over with ``prange``) twice."""
+    return _Kernel(_jit(fn, parallel=True), _jit(_renamed(fn, "_serial"), parallel=False))
 
 
 if numba is not None:
@@ -607,21 +634,29 @@ _NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "fl
 
 def _threads(n: int) -> int:
     """Threads for ``n`` elements: torch's count, clamped to numba's pool and to the work available."""
+    if _in_forked_child():
+        return 1
     wanted = min(torch.get_num_threads(), _NUMBA_THREADS, -(-n // _MIN_PER_THREAD))
-    wanted = max(wanted, 1)
-    # numba's thread count is per calling thread and settable at any time: follow torch on every call
-    numba.set_num_threads(wanted)
-    return wanted
+    return max(wanted, 1)
 
 
-def _timed(name: str, fn, *args) -> None:
-    """Run a parallel kernel under the launch lock, recording its first call's seconds."""
-    with _LAUNCH:
-        if name in _jit_seconds:
-            fn(*args)
-            return
-        start = time.perf_counter()
-        fn(*args)
+def _timed(name: str, kernel: _Kernel, *args) -> None:
+    """Run a kernel (its last argument is the thread count), recording its first call's seconds.
+
+    One thread's worth of work runs the serial twin: no thread-pool launch, nothing to lock, and safe in
+    a forked child. More runs the parallel twin under the launch lock.
+    """
+    nthreads = args[-1]
+    first = name not in _jit_seconds
+    start = time.perf_counter()
+    if nthreads == 1:
+        kernel.serial(*args)
+    else:
+        with _LAUNCH:
+            # numba's thread count is per calling thread and settable at any time: follow torch on every call
+            numba.set_num_threads(nthreads)
+            kernel.parallel(*args)
+    if first:
         _jit_seconds[name] = time.perf_counter() - start
 
 
@@ -809,8 +844,9 @@ def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: i
 
 def warmup(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> dict[str, float]:
     """Compile (or load from the disk cache) the kernels for ``dtypes``; returns :func:`jit_seconds`."""
+    rows = 2 * _MIN_PER_THREAD // 2  # enough work for two threads: the parallel twins compile too
     for dtype in dtypes:
-        x = torch.ones(8, 2, dtype=dtype)
-        masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (8, 2))
-        masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (8, 1))
+        for x in (torch.ones(8, 2, dtype=dtype), torch.ones(rows, 2, dtype=dtype)):
+            masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, tuple(x.shape))
+            masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (x.shape[0], 1))
     return jit_seconds()
