@@ -99,6 +99,10 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         # metric reduction weighs uneven shards by their example counts
         result["reduced"] = D.all_reduce_mean({"loss": 10.0 * (rank + 1)}, count=5 * (rank + 1), ctx=ctx)
         result["train"] = _lab_train(out_dir)
+        # an unseeded module keeps no counters: wrapping must not look for any, and its masks still differ
+        torch.manual_seed(0)
+        unseeded = D.wrap(nn.Sequential(nn.Linear(8, 256, bias=False), Dropout(0.5)), ctx)
+        result["unseeded_mask"] = unseeded(torch.ones(1, 8)) != 0
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.cleanup(ctx)
@@ -239,3 +243,9 @@ def test_lab_train_under_the_process_group_keeps_ranks_in_sync_and_only_rank0_wr
     assert isinstance(t0["run_id"], int) and t1["run_id"] is None
     with RunStore(spawned / "runs.db") as store:
         assert [r["name"] for r in store.list_runs()] == ["ddp"]
+
+
+def test_a_model_with_unseeded_dropout_wraps_and_ranks_still_draw_different_masks(ranks):
+    masks = [r["unseeded_mask"] for r in ranks]
+    assert masks[0].shape == (1, 256)
+    assert not torch.equal(masks[0], masks[1])  # same torch seed on both ranks; the rank is folded in

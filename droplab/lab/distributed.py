@@ -144,7 +144,7 @@ def wrap(model: nn.Module, ctx: DistContext, **ddp_kwargs) -> nn.Module:
     # every rank's counter in lockstep (the rank, not the seed, is what separates their masks)
     counters = []
     for name, module in model.named_modules():
-        if isinstance(module, StochasticModule):
+        if isinstance(module, StochasticModule) and module.seeded:  # an unseeded module keeps no counters
             for buffer_name in ("seed", "step"):
                 counters.append((f"{name}.{buffer_name}" if name else buffer_name, getattr(module, buffer_name)))
     if counters:
