@@ -14,7 +14,7 @@ from scipy import stats as scipy_stats
 from droplab.lab.store import RunStore
 from droplab.study import Claim, Effect, all_claims, resolve, run_claim
 from droplab.study.claims import c14_input_l2 as c14
-from droplab.study.fit import ece, max_norm_
+from droplab.study.fit import max_norm_
 from droplab.study.stats import ONE_SEED, auroc, combine_verdicts, spearman, t_interval, t_quantile, verdict
 
 # ---- statistics ----------------------------------------------------------------------------------------------
@@ -66,15 +66,6 @@ def test_auroc_and_spearman_match_references():
     assert auroc(neg, pos) == pytest.approx(roc_auc_score(labels, np.r_[neg, pos]), abs=1e-12)
     a, b = g.normal(size=50).round(1), g.normal(size=50).round(1)
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
-
-
-def test_ece_matches_droplab_mc():
-    from droplab.mc import expected_calibration_error
-
-    g = torch.Generator().manual_seed(0)
-    probs = torch.softmax(3 * torch.randn(300, 5, generator=g), -1)
-    target = torch.randint(0, 5, (300,), generator=g)
-    assert ece(probs, target) == pytest.approx(float(expected_calibration_error(probs, target)), abs=1e-6)
 
 
 def test_max_norm_projects_rows_by_hand():

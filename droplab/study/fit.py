@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Fit", "fit", "train_mlp", "evaluate", "ece", "max_norm_"]
+from ..mc.metrics import expected_calibration_error
+
+__all__ = ["Fit", "fit", "train_mlp", "train_kinds", "evaluate", "max_norm_"]
 
 
 @dataclass
@@ -33,26 +35,6 @@ class Fit:
         return next(row for row in self.history if row["epoch"] == self.best_epoch)
 
 
-def ece(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:
-    r"""Expected calibration error :math:`\sum_m \frac{|B_m|}{N} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|`.
-
-    Bins :math:`B_m` split the top-class confidence into ``n_bins`` equal-width intervals ``((m-1)/M, m/M]``.
-
-    Example::
-
-        >>> ece(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))  # (|1-0.9| + |0-0.6|) / 2
-        0.35...
-    """
-    confidence, predicted = probs.max(-1)
-    correct = (predicted == target).double()
-    bins = torch.clamp(torch.ceil(confidence.double() * n_bins).long() - 1, 0, n_bins - 1)
-    total = 0.0
-    for m in torch.unique(bins).tolist():
-        in_bin = bins == m
-        total += abs(float(correct[in_bin].mean()) - float(confidence[in_bin].double().mean())) * int(in_bin.sum())
-    return total / len(target)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: str = "classify") -> dict:
     """Eval-mode loss (cross-entropy or MSE), accuracy and ECE of ``model`` on ``(x, y)``."""
@@ -64,7 +46,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: str = 
         return {"loss": float(nn.functional.mse_loss(out.squeeze(-1), y))}
     probs = out.softmax(-1)
     return {"loss": float(nn.functional.cross_entropy(out, y)), "acc": float((out.argmax(-1) == y).float().mean()),
-            "ece": ece(probs, y)}
+            "ece": float(expected_calibration_error(probs, y))}
 
 
 @torch.no_grad()
@@ -183,3 +165,19 @@ def train_mlp(data, seed: int, *, epochs: int, train: tuple | None = None, mlp_a
     model = mlp(data.n_features, data.n_classes, **(mlp_args or {}))
     return fit(model, train or (data.train.x, data.train.y), (data.val.x, data.val.y), epochs=epochs, seed=seed,
                **fit_args)
+
+
+def train_kinds(data, seed: int, settings: dict, kinds: tuple[str, ...]) -> dict:
+    """Train the claim's MLP once per dropout ``kind`` (paired: same seed, init and data order).
+
+    ``settings`` gives ``epochs``, ``width``, ``depth`` and ``p``; returns, per kind, the test accuracy and
+    the validation-accuracy curve.
+    """
+    out = {}
+    for kind in kinds:
+        result = train_mlp(data, seed, epochs=settings["epochs"],
+                           mlp_args={"width": settings["width"], "depth": settings["depth"], "p": settings["p"],
+                                     "kind": kind})
+        out[kind] = {"test_acc": evaluate(result.model, data.test.x, data.test.y)["acc"],
+                     "val_curve": [row["val_acc"] for row in result.history]}
+    return out

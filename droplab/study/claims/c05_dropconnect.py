@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..claim import Claim, Effect
 from ..data import classification
-from ..fit import evaluate, train_mlp
+from ..fit import train_kinds
 
 
 def setup(quick: bool) -> dict:
@@ -13,15 +13,7 @@ def setup(quick: bool) -> dict:
 
 
 def run(settings: dict, seed: int) -> dict:
-    data = classification(settings["dataset"], seed)
-    out = {}
-    for kind in ("bernoulli", "dropconnect"):
-        result = train_mlp(data, seed, epochs=settings["epochs"],
-                           mlp_args={"width": settings["width"], "depth": settings["depth"], "p": settings["p"],
-                                     "kind": kind})
-        out[kind] = {"test_acc": evaluate(result.model, data.test.x, data.test.y)["acc"],
-                     "val_curve": [row["val_acc"] for row in result.history]}
-    return out
+    return train_kinds(classification(settings["dataset"], seed), seed, settings, ("bernoulli", "dropconnect"))
 
 
 def measure(raw: dict, settings: dict) -> dict:

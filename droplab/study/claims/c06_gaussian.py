@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..claim import Claim, Effect
 from ..data import classification
-from ..fit import evaluate, train_mlp
+from ..fit import train_kinds
 
 MARGIN = 0.01  # accuracy points within which the two count as matching
 
@@ -16,15 +16,7 @@ def setup(quick: bool) -> dict:
 
 
 def run(settings: dict, seed: int) -> dict:
-    data = classification(settings["dataset"], seed)
-    out = {}
-    for kind in ("bernoulli", "gaussian"):
-        result = train_mlp(data, seed, epochs=settings["epochs"],
-                           mlp_args={"width": settings["width"], "depth": settings["depth"], "p": settings["p"],
-                                     "kind": kind})
-        out[kind] = {"test_acc": evaluate(result.model, data.test.x, data.test.y)["acc"],
-                     "val_curve": [row["val_acc"] for row in result.history]}
-    return out
+    return train_kinds(classification(settings["dataset"], seed), seed, settings, ("bernoulli", "gaussian"))
 
 
 def measure(raw: dict, settings: dict) -> dict:
