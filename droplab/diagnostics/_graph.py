@@ -299,27 +299,40 @@ def call_model(model: nn.Module, example_input: object) -> object:
     return model(example_input)
 
 
+class _Dataflow:
+    """The nodes of one recorded forward pass, linked by tensor identity: which node produced each tensor."""
+
+    def __init__(self, example_input: object) -> None:
+        self.nodes: list[GraphNode] = [GraphNode(0, "input", "input", None, ())]
+        self.producer: dict[int, int] = {}
+        self.keep_alive: list[torch.Tensor] = []  # so an id() is never reused during the pass
+        self.produced(example_input, 0)
+
+    def inputs_of(self, values: object) -> tuple[int, ...]:
+        """The nodes that produced the tensors in ``values``, in first-use order."""
+        return tuple(dict.fromkeys(self.producer[id(t)] for t in _tensors(values) if id(t) in self.producer))
+
+    def produced(self, values: object, index: int) -> None:
+        for tensor in _tensors(values):
+            self.producer[id(tensor)] = index
+            self.keep_alive.append(tensor)
+
+    def add(self, node: GraphNode, output: object) -> None:
+        self.nodes.append(node)
+        self.produced(output, node.index)
+
+
 def _from_hooks(model: nn.Module, example_input: object) -> ModelGraph:
-    nodes: list[GraphNode] = [GraphNode(0, "input", "input", None, ())]
-    producer: dict[int, int] = {}
-    keep_alive: list[torch.Tensor] = []  # so an id() is never reused during the pass
-    for tensor in _tensors(example_input):
-        producer[id(tensor)] = 0
-        keep_alive.append(tensor)
+    flow = _Dataflow(example_input)
     handles = []
 
     def hook(name: str):
         def record(module, args, kwargs, output):
-            inputs = tuple(dict.fromkeys(producer[id(t)] for t in _tensors((args, kwargs)) if id(t) in producer))
-            node = GraphNode(len(nodes), "module", name, module, inputs)
-            nodes.append(node)
-            for tensor in _tensors(output):
-                producer[id(tensor)] = node.index
-                keep_alive.append(tensor)
+            flow.add(GraphNode(len(flow.nodes), "module", name, module, flow.inputs_of((args, kwargs))), output)
         return record
 
     for name, module in model.named_modules():
-        if next(module.children(), None) is None or isinstance(module, StochasticModule):
+        if _is_leaf(module):
             handles.append(module.register_forward_hook(hook(name), with_kwargs=True))
     try:
         with torch.no_grad():
@@ -327,7 +340,7 @@ def _from_hooks(model: nn.Module, example_input: object) -> ModelGraph:
     finally:
         for handle in handles:
             handle.remove()
-    return ModelGraph(nodes, "hooks")
+    return ModelGraph(flow.nodes, "hooks")
 
 
 def _from_sequential(model: nn.Module) -> ModelGraph:
@@ -352,10 +365,9 @@ def _is_leaf(module: nn.Module) -> bool:
 class _Capture(TorchFunctionMode):
     """Records torch-level calls made outside leaf modules, linking them by the tensors they pass."""
 
-    def __init__(self, nodes: list[GraphNode], producer: dict[int, int], keep_alive: list, stack: list[str],
-                 leaves: set[str]) -> None:
+    def __init__(self, flow: _Dataflow, stack: list[str], leaves: set[str]) -> None:
         super().__init__()
-        self.nodes, self.producer, self.keep_alive, self.stack, self.leaves = nodes, producer, keep_alive, stack, leaves
+        self.flow, self.stack, self.leaves = flow, stack, leaves
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -368,28 +380,20 @@ class _Capture(TorchFunctionMode):
         method = isinstance(func, (types_.MethodDescriptorType, types_.WrapperDescriptorType)) \
             or getattr(func, "__qualname__", "").startswith("TensorBase.") \
             or getattr(func, "__qualname__", "").startswith("Tensor.")
-        inputs = tuple(dict.fromkeys(self.producer[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.producer))
+        inputs = self.flow.inputs_of((args, kwargs))
         if not inputs:
             return out
         target = func
         if method:  # Tensor.__add__ -> "add", Tensor.__iadd__ -> "add_", as fx names methods
             target = name[3:-2] + "_" if name.startswith("__i") else name.strip("_")
-        node = GraphNode(len(self.nodes), "method" if method else "function", f"{name}_{len(self.nodes)}", target,
-                         inputs, self.stack[-1] if self.stack else "", "", args, dict(kwargs))
-        self.nodes.append(node)
-        for tensor in _tensors(out):
-            self.producer[id(tensor)] = node.index
-            self.keep_alive.append(tensor)
+        index = len(self.flow.nodes)
+        self.flow.add(GraphNode(index, "method" if method else "function", f"{name}_{index}", target, inputs,
+                                self.stack[-1] if self.stack else "", "", args, dict(kwargs)), out)
         return out
 
 
 def _from_capture(model: nn.Module, example_input: object) -> ModelGraph:
-    nodes: list[GraphNode] = [GraphNode(0, "input", "input", None, ())]
-    producer: dict[int, int] = {}
-    keep_alive: list[torch.Tensor] = []  # so an id() is never reused during the pass
-    for tensor in _tensors(example_input):
-        producer[id(tensor)] = 0
-        keep_alive.append(tensor)
+    flow = _Dataflow(example_input)
     leaves = {name for name, module in model.named_modules() if name and _is_leaf(module)}
     stack: list[str] = []
     handles = []
@@ -404,26 +408,21 @@ def _from_capture(model: nn.Module, example_input: object) -> ModelGraph:
             stack.pop()
             if name not in leaves:
                 return
-            inputs = tuple(dict.fromkeys(producer[id(t)] for t in _tensors((args, kwargs)) if id(t) in producer))
-            node = GraphNode(len(nodes), "module", name, module, inputs, stack[-1] if stack else "")
-            nodes.append(node)
-            for tensor in _tensors(output):
-                producer[id(tensor)] = node.index
-                keep_alive.append(tensor)
+            flow.add(GraphNode(len(flow.nodes), "module", name, module, flow.inputs_of((args, kwargs)),
+                               stack[-1] if stack else ""), output)
         return hook
 
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name), with_kwargs=True))
         handles.append(module.register_forward_hook(leave(name), with_kwargs=True, always_call=True))
     try:
-        with torch.no_grad(), _Capture(nodes, producer, keep_alive, stack, leaves):
+        with torch.no_grad(), _Capture(flow, stack, leaves):
             output = call_model(model, example_input)
     finally:
         for handle in handles:
             handle.remove()
-    inputs = tuple(dict.fromkeys(producer[id(t)] for t in _tensors(output) if id(t) in producer))
-    nodes.append(GraphNode(len(nodes), "output", "output", None, inputs))
-    return ModelGraph(nodes, "capture")
+    flow.nodes.append(GraphNode(len(flow.nodes), "output", "output", None, flow.inputs_of(output)))
+    return ModelGraph(flow.nodes, "capture")
 
 
 def model_graph(model: nn.Module, example_input: object = None, *, training: bool = True) -> ModelGraph:
