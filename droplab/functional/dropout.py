@@ -98,9 +98,6 @@ def seed_tensor(seed: int | torch.Tensor | None) -> torch.Tensor:
     return torch.tensor(encode_seed(seed), dtype=torch.int64)
 
 
-_seed_tensor = seed_tensor  # the name the variant functionals import
-
-
 def _step_tensor(step: int | torch.Tensor) -> torch.Tensor:
     if isinstance(step, torch.Tensor):
         if step.dtype != torch.int64 or step.numel() != 1:

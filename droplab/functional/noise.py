@@ -21,11 +21,11 @@ from .dropout import (
     InputRankError,
     _check_counter_int,
     _check_input,
-    _seed_tensor,
     _step_tensor,
     check_probability,
     dropout,
     resolve_noise_shape,
+    seed_tensor,
 )
 
 __all__ = [
@@ -99,7 +99,7 @@ def gaussian_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     if not training or p == 0.0:
         return input
     sigma = math.sqrt(p / (1.0 - p))
-    out = variant_ops.gaussian_scale(input, _seed_tensor(seed), _step_tensor(step), replica, stream, sigma,
+    out = variant_ops.gaussian_scale(input, seed_tensor(seed), _step_tensor(step), replica, stream, sigma,
                                      list(mask_shape))
     return input.copy_(out) if inplace else out
 
@@ -132,7 +132,7 @@ def _alpha(input: torch.Tensor, p: float, training: bool, inplace: bool, seed, s
         # every unit dropped: no affine map restores variance 1; like torch, return zeros (mean 0 kept)
         return input.mul_(0.0) if inplace else input * 0.0
     a, b = alpha_dropout_coefficients(p)
-    seed_t, step_t = _seed_tensor(seed), _step_tensor(step)
+    seed_t, step_t = seed_tensor(seed), _step_tensor(step)
     threshold = drop_threshold(p)
     # y = a * x on kept units; the dropped units' constant a*alpha' + b and the shift b are added from
     # the keep mask (regenerated, not stored: autograd sees only the masked_scale op)
