@@ -283,3 +283,32 @@ def test_a_last_batch_of_one_under_batchnorm_is_found_by_the_dry_run(tmp_path, c
     argv = ["compare", "--dataset", str(data), "--set", "batchnorm=before_dropout", "--dry-run"]
     assert_user_error(capsys, "compare", [*argv, "--set", "batch_size=7"], contains="(50 training examples")
     assert main([*argv, "--set", "batch_size=10"]) == 0
+
+
+def test_a_model_that_does_not_fit_the_data_is_found_by_the_dry_run(tmp_path, capsys, monkeypatch):
+    """A factory that raises, a forward whose shapes do not match the data, or an output without one row per
+    example: one error before anything is stored (it was a droplab traceback from inside the first epoch)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def wrong_width(n_outputs):\n    return nn.Sequential(nn.Linear(3, n_outputs), nn.Dropout(0.5))\n"
+        "def pooled(input_shape, n_outputs):\n"
+        "    return nn.Sequential(nn.Flatten(0), nn.Linear(2 * input_shape[0], 1))\n"
+        "def broken():\n    raise ValueError('my factory is broken')\n"
+        "def right(input_shape, n_outputs):\n"
+        "    return nn.Sequential(nn.Linear(input_shape[0], n_outputs), nn.Dropout(0.5))\n")
+    data = write_npz(tmp_path / "d.npz", n=60, features=4)
+    db = tmp_path / "runs.db"
+    base = ["compare", "--dataset", str(data), "--db", str(db), "--set", "epochs=1", "--no-report"]
+    assert_user_error(capsys, "compare", [*base, "--model", "models.py:wrong_width", "--dry-run"],
+                      contains="inputs of shape (2, 4) raised RuntimeError")
+    assert main([*base, "--model", "models.py:broken", "--dry-run"]) == 2
+    err = capsys.readouterr().err  # the user's own frame is shown, droplab's are not
+    assert err.startswith("Traceback (your code") and 'models.py", line' in err and "droplab/" not in err, err
+    assert err.strip().splitlines()[-1] == "droplab compare: error: models.py:broken() raised ValueError: my factory " \
+        "is broken"
+    assert_user_error(capsys, "compare", [*base, "--model", "models.py:pooled", "--dry-run"],
+                      contains="one row per example")
+    assert_user_error(capsys, "compare", [*base, "--model", "models.py:wrong_width"], contains="RuntimeError")
+    assert not db.exists()  # nothing was stored
+    assert main([*base, "--model", "models.py:right", "--dry-run"]) == 0

@@ -25,6 +25,7 @@ import errno
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 
 __all__ = ["UserError", "MissingFileError", "TrainingDiverged", "UserCodeError", "user_errors", "os_error_message",
@@ -129,3 +130,14 @@ def user_frames(error: BaseException, code_files: tuple[str, ...] = ()) -> str:
     if not frames:
         return ""
     return "Traceback (your code, most recent call last):\n" + "".join(traceback.format_list(frames))
+
+
+def raised_by_the_model(error: BaseException) -> bool:
+    """Whether ``error`` came out of the model's own forward (the user's code or torch's layers), not droplab's."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return False
+    innermost = frames[-1].filename
+    droplab_dir = str(Path(__file__).resolve().parents[1])
+    return not str(Path(innermost).resolve()).startswith(droplab_dir) \
+        or any(not is_library_file(frame.filename) for frame in frames)

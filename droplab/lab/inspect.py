@@ -19,13 +19,12 @@ import importlib.util
 import json
 import pickle
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import MissingFileError, UserCodeError, UserError, is_library_file, user_errors
+from .errors import MissingFileError, UserCodeError, UserError, raised_by_the_model, user_errors
 
 __all__ = ["configure", "run", "load_model", "inspect_model"]
 
@@ -218,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = inspect_model(model, example, for_inference=args.for_inference, probe_samples=args.probe_samples)
     except Exception as error:
-        if not _raised_by_the_model(error):
+        if not raised_by_the_model(error):
             raise  # a droplab bug: keep its traceback
         shape = f" on an input of shape {tuple(example.shape)}" if isinstance(example, torch.Tensor) else ""
         hint = "check --input-shape" if args.input_shape else ""
@@ -233,14 +232,3 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             _print_plain(report, source, sys.stdout)
     return 1 if report["errors"] else 0
-
-
-def _raised_by_the_model(error: BaseException) -> bool:
-    """Whether ``error`` came out of the model's own forward (the user's code or torch's layers), not droplab's."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return False
-    innermost = frames[-1].filename
-    droplab_dir = str(Path(__file__).resolve().parents[1])
-    return not str(Path(innermost).resolve()).startswith(droplab_dir) \
-        or any(not is_library_file(frame.filename) for frame in frames)

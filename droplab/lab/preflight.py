@@ -38,12 +38,55 @@ def check_before_training(configs: Iterable, *, db: str | None = None, save: str
     Raises:
         UserError: naming the first problem found and its fix.
     """
+    configs = list(configs)
     splits = check_datasets(configs)
+    check_models(configs, splits)
     if db is not None:
         check_store(db)
     check_output_dir(save, "--save")
     check_output_dir(report_dir, "--report-dir")
     return splits
+
+
+def check_models(configs: list, splits: dict[tuple, object]) -> None:
+    """Build each distinct model once and run it on two training examples, in eval mode.
+
+    So a factory that raises, or a model whose input or output does not fit the data, stops the command
+    (and ``--dry-run``) with one error before anything is stored. The runs of one comparison differ only
+    in rates, which change no shape, so one build per model and dataset suffices.
+
+    Raises:
+        UserError: the model's output does not have one row per example.
+        UserCodeError: the factory or the forward raised (only the user's frames are shown).
+    """
+    import torch
+
+    from .build import build_model
+    from .errors import UserCodeError, raised_by_the_model
+    from .tasks import task_of
+
+    checked = set()
+    for config in configs:
+        key = (config.model, dataset_key(config))
+        if key in checked:
+            continue
+        checked.add(key)
+        loaded = splits[dataset_key(config)]
+        model = build_model(config, loaded.input_shape,
+                            task_of(loaded.task).output_size(loaded.n_outputs, config.nll_head)).eval()
+        x = loaded.train.x[:2]
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except Exception as error:
+            if not raised_by_the_model(error):
+                raise  # a droplab bug: keep its traceback
+            raise UserCodeError(f"the forward of {config.model} on {config.dataset}'s inputs of shape "
+                                f"{tuple(x.shape)}", error, hint="the model must take (batch, *input_shape)") from None
+        if not isinstance(out, torch.Tensor) or out.shape[:1] != x.shape[:1]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(f"model {config.model} returned {got} for a batch of {len(x)} examples; it must return "
+                            "a tensor with one row per example")
 
 
 def dataset_key(config) -> tuple:
