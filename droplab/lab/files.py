@@ -24,6 +24,7 @@ import tempfile
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,6 +73,19 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings :func:`atomic_write` left for ``path`` when its writer was killed.
+
+    Call it only once no live process writes ``path`` (e.g. when resuming a run whose writer is dead).
+    Returns the files removed.
+    """
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{glob_escape(path.name[:100])}.*.tmp") if p.is_file()]
+    for temporary in stale:
+        temporary.unlink(missing_ok=True)
+    return stale
 
 
 def _os_error_in_chain(error: BaseException) -> OSError | None:

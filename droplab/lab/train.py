@@ -294,6 +294,9 @@ def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple
         run.history, run.wall_before = list(state["history"]), float(state["wall_time_s"])
         run.pending_states = dict(state.get("callbacks") or {})
     store.resume_run(resume_from)
+    from .files import remove_stale_temporaries
+
+    remove_stale_temporaries(stored["checkpoint"])  # its last writer is dead: a kill mid-save left these
     return resume_from, Path(stored["checkpoint"])
 
 
