@@ -49,7 +49,7 @@ def _run(spec: S.SweepSpec, workdir: Path, workers: int, threads: int) -> tuple[
 def bench_sweep(args, workdir: Path) -> None:
     from optuna.trial import TrialState
 
-    from droplab.lab.train import train
+    from droplab.lab.trainer import train
 
     base = ExperimentConfig().with_overrides(args.set)
     spec = S.SweepSpec(name="bench-sweep", base=base.to_dict(), trials=args.trials, sampler="tpe", seed=args.seed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from . import functional, nn, rng
-from .convert import Site, convert, set_rate, sites
+from .conversion import Site, convert, set_rate, sites
 
 __version__ = "0.2.0"
 

@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from ._fx import LeafTracer
 from ._modes import training_flags_restored
-from .convert import _replace, sites
+from .conversion import _replace, sites
 from .nn._base import StochasticModule
 
 __all__ = ["fold", "strip", "FOLD_TARGETS"]

@@ -38,7 +38,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._modes import training_flags_restored
-from .convert import sites
+from .conversion import sites
 
 __all__ = ["InferenceModeError", "inference_mode", "assert_inference"]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .convert import match_sites
+from .conversion import match_sites
 from .functional import check_probability
 
 __all__ = [

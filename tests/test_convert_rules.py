@@ -176,7 +176,7 @@ def test_register_conversion_by_qualified_name_needs_no_import():
             return nn.functional.dropout(x, self.rate, self.training)
 
     name = f"{Custom.__module__}.{Custom.__qualname__}"
-    from droplab.convert import register_conversion
+    from droplab.conversion import register_conversion
 
     register_conversion(name, dl.nn.Dropout, lambda m, seed: dl.nn.Dropout(m.rate, seed=seed),
                         rate=lambda m: m.rate)

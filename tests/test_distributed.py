@@ -73,7 +73,7 @@ def _lab_train(out_dir: str) -> dict:
     """The lab's train() under the process group: DDP inside, only rank 0 writes the store."""
     from droplab.lab.config import ExperimentConfig
     from droplab.lab.store import RunStore
-    from droplab.lab.train import train
+    from droplab.lab.trainer import train
 
     config = ExperimentConfig().replace(dataset="digits", width=32, epochs=2, batch_size=64, threads=1)
     with RunStore(os.path.join(out_dir, "runs.db")) as store:

@@ -7,7 +7,7 @@ import torch.nn.functional as TF
 import droplab.functional as F
 import droplab.nn as dnn
 from contract import Case, install
-from droplab.functional.dropblock import dropblock_gamma, dropblock_mask
+from droplab.functional.block import dropblock_gamma, dropblock_mask
 
 _BORDER = ("positions near the border lie in fewer possible blocks, so DropBlock preserves the mean of the "
            "map as a whole (tested in test_constant_input_mean_preserved), not every element's expectation")

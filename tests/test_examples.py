@@ -134,7 +134,7 @@ SETUP = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "dl": droplab
 @pytest.fixture
 def registries_restored():
     """An example may register a conversion (as users do); the registries are put back after it."""
-    from droplab.convert import CONVERSIONS, LIBRARY_RULES
+    from droplab.conversion import CONVERSIONS, LIBRARY_RULES
 
     saved = dict(CONVERSIONS), dict(LIBRARY_RULES)
     yield

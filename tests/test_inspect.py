@@ -126,7 +126,7 @@ def test_not_a_module_and_bad_shape(models, capsys):
 def test_lab_checkpoint(tmp_path, capsys):
     from droplab.lab.config import ExperimentConfig
     from droplab.lab.data import Split, Splits
-    from droplab.lab.train import train
+    from droplab.lab.trainer import train
 
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randn(64, 10, generator=g), torch.randint(0, 3, (64,), generator=g))
@@ -139,7 +139,7 @@ def test_lab_checkpoint(tmp_path, capsys):
 
     def toy_checkpoint(path):  # the checkpoint's own data is MNIST-1D; use the toy split instead
         from droplab.lab.models import build_model
-        from droplab.lab.train import load_checkpoint
+        from droplab.lab.trainer import load_checkpoint
 
         state = load_checkpoint(path)
         model = build_model(ExperimentConfig.from_dict(state["config"]), 10, 3)

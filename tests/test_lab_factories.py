@@ -113,7 +113,7 @@ def test_task_inference():
 
 
 def test_user_model_and_data_resume_bit_identically(user_file):
-    from droplab.lab.train import resume, train
+    from droplab.lab.trainer import resume, train
 
     config = ExperimentConfig(model="mine.py:build", dataset="mine.py:data", epochs=4, batch_size=25)
     full = train(config, progress=False)
@@ -235,7 +235,7 @@ def test_regression_verdict(intended, outcome):
 
 
 def test_nll_head_trains_and_reports_finite_uncertainty(user_file):
-    from droplab.lab.train import train
+    from droplab.lab.trainer import train
 
     result = train(ExperimentConfig(model="mine.py:build", dataset="mine.py:regression_data", epochs=2,
                                     nll_head=True, batch_size=40), progress=False)

@@ -5,7 +5,7 @@ from lab_fixtures import write_npz
 import droplab
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.models import build_model, dropout_modules
-from droplab.lab.train import train
+from droplab.lab.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from droplab.cli import main
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.errors import UserError
 from droplab.lab.store import MIGRATIONS, SCHEMA_VERSION, RunStore
-from droplab.lab.train import train
+from droplab.lab.trainer import train
 
 
 def test_new_store_is_at_the_latest_schema(tmp_path):

@@ -5,7 +5,7 @@ from lab_fixtures import write_npz
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.models import dropout_modules
 from droplab.lab.store import RunStore
-from droplab.lab.train import load_checkpoint, resume, schedule_factor, train
+from droplab.lab.trainer import load_checkpoint, resume, schedule_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_augmented_mnist1d_run_is_reproducible(tmp_path, monkeypatch):
     a, b = train(cfg, progress=False, splits=splits), train(cfg, progress=False, splits=splits)
     assert a.history[0]["batch_loss"] == b.history[0]["batch_loss"]
     # each augmented example is its raw self shifted by at most 3 steps plus N(0, 0.05^2) noise
-    from droplab.lab.train import epoch_batches
+    from droplab.lab.trainer import epoch_batches
 
     (xa, ya), (xr, yr) = next(epoch_batches(splits.train, cfg, 1, sequence=True)), \
         next(epoch_batches(splits.train, cfg.replace(augment=False), 1, sequence=True))

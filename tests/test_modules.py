@@ -189,7 +189,7 @@ def test_version_agrees_across_pyproject_package_and_changelog():
 
 
 def test_a_user_class_registered_onto_droplab_dropout_keeps_torch_dropout_converting_back():
-    from droplab.convert import CONVERSIONS, register_conversion
+    from droplab.conversion import CONVERSIONS, register_conversion
 
     class MyDrop(nn.Module):
         def __init__(self, rate):

@@ -190,7 +190,7 @@ def embedding_row(config: Config) -> dict:
 def dropblock_row(config: Config) -> dict:
     import droplab.functional as F
     import droplab.nn as dnn
-    from droplab.functional.dropblock import dropblock_gamma
+    from droplab.functional.block import dropblock_gamma
 
     shape, p, b = config.dropblock_shape, config.dropblock_p, config.block_size
     block = (min(b, shape[2]), min(b, shape[3]))

@@ -24,10 +24,14 @@ Conventions shared by all functions:
 from __future__ import annotations
 
 from .attention import attention_dropout, attention_weights, scaled_dot_product_attention
+from .block import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
 from .concrete import concrete_dropout, concrete_keep, concrete_regularization
-from .dropblock import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
 from .dropconnect import dropconnect_linear, dropconnect_weights
-from .dropout import (
+from .droppath import drop_path, drop_path_rates
+from .inference import inference_rule
+from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
+from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
+from .standard import (
     SCALINGS,
     InputDtypeError,
     InputRankError,
@@ -43,10 +47,6 @@ from .dropout import (
     resolve_noise_shape,
     seed_tensor,
 )
-from .droppath import drop_path, drop_path_rates
-from .inference import inference_rule
-from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
-from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
 
 __all__ = [
     "SCALINGS",

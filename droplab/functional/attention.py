@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .dropout import _check_input, dropout
+from .standard import _check_input, dropout
 
 __all__ = ["attention_dropout", "attention_weights", "scaled_dot_product_attention"]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as torch_F
 
 from ..kernels import variant_ops
-from .dropout import _check_counter_int, _check_input, _step_tensor, resolve_noise_shape, seed_tensor
+from .standard import _check_counter_int, _check_input, _step_tensor, resolve_noise_shape, seed_tensor
 
 __all__ = ["concrete_dropout", "concrete_keep", "concrete_regularization"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dropout import _check_input, check_probability, check_scaling, dropout
+from .standard import _check_input, check_probability, check_scaling, dropout
 
 __all__ = ["dropconnect_weights", "dropconnect_linear"]
 

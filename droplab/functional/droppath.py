@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .dropout import _check_input, check_probability, dropout
+from .standard import _check_input, check_probability, dropout
 
 __all__ = ["drop_path", "drop_path_rates"]
 

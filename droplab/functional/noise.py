@@ -17,7 +17,7 @@ from .._fx import fx_traceable
 from ..kernels import variant_ops
 from ..kernels.ops import masked_scale
 from ..rng import drop_threshold
-from .dropout import (
+from .standard import (
     InputRankError,
     _check_counter_int,
     _check_input,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..kernels import variant_ops
 from ..rng import drop_threshold
-from .dropout import (
+from .inference import inference_rule
+from .standard import (
     _check_counter_int,
     _check_input,
     _step_tensor,
@@ -24,7 +25,6 @@ from .dropout import (
     dropout,
     seed_tensor,
 )
-from .inference import inference_rule
 
 __all__ = ["locked_dropout", "variational_mask", "embedding_dropout", "lstm_recurrence", "gru_recurrence"]
 

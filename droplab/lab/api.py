@@ -56,7 +56,7 @@ class Comparison:
         roles: ``{"baseline": i, "intended": j, "reduced": k}`` indices into ``runs``.
         verdict: a :class:`droplab.diagnostics.verdict.Verdict`.
         task: ``"classification"`` or ``"regression"``.
-        results: the :class:`droplab.lab.train.RunResult` of each run (with the trained model).
+        results: the :class:`droplab.lab.trainer.RunResult` of each run (with the trained model).
         report_path: the HTML report, once written.
     """
 
@@ -178,7 +178,7 @@ def _warm_cpu_kernels(echo) -> None:
 
 def _train_all(configs, labels, store, comparison_id, progress, save, echo) -> tuple[list, Any]:
     from .data import load_dataset
-    from .train import train
+    from .trainer import train
 
     splits, results = {}, []
     for config, label in zip(configs, labels):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import nn as dnn
-from ..convert import convert, sites
+from ..conversion import convert, sites
 from .errors import UserCodeError, UserError
 from .factories import call_factory, code_files, resolve
 

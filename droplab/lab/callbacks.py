@@ -1,10 +1,10 @@
 """The trainer's parts: each concern of a lab run is one callback with its state in the checkpoint.
 
-The loop (:func:`droplab.lab.train.train`) calls, on every callback in order:
+The loop (:func:`droplab.lab.trainer.train`) calls, on every callback in order:
 ``on_train_start(run)``, then per epoch ``on_epoch_start(run, epoch)``, ``after_backward(run)`` after
 each step's backward, ``on_epoch_end(run, epoch, metrics)`` (a callback may add to ``metrics``; the
 ones after it see the additions), and finally ``on_train_end(run, status, error)``. ``run`` is the
-:class:`~droplab.lab.train.TrainState`. ``state_dict()``/``load_state_dict()`` carry a callback's
+:class:`~droplab.lab.trainer.TrainState`. ``state_dict()``/``load_state_dict()`` carry a callback's
 state through a checkpoint, so ``--resume`` continues exactly where the run stopped.
 
 Parts: :class:`RateSchedule` (``--schedule`` through :class:`droplab.DropoutScheduler`),
@@ -77,7 +77,7 @@ class RateSchedule(Callback):
         self.spec, self.curve, self.scheduler = spec, schedule_curve(spec), None
 
     def on_train_start(self, run) -> None:
-        from ..convert import sites
+        from ..conversion import sites
         from ..schedules import DropoutScheduler
 
         rules = {re.escape(s.name): self._rule(s.p) for s in sites(run.core)

@@ -136,7 +136,7 @@ def _stderr(text: str) -> None:
 
 
 def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
-    from .train import check_schedule
+    from .trainer import check_schedule
 
     base = resolve_base(args)
     configs = build_configs(base, parse_rates(args.rates) if args.rates is not None else None)
@@ -211,7 +211,7 @@ def _resume(args: argparse.Namespace) -> int:
     from .report import format_table
     from .store import RunStore
     from .tasks import task_of
-    from .train import resume
+    from .trainer import resume
 
     epochs = args.epochs
     for item in args.set or []:

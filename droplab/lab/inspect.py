@@ -103,7 +103,7 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, torch.Tensor]:
     from .config import ExperimentConfig
     from .models import build_model
     from .preflight import check_datasets, dataset_key
-    from .train import load_checkpoint
+    from .trainer import load_checkpoint
 
     with user_errors(f"checkpoint {path} cannot be inspected (corrupt, truncated, or not a lab checkpoint)",
                      (RuntimeError, ValueError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError)):
@@ -142,7 +142,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, ob
 def inspect_model(model: nn.Module, example_input: object = None, *, for_inference: bool = False,
                   probe_samples: int = 200) -> dict:
     """Sites and lint findings of ``model`` as plain data (what ``--json`` prints)."""
-    from ..convert import sites
+    from ..conversion import sites
     from ..diagnostics import lint
 
     findings = lint(model, example_input, for_inference=for_inference, probe_samples=probe_samples)

@@ -353,7 +353,7 @@ def _objective(spec: SweepSpec, store, ctx=None):
     """
     optuna = _optuna()
     from .distributed import broadcast_object
-    from .train import train
+    from .trainer import train
 
     base = spec.config()
     lead = ctx is not None and ctx.distributed
@@ -392,7 +392,7 @@ def _follow(ctx) -> int:
     optuna = _optuna()
     from .config import ExperimentConfig
     from .distributed import broadcast_object
-    from .train import train
+    from .trainer import train
 
     def on_epoch(epoch: int, metrics: dict) -> None:
         if broadcast_object(None, ctx):

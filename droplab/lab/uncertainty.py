@@ -353,7 +353,7 @@ def _load(args: argparse.Namespace):
     from .build import build_model
     from .data import load_dataset
     from .tasks import task_of
-    from .train import load_checkpoint, train
+    from .trainer import load_checkpoint, train
 
     if args.checkpoint:
         state = load_checkpoint(args.checkpoint)
@@ -400,7 +400,7 @@ def _regression(model, splits, config, args) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import sites
+    from ..conversion import sites
     from .errors import UserError, user_errors
     from .files import confined_path, terminal_safe
 

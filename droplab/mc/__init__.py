@@ -16,7 +16,7 @@ from .metrics import (
     regression_moments,
     variation_ratio,
 )
-from .predict import METHODS, MCResult, predict, sample_loop
+from .prediction import METHODS, MCResult, predict, sample_loop
 from .weight_scaling import compare_to_weight_scaling
 
 __all__ = [

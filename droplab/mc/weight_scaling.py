@@ -16,7 +16,7 @@ from torch import nn
 
 from .._modes import training_flags_restored
 from .metrics import nll
-from .predict import predict
+from .prediction import predict
 
 __all__ = ["compare_to_weight_scaling"]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import functional as F
-from ..functional.dropblock import check_block_size
+from ..functional.block import check_block_size
 from ._base import StochasticModule
 
 __all__ = ["DropBlock1d", "DropBlock2d", "DropBlock3d"]

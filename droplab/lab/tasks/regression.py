@@ -153,7 +153,7 @@ def interval_coverage(mean: torch.Tensor, variance: torch.Tensor, y: torch.Tenso
 
 def _mc_samples(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
     from ... import mc
-    from ...convert import sites
+    from ...conversion import sites
 
     if not any(s.p > 0 for s in sites(model)):  # no stochastic site: every sample is the eval pass
         return _eval_output(model, x)[None]

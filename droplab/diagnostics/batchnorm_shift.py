@@ -23,7 +23,7 @@ from torch import nn
 from .._modes import training_flags_restored
 from ._data import batches, call_on_batch, model_device
 from ._graph import model_graph
-from .lint import RULES, batchnorms_fed_by_dropout
+from .lint_rules import RULES, batchnorms_fed_by_dropout
 
 __all__ = ["VarianceShift", "variance_shift", "recalibrate_bn"]
 

@@ -32,8 +32,8 @@ import torch
 
 from ..kernels import variant_ops
 from ..rng import drop_threshold
-from .dropout import _check_counter_int, _check_input, _step_tensor, check_probability, check_scaling, seed_tensor
 from .inference import inference_rule
+from .standard import _check_counter_int, _check_input, _step_tensor, check_probability, check_scaling, seed_tensor
 
 __all__ = ["dropblock", "dropblock1d", "dropblock2d", "dropblock3d", "dropblock_gamma", "dropblock_mask",
            "check_block_size"]

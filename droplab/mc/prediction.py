@@ -86,7 +86,7 @@ from .. import functional as DF
 from .._calls import CallMode, attention_math, issuing_modules, routing_suspended
 from .._fx import LeafTracer
 from .._modes import training_flags_restored
-from ..convert import Site, conversion_for, probe_sites, replace_module, sites
+from ..conversion import Site, conversion_for, probe_sites, replace_module, sites
 from ..nn import StochasticModule
 from .sampling import MCBatchingError, MCSampling, counters, mc_activate, mc_sampling, mc_seed, run_sliced, site_key
 

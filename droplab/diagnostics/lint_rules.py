@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import sites
+from ..conversion import sites
 from ..nn import StochasticModule
 from ._graph import (
     GraphNode,
