@@ -2,8 +2,8 @@
 
 The state of a Monte-Carlo pass lives here, not in the modules: :func:`mc_sampling` sets the active
 :class:`MCSampling`; :func:`mc_activate` routes activated droplab modules' forwards through
-:func:`sliced_forward`; the counter hook (registered with the base's ``register_counter_override``)
-gives a module's ``_next_counter`` the sample's ``(seed, step)`` instead of its training counters,
+:func:`sliced_forward`; :func:`mc_activate` also sets each module's ``counter_source`` to the counter hook, which
+gives the module's ``_next_counter`` the sample's ``(seed, step)`` instead of its training counters,
 which therefore never advance.
 
 Site keys. Sample ``t`` of a site draws with seed ``mc_seed(key, s, k)`` and step ``t``, where ``k``
@@ -38,7 +38,6 @@ from torch import nn
 
 from .._modes import training_flags_restored
 from ..nn import StochasticModule
-from ..nn._base import register_counter_override
 from ..rng import philox4x32_scalar, split_seed
 
 __all__ = ["MCSampling", "MCBatchingError", "mc_seed", "site_key", "mc_sampling", "mc_activate", "sliced_forward",
@@ -139,9 +138,6 @@ def _sample_counter(module: StochasticModule) -> tuple[torch.Tensor, torch.Tenso
         sample = spec.first
     seed = mc_seed(_module_key(module, spec), spec.seed, 0 if spec.consistent else spec.batch)
     return _signed(seed), torch.tensor(sample, dtype=torch.int64)
-
-
-register_counter_override(_sample_counter)
 
 
 
@@ -310,12 +306,14 @@ def mc_activate(modules: Iterable[StochasticModule], keys: Mapping[int, int] | N
                 module.train()
                 # instance attributes: the class stays untouched
                 module.forward = _bound(module)
+                module.counter_source = _sample_counter
                 if id(module) in keys:
                     module.__dict__["_mc_key"] = keys[id(module)]  # the key of a site without a seed
             yield
         finally:
             for module in modules:
                 module.__dict__.pop("forward", None)
+                module.__dict__.pop("counter_source", None)
                 module.__dict__.pop("_mc_key", None)
 
 

@@ -20,9 +20,10 @@ A module holds hyper-parameters (and, when seeded, its counters); the math lives
   region would replay its steps in the wrong order, so give each call its own module.
 * Under ``torch.distributed`` the rank is folded into the counter so replicas draw different masks,
   unless ``share_across_ranks=True``.
-* Monte-Carlo sampling lives in :mod:`droplab.mc`; the base knows one hook: a function registered
-  with :func:`register_counter_override` may hand :meth:`StochasticModule._next_counter` the
-  ``(seed, step)`` of the sample being drawn, and then the training counters do not advance.
+* Counters from outside. A module's :attr:`StochasticModule.counter_source` (``None`` by default) is
+  a callable ``source(module) -> (seed, step) | None``: while it returns counters, the forward draws
+  with them and the module's own counters do not advance. :mod:`droplab.mc` sets it on the modules
+  it samples, for the duration of a Monte-Carlo pass; the base knows nothing else of MC.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from torch import nn
 from .._fx import fx_leaf_forward
 from ..functional import check_probability, check_scaling, fresh_key, seed_tensor
 
-__all__ = ["StochasticModule", "current_replica", "in_recomputation", "register_counter_override"]
+__all__ = ["StochasticModule", "CounterSource", "current_replica", "in_recomputation"]
 
 _COUNTERS = ("seed", "step")
 
@@ -50,18 +51,7 @@ def current_replica() -> int:
     return 0
 
 
-CounterOverride = Callable[["StochasticModule"], "tuple[torch.Tensor, torch.Tensor] | None"]
-_COUNTER_OVERRIDES: list[CounterOverride] = []
-
-
-def register_counter_override(hook: CounterOverride) -> None:
-    """Let ``hook(module)`` supply a forward's ``(seed, step)`` (or None to leave it to the module).
-
-    The one hook of Monte-Carlo sampling (:mod:`droplab.mc` registers it): while it returns counters,
-    the module draws the sample's mask and its training counters do not advance.
-    """
-    if hook not in _COUNTER_OVERRIDES:
-        _COUNTER_OVERRIDES.append(hook)
+CounterSource = Callable[["StochasticModule"], "tuple[torch.Tensor, torch.Tensor] | None"]
 
 
 def in_recomputation() -> bool:
@@ -80,6 +70,9 @@ class StochasticModule(nn.Module):
     """
 
     _replay_depth = 64  # counters remembered for checkpoint recomputation
+    #: ``source(module) -> (seed, step) | None``: counters supplied from outside (Monte-Carlo sampling
+    #: sets it on the modules it samples); while it returns counters, the module's own do not advance
+    counter_source: CounterSource | None = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,10 +134,10 @@ class StochasticModule(nn.Module):
 
         Seeded: the current step, which then advances. Unseeded: a fresh key from torch's default
         CPU generator and step 0. A recomputed forward (checkpointing) replays what its original
-        forward took. A registered override (MC sampling) may supply them instead; nothing advances then.
+        forward took. A :attr:`counter_source` (MC sampling) may supply them instead; nothing advances then.
         """
-        for override in _COUNTER_OVERRIDES:
-            counters = override(self)
+        if self.counter_source is not None:
+            counters = self.counter_source(self)
             if counters is not None:
                 return counters
         if self._issued and in_recomputation():
