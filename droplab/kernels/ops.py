@@ -16,8 +16,11 @@ import torch
 
 from ..rng import seed_key
 from . import masked_scale as _dispatch_masked_scale
+from . import transform_rules
 
 __all__ = ["dense_like", "masked_scale", "masked_scale_op"]
+
+_key_included, _LEGACY_VMAP = torch._C._dispatch_tls_is_dispatch_key_included, transform_rules.LEGACY_VMAP_KEY
 
 
 def dense_like(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +60,12 @@ class _EagerMaskedScale(torch.autograd.Function):
     def backward(ctx, grad):
         return (masked_scale(grad, *ctx.args),) + (None,) * 7
 
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        # forward-mode AD (dual tensors): the op is linear in x, so the tangent takes this forward's mask,
+        # regenerated from the same integers
+        return masked_scale(x_tangent, *ctx.args)
+
 
 def masked_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int,
                  threshold: int, scale: float, mask_shape: list[int]) -> torch.Tensor:
@@ -64,10 +73,12 @@ def masked_scale(x: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replic
     if torch.compiler.is_compiling():  # checked first: dynamo folds it and traces the opaque op
         return masked_scale_op(x, seed, step, replica, stream, threshold, scale, mask_shape)
     if (type(x) is torch.Tensor and not torch._C._are_functorch_transforms_active()
-            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()):
+            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+            and not _key_included(_LEGACY_VMAP)):  # legacy vmap (batched gradients): transform_rules
         return _EagerMaskedScale.apply(x, seed, step, replica, stream, threshold, scale, mask_shape)
-    # tracing, fake tensors, torch function or dispatch modes (which must see the op, e.g. droplab.guards),
-    # torch.func transforms: the registered op
+    if transform_rules.transforms_active():  # torch.func transforms, forward AD: see transform_rules
+        return _TransformMaskedScale.apply(x, seed, step, replica, stream, threshold, scale, mask_shape)
+    # tracing, fake tensors, torch function or dispatch modes (which must see the op, e.g. droplab.guards)
     return masked_scale_op(x, seed, step, replica, stream, threshold, scale, mask_shape)
 
 
@@ -87,3 +98,10 @@ def _backward(ctx, grad):
 
 
 masked_scale_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# torch.func transforms and forward-mode AD (droplab.kernels.transform_rules): the op through an
+# autograd.Function with jvp and vmap rules, and the op's own batching rule
+_TransformMaskedScale = transform_rules.linear_function("_TransformMaskedScale", masked_scale_op, masked_scale,
+                                                        mask_arg=7)
+transform_rules.register_op_vmap(masked_scale_op, mask_arg=7)

@@ -27,6 +27,7 @@ import torch
 
 from .. import kernels
 from ..rng import seed_key
+from . import transform_rules
 from .ops import dense_like
 
 __all__ = ["gaussian_scale", "noise", "concrete_scale", "dropblock_scale", "embedding_dropout",
@@ -246,3 +247,106 @@ def _rows_backward(ctx, grad):
 
 
 rows_masked_scale.register_autograd(_rows_backward, setup_context=_rows_setup)
+
+
+# --------------------------------------------------------------------------------------------- transforms
+# torch.func transforms and forward-mode AD (droplab.kernels.transform_rules): from here on the public
+# names call each op through an autograd.Function with jvp and vmap rules while a transform or a
+# forward-AD level is active, and the op itself otherwise; the ops stay reachable as ``<name>.op`` and
+# ``torch.ops.droplab.<name>``. The ops are linear in their tensor input for a fixed mask (Concrete
+# dropout: in x, and smooth in its logit), so every tangent takes the forward's mask, regenerated.
+gaussian_scale = transform_rules.transformable(gaussian_scale, mask_arg=6)
+dropblock_scale = transform_rules.transformable(dropblock_scale)
+rows_masked_scale = transform_rules.transformable(rows_masked_scale)
+
+
+def _embedding_transpose(grad, weight_shape, indices, seed, step, replica, stream, threshold, scale, padding_idx):
+    # the lookup's backward: the dense weight gradient (the padding row gets none)
+    return _embedding_grad(grad.contiguous(), indices, weight_shape[0], padding_idx, seed, step, replica, stream,
+                           threshold, scale)
+
+
+def _embedding_grad_transpose(grad_weight, grad_shape, indices, num_weights, padding_idx, seed, step, replica,
+                              stream, threshold, scale):
+    # the weight gradient's own backward (double backward): the lookup of the incoming gradient, without the
+    # padding row, which received no gradient
+    if padding_idx >= 0:
+        grad_weight = grad_weight.index_fill(0, torch.tensor([padding_idx], device=grad_weight.device), 0)
+    return embedding_dropout(grad_weight, indices, seed, step, replica, stream, threshold, scale, padding_idx)
+
+
+_embedding_grad_op = _embedding_grad
+_embedding_grad_op.register_autograd(
+    lambda ctx, gg: (_embedding_grad_transpose(gg, None, *ctx.args),) + (None,) * 9,
+    setup_context=lambda ctx, inputs, output: _ints(ctx, inputs, 1))
+_embedding_grad = transform_rules.transformable(_embedding_grad_op, transpose=_embedding_grad_transpose)
+embedding_dropout = transform_rules.transformable(embedding_dropout, transpose=_embedding_transpose)
+
+
+def _noise_vmap(info, in_dims, like, *args):
+    # ``like`` gives the device only: with the counters unbatched every slice gets the same noise
+    if any(transform_rules.is_batched(d) for d in in_dims[1:]):
+        return transform_rules.vmap_by_slices(_noise_op, info, in_dims, (like, *args))
+    return _noise_op(torch.empty(0, device=like.device), *args), None
+
+
+_noise_op = noise
+_noise_op.register_vmap(_noise_vmap)
+
+
+def noise(like: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int, stream: int, kind: str,
+          shape: list[int]) -> torch.Tensor:
+    """``droplab::noise``. ``like`` only names the device: it reaches the op detached (under a transform, as an
+    empty tensor on its device), so autograd never records the op, whose output does not depend on ``like``."""
+    like = torch.empty(0, device=like.device) if transform_rules.transforms_active() else like.detach()
+    return _noise_op(like, seed, step, replica, stream, kind, shape)
+
+
+noise.op = _noise_op
+
+
+class _ConcreteScale(torch.autograd.Function):
+    """``droplab::concrete_scale`` under transforms: the op's backward, a JVP in ``x`` and the logit, per-slice vmap."""
+
+    @staticmethod
+    def forward(x, p_logit, *rest):
+        return _concrete_op(x, p_logit, *rest)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _concrete_setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _concrete_backward(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx, x_tangent, logit_tangent, *_):
+        x, p_logit = ctx.saved_tensors
+        seed, step, replica, stream, temperature, mask_shape = ctx.args
+        factor, m, q = _concrete_factor(p_logit, noise(x, seed, step, replica, stream, "logistic", mask_shape),
+                                        temperature, x.dtype)
+        out = x_tangent * factor if x_tangent is not None else torch.zeros_like(x * factor)
+        if logit_tangent is not None:
+            out = out + x * factor * ((1 - q) - (1 - m) / temperature) * logit_tangent.reshape(()).to(x.dtype)
+        return out
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return transform_rules.vmap_by_slices(concrete_scale, info, in_dims, args)
+
+
+_concrete_op = concrete_scale
+transform_rules.register_op_vmap(_concrete_op)
+
+
+def concrete_scale(x: torch.Tensor, p_logit: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, replica: int,
+                   stream: int, temperature: float, mask_shape: list[int]) -> torch.Tensor:
+    """``droplab::concrete_scale``, through :class:`_ConcreteScale` while a transform is active."""
+    if transform_rules.transforms_active():
+        return _ConcreteScale.apply(x, p_logit, seed, step, replica, stream, temperature, mask_shape)
+    return _concrete_op(x, p_logit, seed, step, replica, stream, temperature, mask_shape)
+
+
+concrete_scale.op = _concrete_op
