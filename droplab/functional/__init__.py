@@ -33,8 +33,10 @@ from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input
 from .sequence import embedding_dropout, gru_recurrence, locked_dropout, lstm_recurrence, variational_mask
 from .standard import (
     SCALINGS,
+    ArgumentTypeError,
     InputDtypeError,
     InputRankError,
+    check_noise_shape,
     check_probability,
     check_scaling,
     dropout,
@@ -52,7 +54,9 @@ __all__ = [
     "SCALINGS",
     "InputDtypeError",
     "InputRankError",
+    "ArgumentTypeError",
     "check_probability",
+    "check_noise_shape",
     "check_scaling",
     "resolve_noise_shape",
     "new_seed",

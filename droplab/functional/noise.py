@@ -23,6 +23,7 @@ from .standard import (
     _check_input,
     _step_tensor,
     check_probability,
+    draws_feature_mask,
     dropout,
     resolve_noise_shape,
     seed_tensor,
@@ -195,17 +196,18 @@ def feature_alpha_dropout(input: torch.Tensor, p: float = 0.5, training: bool = 
     ``training`` defaults to False, as in ``torch.nn.functional.feature_alpha_dropout``.
 
     Shape:
-        Input :math:`(N, C, *)` (at least 2 dimensions, else :class:`InputRankError`, a
-        ``RuntimeError`` as in torch), output the same.
+        Input :math:`(N, C, *)` (at least 2 dimensions where a mask is drawn, else
+        :class:`InputRankError`, a ``RuntimeError`` as in torch; in evaluation, at ``p = 0`` or
+        ``p = 1``, input of any rank passes, as in torch), output the same.
 
     Reference: Klambauer et al., NeurIPS 2017.
     """
     _check_input(input, "feature_alpha_dropout")
-    if input.dim() < 2:
+    p = check_probability(p)
+    if input.dim() < 2 and draws_feature_mask(input, p, training):  # any rank passes where no mask is drawn
         raise InputRankError(f"feature_alpha_dropout: Feature dropout requires at least 2 dimensions in the input "
                              f"(N, C, *), but got input of shape {tuple(input.shape)}")
-    p = check_probability(p)
-    mask_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2)
+    mask_shape = tuple(input.shape[:2]) + (1,) * max(input.dim() - 2, 0)
     return _alpha(input, p, training, inplace, seed, step, replica, stream, mask_shape)
 
 

@@ -16,7 +16,9 @@ __all__ = [
     "SCALINGS",
     "InputDtypeError",
     "InputRankError",
+    "ArgumentTypeError",
     "check_probability",
+    "check_noise_shape",
     "check_scaling",
     "resolve_noise_shape",
     "new_seed",
@@ -27,6 +29,7 @@ __all__ = [
     "dropout2d",
     "dropout3d",
     "feature_dropout",
+    "draws_feature_mask",
 ]
 
 SCALINGS = ("inverted", "classic")
@@ -41,15 +44,25 @@ class InputRankError(ValueError, RuntimeError):
     """An input rank the op cannot read: a ``ValueError``, and the ``RuntimeError`` torch raises."""
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError`` (as torch raises), and the ``ValueError`` droplab's
+    argument checks raise for every other bad value, so one ``except ValueError`` still catches them all."""
+
+
 def check_probability(p: float, name: str = "dropout probability") -> float:
     """Return ``p`` as a float, or raise the canonical ``ValueError`` unless ``0 <= p <= 1``.
 
-    NaN fails the range comparison, so no ``math.isnan`` is needed (which ``torch.compile`` cannot
-    trace for a symbolic float: one graph break per new rate).
+    Anything but a real number (an int, a float, a one-element tensor; not a bool or a string) raises
+    :class:`ArgumentTypeError` naming the type expected and the type received. NaN fails the range
+    comparison, so no ``math.isnan`` is needed (which ``torch.compile`` cannot trace for a symbolic
+    float: one graph break per new rate).
     """
     if isinstance(p, torch.Tensor) and p.numel() == 1:
         p = p.item()
-    if isinstance(p, bool) or not isinstance(p, (int, float, torch.SymFloat, torch.SymInt)) or not 0.0 <= p <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, (int, float, torch.SymFloat, torch.SymInt)):
+        raise ArgumentTypeError(f"{name} must be a float (or int) between 0 and 1, but got {type(p).__name__} "
+                                f"{p!r}")
+    if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} has to be between 0 and 1, but got {p}")
     return float(p)
 
@@ -114,15 +127,42 @@ def _check_counter_int(name: str, value: int) -> int:
     return value
 
 
-def resolve_noise_shape(shape: Sequence[int], noise_shape: Sequence[int | None] | None) -> tuple[int, ...]:
-    """The mask shape for an input of ``shape``: ``None`` entries take the input's size.
+_NOISE_SHAPE_RULE = "None or -1 (the input's size along that axis), 1 (one mask value shared along it) or the size"
 
-    Raises ``ValueError`` when the lengths differ or an entry is neither 1, ``None`` nor the size.
+
+def check_noise_shape(noise_shape: Sequence[int | None] | None) -> tuple[int | None, ...] | None:
+    """``noise_shape`` as a tuple (or ``None``), checked without an input: what a module does at construction.
+
+    A Keras noise shape: one entry per input dimension, each ``None`` or ``-1`` (the input's size along
+    that axis; ``-1`` as in ``Tensor.expand``), ``1`` (one mask value shared along it) or a size (which
+    must equal the input's). Raises :class:`ArgumentTypeError` for anything but a sequence (``5``,
+    ``"5"``) and ``ValueError`` for an entry that is none of these (``0.5``, ``-2``, ``True``).
+    """
+    if noise_shape is None:
+        return None
+    if isinstance(noise_shape, torch.Size):
+        noise_shape = tuple(noise_shape)
+    if isinstance(noise_shape, (str, bytes)) or not isinstance(noise_shape, Sequence):
+        raise ArgumentTypeError(f"noise_shape must be None or a sequence (tuple or list) with one entry per input "
+                                f"dimension, but got {type(noise_shape).__name__} {noise_shape!r}")
+    entries = tuple(noise_shape)
+    for axis, entry in enumerate(entries):
+        if entry is not None and (isinstance(entry, bool) or not isinstance(entry, int) or entry < -1):
+            raise ValueError(f"noise_shape entries must be {_NOISE_SHAPE_RULE}, but axis {axis} of "
+                             f"{entries!r} is {entry!r}")
+    return entries
+
+
+def resolve_noise_shape(shape: Sequence[int], noise_shape: Sequence[int | None] | None) -> tuple[int, ...]:
+    """The mask shape for an input of ``shape``: ``None`` and ``-1`` entries take the input's size.
+
+    Raises as :func:`check_noise_shape`, and ``ValueError`` when the lengths differ or an entry is
+    neither ``None``, ``-1``, 1 nor the input's size.
     """
     shape = tuple(shape)
+    noise_shape = check_noise_shape(noise_shape)
     if noise_shape is None:
         return shape
-    noise_shape = tuple(noise_shape)
     if len(noise_shape) != len(shape):
         raise ValueError(f"noise_shape must have one entry per input dimension ({len(shape)}), "
                          f"but got {noise_shape} for input shape {shape}")
@@ -130,10 +170,10 @@ def resolve_noise_shape(shape: Sequence[int], noise_shape: Sequence[int | None] 
     for axis, (size, entry) in enumerate(zip(shape, noise_shape)):
         if entry is None or entry == -1:
             resolved.append(size)
-        elif isinstance(entry, int) and not isinstance(entry, bool) and entry in (1, size):
+        elif entry in (1, size):
             resolved.append(entry)
         else:
-            raise ValueError(f"noise_shape entries must be None, 1 or the input's size; axis {axis} has size "
+            raise ValueError(f"noise_shape entries must be {_NOISE_SHAPE_RULE}; axis {axis} has size "
                              f"{size} but noise_shape gives {entry!r}")
     return tuple(resolved)
 
@@ -159,8 +199,9 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
         step: training-step counter; a new step gives an independent mask. Default: 0.
         replica: data-parallel replica index folded into the counter. Default: 0.
         stream: separates independent masks drawn at one step by one site. Default: 0.
-        noise_shape: Keras-style mask shape, ``None`` entries take the input's size, ``1`` shares
-            the mask along that axis. Default: None (one mask value per element).
+        noise_shape: Keras-style mask shape, one entry per input dimension: ``None`` or ``-1`` takes
+            the input's size, ``1`` shares the mask along that axis (see :func:`check_noise_shape`).
+            Default: None (one mask value per element).
         scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
 
     Shape:
@@ -202,19 +243,29 @@ def feature_dropout(input: torch.Tensor, p: float, training: bool, inplace: bool
 
     ``batched`` reads the input as :math:`(N, C, *)`; otherwise as :math:`(C, *)`, one mask value per
     channel (torch's unbatched form). Trailing dimensions share the mask. Raises
-    :class:`InputRankError` when fewer than two dimensions remain (batched form).
+    :class:`InputRankError` when fewer than two dimensions remain (batched form) and a mask is drawn
+    (:func:`draws_feature_mask`); otherwise, as in torch, any rank passes.
     """
     _check_input(input, op)
     if kwargs.get("noise_shape") is not None:
         raise ValueError(f"{op} fixes its own noise_shape (one mask value per channel); use dropout() "
                          "for a custom noise_shape")
     kwargs.pop("noise_shape", None)
-    if input.dim() + (0 if batched else 1) < 2:
+    if input.dim() + (0 if batched else 1) < 2 and draws_feature_mask(input, p, training):
         raise InputRankError(f"{op}: Feature dropout requires at least 2 dimensions in the input, but got "
                              f"input of shape {tuple(input.shape)}")
     leading = min(2 if batched else 1, input.dim())
     noise_shape = tuple([None] * leading + [1] * (input.dim() - leading))
     return dropout(input, p, training, inplace, noise_shape=noise_shape, **kwargs)
+
+
+def draws_feature_mask(input: torch.Tensor, p: float, training: bool) -> bool:
+    """Whether channel dropout draws a mask, which needs a channel axis: torch's rule (``_dropout_impl``).
+
+    In evaluation, at ``p = 0``, at ``p = 1`` (zeros) and for an empty input no mask is drawn, so
+    torch returns input of any rank; droplab does the same.
+    """
+    return training and 0.0 < check_probability(p) < 1.0 and input.numel() > 0
 
 
 def _warn_rank(op: str, ndim: int, expected: str, spatial: int) -> None:

@@ -78,7 +78,7 @@ class ConcreteDropout(StochasticModule):
         self.temperature = float(temperature)
         self.weight_regularizer = float(weight_regularizer)
         self.dropout_regularizer = float(dropout_regularizer)
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.noise_shape = F.check_noise_shape(noise_shape)
         self.input_dim = input_dim or getattr(layer, "in_features", None) or getattr(layer, "in_channels", None)
 
     @property

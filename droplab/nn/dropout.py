@@ -21,9 +21,10 @@ class _DropoutNd(StochasticModule):
     def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
                  noise_shape: Sequence[int | None] | None = None, scaling: str = "inverted",
                  share_across_ranks: bool = False) -> None:
+        noise_shape = F.check_noise_shape(noise_shape)  # at construction, not at the first forward
         super().__init__(p, seed=seed, scaling=scaling, share_across_ranks=share_across_ranks)
         self.inplace = bool(inplace)
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.noise_shape = noise_shape
 
     def _extra_fields(self) -> list[tuple[str, object]]:
         return [("inplace", self.inplace), ("noise_shape", self.noise_shape)]
@@ -45,8 +46,10 @@ class Dropout(_DropoutNd, nn.Dropout):
         seed: ``None`` (torch's behaviour: a fresh key from torch's default generator at each training
             forward, no counters in ``state_dict``) or a 64-bit int (counter-based masks, ``seed`` and
             ``step`` in ``state_dict``, exact resume). Default: None.
-        noise_shape: Keras-style mask shape (``1`` shares the mask along an axis, ``None`` keeps the
-            input's size), e.g. ``(None, 1, None)`` for one mask per sequence. Default: None.
+        noise_shape: Keras-style mask shape, one entry per input dimension (``1`` shares the mask
+            along an axis, ``None`` or ``-1`` keeps the input's size), e.g. ``(None, 1, None)`` for one
+            mask per sequence; checked at construction (:func:`droplab.functional.check_noise_shape`),
+            and against the input's shape at each forward. Default: None.
         scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
         share_across_ranks: draw the same masks on every data-parallel rank. Default: False.
 

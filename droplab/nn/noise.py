@@ -63,8 +63,9 @@ class GaussianDropout(_NoiseDropout):
 
     def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
                  noise_shape: Sequence[int | None] | None = None, share_across_ranks: bool = False) -> None:
+        noise_shape = F.check_noise_shape(noise_shape)
         super().__init__(p, inplace, seed=seed, share_across_ranks=share_across_ranks)
-        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.noise_shape = noise_shape
 
     check_rate = staticmethod(check_gaussian_probability)  # set_rate validates with it before assigning
 
@@ -96,6 +97,9 @@ class AlphaDropout(_NoiseDropout, nn.AlphaDropout):
         inplace: operate in place. Default: False.
         seed: ``None`` (a fresh key from torch's default generator at each training forward, as torch) or a
             64-bit int (counter-based, resumable). Default: None.
+        noise_shape: Keras-style mask shape, as Keras' ``AlphaDropout(noise_shape=...)``: one entry per
+            input dimension, ``1`` shares the mask (and so the dropped units' value) along an axis,
+            ``None`` or ``-1`` keeps the input's size. Checked at construction. Default: None.
         share_across_ranks: the same mask on every data-parallel rank. Default: False.
 
     Shape:
@@ -105,6 +109,10 @@ class AlphaDropout(_NoiseDropout, nn.AlphaDropout):
 
         >>> m = AlphaDropout(0.1, seed=0)
         >>> y = m(torch.randn(1000))
+        >>> shared = AlphaDropout(0.5, seed=0, noise_shape=(None, 1))   # one mask value per row
+        >>> y = shared(torch.ones(4, 6))
+        >>> bool((y == y[:, :1]).all())      # every row kept or dropped as a whole
+        True
 
     .. warning::
         At ``p = 1`` the output is all zeros, as in torch: no affine map restores variance 1 there.
@@ -112,8 +120,17 @@ class AlphaDropout(_NoiseDropout, nn.AlphaDropout):
     Reference: Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017.
     """
 
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
+                 noise_shape: Sequence[int | None] | None = None, share_across_ranks: bool = False) -> None:
+        noise_shape = F.check_noise_shape(noise_shape)
+        super().__init__(p, inplace, seed=seed, share_across_ranks=share_across_ranks)
+        self.noise_shape = noise_shape
+
+    def _extra_fields(self) -> list[tuple[str, object]]:
+        return [("inplace", self.inplace), ("noise_shape", self.noise_shape)]
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._call(input, F.alpha_dropout)
+        return self._call(input, F.alpha_dropout, noise_shape=self.noise_shape)
 
 
 class FeatureAlphaDropout(_NoiseDropout, nn.FeatureAlphaDropout):
