@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .._fx import fx_traceable
+from ..kernels import transform_rules
 from ..kernels.ops import masked_scale
 from ..rng import drop_threshold, encode_seed
 from .inference import inference_rule
@@ -85,9 +86,15 @@ def fresh_key() -> torch.Tensor:
     """A fresh 64-bit key, a 0-dim int64 tensor, drawn from torch's default CPU generator.
 
     What ``seed=None`` uses at each call, so ``torch.manual_seed`` and ``freeze_rng_state`` replay it.
-    It is a tensor op (no ``.item()``), so it stays inside a ``torch.compile``'d graph.
+    It is a tensor op (no ``.item()``), so it stays inside a ``torch.compile``'d graph. Inside torch's
+    legacy vmap (gradcheck's batched gradients), which forbids random ops, one key serves every slice.
     """
-    return torch.randint(_INT64_MIN, 2**63 - 1, (), dtype=torch.int64)
+    try:
+        return torch.randint(_INT64_MIN, 2**63 - 1, (), dtype=torch.int64)
+    except RuntimeError:
+        if not transform_rules.in_legacy_vmap():
+            raise
+        return transform_rules.outside_legacy_vmap(torch.randint, _INT64_MIN, 2**63 - 1, (), dtype=torch.int64)
 
 
 def new_seed() -> int:
@@ -229,7 +236,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
         return input
     scale = 1.0 / (1.0 - p) if scaling == "inverted" and p < 1.0 else 1.0
     if p == 1.0:
-        scale = 0.0
+        scale, seed = 0.0, (0 if seed is None else seed)  # every element dropped: no key drawn, as torch draws none
     out = masked_scale(input, seed_tensor(seed), _step_tensor(step), replica, stream, drop_threshold(p),
                        scale, list(mask_shape))
     if inplace:

@@ -77,7 +77,8 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _SUPPORTED and x.layout == torch.strided
+    # a negative-bit view (torch._neg_view) has no memory the kernel can read as values: the reference serves it
+    return x.device.type == "cpu" and x.dtype in _SUPPORTED and x.layout == torch.strided and not x.is_neg()
 
 
 def jit_seconds() -> dict[str, float]:

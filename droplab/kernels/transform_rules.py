@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.autograd import forward_ad
 
-__all__ = ["LEGACY_VMAP_KEY", "transforms_active", "in_legacy_vmap", "is_batched", "vmap_by_slices", "vmap_shared_mask",
-           "register_op_vmap", "linear_function", "transformable"]
+__all__ = ["LEGACY_VMAP_KEY", "transforms_active", "in_legacy_vmap", "outside_legacy_vmap", "is_batched",
+           "vmap_by_slices", "vmap_shared_mask", "register_op_vmap", "linear_function", "transformable"]
 
 #: legacy vmap's dispatch key (not in the Python enum); ``torch._C._dispatch_tls_is_dispatch_key_included`` of it
 #: is :func:`in_legacy_vmap` without a Python frame, for the eager fast path
@@ -50,6 +50,14 @@ def in_legacy_vmap() -> bool:
     batched-gradient check uses. Its batched tensors are plain ``torch.Tensor`` objects with no storage
     a kernel can read, and no ``torch.func`` transform is active meanwhile."""
     return _key_included(LEGACY_VMAP_KEY)
+
+
+def outside_legacy_vmap(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with legacy vmap's mode lifted: a random draw inside it (which legacy vmap
+    forbids) gives one value for every slice, what ``torch.func.vmap(randomness="same")`` gives. Right for
+    gradcheck's batched gradients, whose slices are directions of one evaluation of one function."""
+    with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(LEGACY_VMAP_KEY)):
+        return fn(*args, **kwargs)
 
 
 def transforms_active() -> bool:

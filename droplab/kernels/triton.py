@@ -74,7 +74,8 @@ def _device_ok(device: torch.device) -> bool:
 
 def supports(x: torch.Tensor) -> bool:
     """CUDA tensors of float16/bfloat16/float32/float64 (and CPU tensors under the interpreter)."""
-    return triton is not None and x.dtype in SUPPORTED_DTYPES and _device_ok(x.device)
+    # a negative-bit view's memory holds the negated values: the reference (torch ops) reads it right
+    return triton is not None and x.dtype in SUPPORTED_DTYPES and _device_ok(x.device) and not x.is_neg()
 
 
 if triton is not None:
