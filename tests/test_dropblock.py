@@ -166,3 +166,49 @@ def test_nothing_but_integers_is_saved_and_backward_regenerates_the_mask(seed):
     kept = y != 0
     scale = kept.numel() / int(kept.sum())
     assert torch.equal(g, kept.float() * scale)
+
+
+# ------------------------------------------------------------------------------------ timm's signature
+def test_with_noise_fills_dropped_blocks_with_droplabs_normal_noise():
+    from droplab import rng
+
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    for per_channel in (True, False):
+        y = F.dropblock2d(x, 0.3, 3, seed=5, step=2, stream=1, with_noise=True, per_channel=per_channel)
+        keep = dropblock_mask(x.shape, 0.3, 3, 2, seed=5, step=2, stream=1, per_channel=per_channel).to(x.dtype)
+        z = rng.random_normal(x.shape, 5, 2, 0, 1 + 2**31, dtype=x.dtype)  # the noise stream: stream + 2**31
+        torch.testing.assert_close(y, x * keep + z * (1 - keep), rtol=0, atol=0)  # kept positions unscaled
+        assert 0 < keep.mean() < 1
+    leaf = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: F.dropblock2d(a, 0.3, 3, seed=5, with_noise=True), (leaf,))
+    assert torch.equal(F.dropblock2d(x, 0.3, 3, False, with_noise=True), x)  # inference: timm's identity
+
+
+def test_timm_arguments_map_to_droplabs():
+    x = torch.randn(2, 4, 10, 10)
+    timm_style = dnn.DropBlock2d(0.1, 3, 2.0, False, False, True, False, seed=7)  # timm's positional order
+    native = dnn.DropBlock2d(0.2, 3, per_channel=False, scaling="classic", seed=7)
+    assert torch.equal(timm_style(x), native(x))  # gamma_scale 2 doubles the drawn rate
+    assert (timm_style.drop_prob, timm_style.couple_channels, timm_style.scale_by_keep) == (0.1, True, False)
+    timm_style.drop_prob = 0.05
+    assert timm_style.p == 0.05
+    assert set(timm_style.state_dict()) == set(native.state_dict())  # no new state
+    assert "gamma_scale=2.0" in repr(timm_style) and "with_noise" not in repr(timm_style)
+    y = x.clone()
+    assert dnn.DropBlock2d(drop_prob=0.3, block_size=3, inplace=True)(y) is y
+    noisy = dnn.DropBlock2d(drop_prob=0.3, block_size=3, with_noise=True, seed=1)
+    assert torch.equal(noisy(x), F.dropblock2d(x, 0.3, 3, seed=1, step=0, with_noise=True))
+
+
+def test_timm_arguments_that_contradict_or_overflow_are_rejected():
+    with pytest.raises(ValueError, match="per_channel=True contradicts timm's couple_channels=True"):
+        dnn.DropBlock2d(0.1, 3, couple_channels=True, per_channel=True)
+    with pytest.raises(ValueError, match="scaling='inverted' contradicts timm's scale_by_keep=False"):
+        dnn.DropBlock2d(0.1, 3, scale_by_keep=False, scaling="inverted")
+    with pytest.raises(ValueError, match="p=0.3 and timm's drop_prob=0.2 both give the rate"):
+        dnn.DropBlock2d(0.3, drop_prob=0.2)
+    with pytest.raises(ValueError, match=r"the drawn rate p \* gamma_scale has to be between 0 and 1, but got 1.2"):
+        dnn.DropBlock2d(0.6, 3, gamma_scale=2.0)
+    with pytest.raises(ValueError, match="gamma_scale must be a non-negative finite number"):
+        dnn.DropBlock2d(0.1, 3, gamma_scale=float("nan"))
+    assert dnn.DropBlock2d(0.1, 3, couple_channels=False, per_channel=True).per_channel

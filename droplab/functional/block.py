@@ -122,9 +122,15 @@ def dropblock_mask(shape: Sequence[int], p: float, block_size: int | Sequence[in
                                       threshold, block, per_channel, device)
 
 
-def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True, *,
-              spatial_dims: int, seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0,
-              replica: int = 0, stream: int = 0, per_channel: bool = True, scaling: str = "inverted",
+#: the noise of ``with_noise`` is drawn from this stream offset (mod 2**32) of the block mask's counters, far
+#: from the small stream numbers sites use, so it is independent of every block mask
+NOISE_STREAM_OFFSET = 2**31
+
+
+def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True,
+              inplace: bool = False, *, spatial_dims: int, with_noise: bool = False,
+              seed: int | torch.Tensor | None = None, step: int | torch.Tensor = 0, replica: int = 0,
+              stream: int = 0, per_channel: bool = True, scaling: str = "inverted",
               op: str = "dropblock") -> torch.Tensor:
     r"""DropBlock over the last ``spatial_dims`` axes of ``input`` (see :func:`dropblock2d`)."""
     _check_input(input, op)
@@ -132,46 +138,59 @@ def dropblock(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[in
     check_scaling(scaling)
     check_block_size(block_size, spatial_dims)
     if not training or p == 0.0:
-        return inference_rule(input, p, scaling)
+        return inference_rule(input, p, scaling, inplace)
     block, threshold = _block_and_threshold(tuple(input.shape), p, block_size, spatial_dims)
+    seed_t, step_t = seed_tensor(seed), _step_tensor(step)
+    replica, stream = _check_counter_int("replica", replica), _check_counter_int("stream", stream)
     # one op: the origin keep mask from the kernel, grown into blocks and applied; backward regenerates it
-    return variant_ops.dropblock_scale(input, seed_tensor(seed), _step_tensor(step),
-                                       _check_counter_int("replica", replica), _check_counter_int("stream", stream),
-                                       threshold, block, bool(per_channel), scaling == "inverted")
+    out = variant_ops.dropblock_scale(input, seed_t, step_t, replica, stream, threshold, block, bool(per_channel),
+                                      scaling == "inverted" and not with_noise)
+    if with_noise:  # timm's with_noise: dropped positions take N(0, 1) noise, kept ones are not rescaled
+        noise = variant_ops.noise(input, seed_t, step_t, replica, (stream + NOISE_STREAM_OFFSET) % 2**32, "normal",
+                                  list(input.shape)).to(input.dtype)
+        out = out + (noise - variant_ops.dropblock_scale(noise, seed_t, step_t, replica, stream, threshold, block,
+                                                         bool(per_channel), False))  # z (1 - M), exactly
+    return input.copy_(out) if inplace else out
 
 
-def _dropblock_nd(input, p, block_size, training, n, op, shape_doc, kwargs):
+def _dropblock_nd(input, p, block_size, training, inplace, n, op, shape_doc, kwargs):
     _check_input(input, op)
     if input.dim() not in (n + 2, n + 1):
         raise ValueError(f"{op} expects {shape_doc}, but got input of shape {tuple(input.shape)}")
-    return dropblock(input, p, block_size, training, spatial_dims=n, op=op, **kwargs)
+    return dropblock(input, p, block_size, training, inplace, spatial_dims=n, op=op, **kwargs)
 
 
 def dropblock1d(input: torch.Tensor, p: float = 0.1, block_size: int = 7, training: bool = True,
-                **kwargs) -> torch.Tensor:
+                inplace: bool = False, **kwargs) -> torch.Tensor:
     r"""DropBlock on 1-D signals: drop runs of ``block_size`` consecutive positions.
 
     Arguments as :func:`dropblock2d`. Shape: input :math:`(N, C, L)` or :math:`(C, L)`; output the same.
     """
-    return _dropblock_nd(input, p, block_size, training, 1, "dropblock1d", "(N, C, L) or (C, L)", kwargs)
+    return _dropblock_nd(input, p, block_size, training, inplace, 1, "dropblock1d", "(N, C, L) or (C, L)", kwargs)
 
 
 def dropblock2d(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True,
-                **kwargs) -> torch.Tensor:
+                inplace: bool = False, **kwargs) -> torch.Tensor:
     r"""DropBlock on feature maps: zero ``block_size x block_size`` squares, rescale by the kept fraction.
 
     Training, inverted scaling: :math:`y = x \odot M \cdot \frac{|M|}{\sum M}`, where :math:`M` is the
-    block mask; classic: :math:`y = x \odot M`. Inference: :math:`y = x` (inverted) or
-    :math:`y = (1-p)\,x` (classic). The expected dropped fraction of every map is exactly ``p``.
+    block mask; classic: :math:`y = x \odot M`; ``with_noise`` (timm's option): :math:`y = x \odot M +
+    z \odot (1 - M)`, :math:`z \sim \mathcal{N}(0, 1)` per element, not rescaled. Inference: :math:`y = x`
+    (inverted) or :math:`y = (1-p)\,x` (classic). The expected dropped fraction of every map is exactly ``p``.
 
     Args:
         input: floating-point tensor.
         p: fraction of positions to drop, ``0 <= p <= 1``. Default: 0.1.
         block_size: side of the square (an int) or ``(bh, bw)``; clipped to the map. Default: 7.
         training: apply the mask if ``True``, the inference rule otherwise. Default: True.
+        inplace: write the result into ``input``. Default: False.
+        with_noise: fill the dropped blocks with standard normal noise instead of zeros and leave the
+            kept positions unscaled, as timm's ``drop_block_2d(with_noise=True)``; the noise is
+            droplab's (stream ``stream + 2**31`` of the same counters), regenerated, never stored.
+            Default: False.
         seed, step, replica, stream: the mask's counter, as in :func:`droplab.functional.dropout`.
         per_channel: independent blocks per channel (``True``) or one block pattern per example
-            shared by all channels (``False``). Default: True.
+            shared by all channels (``False``, timm's ``couple_channels=True``). Default: True.
         scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
 
     Shape:
@@ -190,15 +209,21 @@ def dropblock2d(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[
     .. warning::
         Positions near the border are covered by fewer possible blocks, so they are dropped less often
         than interior ones; the rate ``p`` holds for the map as a whole, not for every position.
+
+    .. warning::
+        ``with_noise`` follows timm: kept positions are not rescaled and the noise has mean 0, so the
+        expected training output is :math:`(1-p)\,x` while inverted inference returns :math:`x`. With
+        ``scaling="classic"`` inference multiplies by :math:`1-p` and the two agree.
     """
-    return _dropblock_nd(input, p, block_size, training, 2, "dropblock2d", "(N, C, H, W) or (C, H, W)", kwargs)
+    return _dropblock_nd(input, p, block_size, training, inplace, 2, "dropblock2d", "(N, C, H, W) or (C, H, W)",
+                         kwargs)
 
 
 def dropblock3d(input: torch.Tensor, p: float = 0.1, block_size: int | Sequence[int] = 7, training: bool = True,
-                **kwargs) -> torch.Tensor:
+                inplace: bool = False, **kwargs) -> torch.Tensor:
     r"""DropBlock on volumes: zero ``block_size`` cubes. Arguments as :func:`dropblock2d`.
 
     Shape: input :math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`; output the same.
     """
-    return _dropblock_nd(input, p, block_size, training, 3, "dropblock3d", "(N, C, D, H, W) or (C, D, H, W)",
-                         kwargs)
+    return _dropblock_nd(input, p, block_size, training, inplace, 3, "dropblock3d",
+                         "(N, C, D, H, W) or (C, D, H, W)", kwargs)
