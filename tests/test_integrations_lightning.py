@@ -87,3 +87,26 @@ def test_mc_predict_from_predict_step_equals_mc_predict(tmp_path):
     assert out[0].std(0).max() > 0
     second = next(iter(torch.utils.data.DataLoader(_loader().dataset, batch_size=4, sampler=range(4, 8))))[0]
     torch.testing.assert_close(out[1], dl.mc.predict(model, second, 6, seed=4).samples)  # batch 1: seed 3 + 1
+
+
+def _accumulating_trainer(tmp_path, callback, accumulate):
+    return pl.Trainer(max_epochs=1, callbacks=[callback], default_root_dir=tmp_path, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                      enable_checkpointing=False, accumulate_grad_batches=accumulate)
+
+
+def test_step_interval_counts_optimizer_steps_under_gradient_accumulation(tmp_path):
+    schedule = dl.schedules.linear(0.0, 0.4, steps=4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=2)
+    torch.manual_seed(0)
+    model = Tiny()
+    callback = DropoutSchedule(schedule)
+    trainer = _accumulating_trainer(tmp_path, callback, accumulate=4)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 2  # 8 batches, 4 per optimizer step
+    assert callback.scheduler.t == 2  # it counted 8 batches on main
+    # the four batches of one optimizer step train with one rate
+    assert model.seen == pytest.approx([schedule(0)] * 4 + [schedule(1)] * 4)
+    assert callback.rates == {"net.2": pytest.approx(schedule(2))}

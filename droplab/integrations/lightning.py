@@ -30,7 +30,8 @@ class DropoutSchedule(pl.Callback):
     Args:
         schedule: one schedule ``t -> rate`` for every site, or ``{pattern: schedule}`` (patterns as
             :func:`droplab.set_rate`).
-        interval: ``"step"`` (one count per optimizer step) or ``"epoch"``. Default: ``"step"``.
+        interval: ``"step"`` (one count per optimizer step: Lightning's ``trainer.global_step``, so with
+            ``accumulate_grad_batches=4`` four batches make one count) or ``"epoch"``. Default: ``"step"``.
         **scheduler_kwargs: passed to :class:`droplab.DropoutScheduler` (``resolution``, ``max_jump``, ...).
 
     The count and rates are saved in the checkpoint (``state_dict``) and restored on
@@ -46,6 +47,7 @@ class DropoutSchedule(pl.Callback):
         self.scheduler = None
         self.rates: dict[str, float] = {}
         self._pending: Mapping | None = None
+        self._optimizer_steps = 0  # trainer.global_step when last counted
 
     def _ensure(self, module: nn.Module) -> None:
         if self.scheduler is None:
@@ -60,9 +62,15 @@ class DropoutSchedule(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._ensure(pl_module)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._optimizer_steps = trainer.global_step  # restored by now when resuming from a checkpoint
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # one count per optimizer step, not per batch: a batch that only accumulates gradients steps nothing
         if self.interval == "step":
-            self.rates = self.scheduler.step()
+            while self._optimizer_steps < trainer.global_step:
+                self._optimizer_steps += 1
+                self.rates = self.scheduler.step()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.interval == "epoch":
