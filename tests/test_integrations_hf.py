@@ -160,3 +160,53 @@ def test_trainer_callback_follows_the_trainer_step():
     state.global_step = 2
     resumed.on_train_begin(args, state, control, model=model)
     assert resumed.rates["bert.encoder.layer.0.attention.self.dropout"] == pytest.approx(0.2)
+
+
+def _train_with_callback(tmp_path, trainer_seed):
+    """Trainer.train() for two epochs on a tiny random BERT (converted: droplab draws its masks) with the callback;
+    returns the rates every training forward used and the logged loss of every step."""
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32, num_labels=3,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = dl.convert(transformers.BertForSequenceClassification(config))
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": torch.randint(0, 64, (10,), generator=g), "attention_mask": torch.ones(10, dtype=torch.long),
+             "labels": torch.tensor(i % 3)} for i in range(16)]
+    attention = model.bert.encoder.layer[1].attention.self.dropout
+    used = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: used.append((attention.p, m.dropout.p)) if m.training
+                                    else None, with_kwargs=True)
+    callback = DropoutScheduleCallback({"*attention*dropout": dl.schedules.linear(0.0, 0.2, steps=4),
+                                        "dropout": dl.schedules.constant(0.3)})  # the head's dropout is "dropout"
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=4,
+                                          logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                                          seed=trainer_seed, disable_tqdm=True, learning_rate=1e-3)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    trainer.train()
+    assert type(attention) is dl.nn.Dropout and attention.seeded is False  # droplab's module, torch's seed mode
+    return used, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], trainer.state.global_step
+
+
+@pytest.mark.slow
+def test_trainer_train_two_epochs_with_the_callback(tmp_path):
+    pytest.importorskip("accelerate")  # Trainer needs it: the integrations extra installs it
+    used, losses, steps = _train_with_callback(tmp_path / "a", trainer_seed=0)
+    assert steps == 8 and len(losses) == 8  # 16 examples, batches of 4, two epochs
+    schedule = dl.schedules.linear(0.0, 0.2, steps=4)
+    assert used == [(pytest.approx(schedule(t)), 0.3) for t in range(8)]  # step t trains with schedule(t)
+    again, losses_again, _ = _train_with_callback(tmp_path / "b", trainer_seed=0)
+    assert losses_again == losses and again == used  # the same seed: the same loss curve, step by step
+    _, other, _ = _train_with_callback(tmp_path / "c", trainer_seed=1)
+    assert other != losses  # another seed draws other masks and another data order
+
+
+def test_a_pattern_naming_no_site_is_an_error_at_train_begin():
+    model = _bert("sdpa")  # BertForSequenceClassification: the head's dropout is "dropout", before "classifier"
+    callback = DropoutScheduleCallback({"classifier*": dl.schedules.constant(0.2)})  # the old guide's pattern
+    with pytest.raises(ValueError, match=r"pattern\(s\) \['classifier\*'\] match no dropout site; sites are: .*"
+                                         r"bert.encoder.layer.1.output.dropout, dropout$"):
+        callback.on_train_begin(None, transformers.TrainerState(), transformers.TrainerControl(), model=model)
+    head = DropoutScheduleCallback({"dropout": dl.schedules.constant(0.2)})
+    head.on_train_begin(None, transformers.TrainerState(), transformers.TrainerControl(), model=model)
+    assert head.rates == {"dropout": 0.2} and model.dropout.p == 0.2

@@ -25,7 +25,9 @@ class DropoutScheduleCallback(transformers.TrainerCallback):
 
     Args:
         schedule: one schedule ``t -> rate`` for every site, or ``{pattern: schedule}`` (patterns as
-            :func:`droplab.set_rate`, e.g. ``{"*attention*": ..., "classifier*": ...}``).
+            :func:`droplab.set_rate`, matched against the names :func:`droplab.sites` lists, e.g.
+            ``{"*attention*dropout": ..., "dropout": ...}`` on ``BertForSequenceClassification``, whose
+            head dropout is ``dropout``). A pattern that matches no site raises when training starts.
         interval: ``"step"`` (``t`` = the trainer's ``global_step``) or ``"epoch"`` (``t`` = completed
             epochs). Default: ``"step"``.
 
