@@ -158,10 +158,12 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.allclose(x, y, rtol=1e-10, atol=1e-12) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_process_group_from_torchrun_environment(ranks):
     assert [(r["rank"], r["world_size"], r["backend"]) for r in ranks] == [(0, 2, "gloo"), (1, 2, "gloo")]
 
 
+@pytest.mark.slow
 def test_masks_differ_across_ranks_by_default(ranks):
     m0, m1 = ranks[0]["mask"], ranks[1]["mask"]
     # each rank draws exactly the mask of its replica index
@@ -174,6 +176,7 @@ def test_masks_differ_across_ranks_by_default(ranks):
     assert torch.equal(ranks[0]["shared_mask"], ranks[1]["shared_mask"])
 
 
+@pytest.mark.slow
 def test_gradients_are_averaged_across_ranks(ranks):
     ref = _reference(per_half_replica=True)
     for step in range(STEPS):
@@ -185,6 +188,7 @@ def test_gradients_are_averaged_across_ranks(ranks):
         assert not _close(g0, list(ref["half_grads"][step][0]))
 
 
+@pytest.mark.slow
 def test_default_run_equals_single_process_with_each_half_masked_by_its_rank(ranks):
     ref = _reference(per_half_replica=True)
     for r in range(WORLD):
@@ -193,6 +197,7 @@ def test_default_run_equals_single_process_with_each_half_masked_by_its_rank(ran
         assert ranks[r]["default"]["step"] == STEPS
 
 
+@pytest.mark.slow
 def test_matched_masks_run_equals_single_process_over_the_union(ranks):
     ref = _reference(per_half_replica=False, share=True, noise_shape=(1, None))
     for r in range(WORLD):
@@ -204,12 +209,14 @@ def test_matched_masks_run_equals_single_process_over_the_union(ranks):
     assert not _close(ranks[0]["default"]["params"][-1], plain["params"][-1])
 
 
+@pytest.mark.slow
 def test_run_is_reproducible_for_a_given_world_size(ranks):
     for r in range(WORLD):
         for a, b in zip(ranks[r]["default"]["params"], ranks[r]["default_again"]["params"]):
             assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_all_reduce_mean_weighs_ranks_by_example_count(ranks):
     # rank 0: loss sum 10 over 5 examples, rank 1: 20 over 10 -> 30 / 15
     assert ranks[0]["reduced"] == ranks[1]["reduced"] == {"loss": pytest.approx(2.0)}
@@ -232,6 +239,7 @@ def test_single_process_context_without_torchrun(monkeypatch):
         D.setup("cpu")
 
 
+@pytest.mark.slow
 def test_lab_train_under_the_process_group_keeps_ranks_in_sync_and_only_rank0_writes(ranks, spawned):
     from droplab.lab.store import RunStore
 
@@ -245,6 +253,7 @@ def test_lab_train_under_the_process_group_keeps_ranks_in_sync_and_only_rank0_wr
         assert [r["name"] for r in store.list_runs()] == ["ddp"]
 
 
+@pytest.mark.slow
 def test_a_model_with_unseeded_dropout_wraps_and_ranks_still_draw_different_masks(ranks):
     masks = [r["unseeded_mask"] for r in ranks]
     assert masks[0].shape == (1, 256)

@@ -131,6 +131,7 @@ def test_augmentation_only_for_sequences(data):
         train(tiny(data, augment=True), progress=False)
 
 
+@pytest.mark.slow
 def test_augmented_mnist1d_run_is_reproducible(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPLAB_CACHE", str(tmp_path))
     from droplab.lab.data import load_dataset

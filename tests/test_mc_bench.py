@@ -6,6 +6,8 @@ import pytest
 
 from droplab.cli import main
 
+pytestmark = pytest.mark.slow  # a benchmark run end to end (~40 s on 2 cores)
+
 
 def test_bench_mc_quick_runs_and_reports_every_approach(tmp_path, capsys):
     pytest.importorskip("transformers")

@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each scenario compiles the kernels afresh in a new interpreter
+
 CHECK = """
 import torch
 from droplab import rng

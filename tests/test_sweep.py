@@ -98,6 +98,7 @@ def test_study_names_are_unique_and_resume_needs_an_existing_sweep(tmp_path):
         S.load_spec("foreign", storage)
 
 
+@pytest.mark.slow
 def test_worker_runs_to_the_shared_trial_budget_and_resume_extends_it(tmp_path):
     db = str(tmp_path / "s.db")
     S.create_study(_spec("budget", trials=5, sampler="random"), S.open_storage(db))
@@ -122,6 +123,7 @@ def test_grid_sampler_covers_the_grid(tmp_path):
     assert sorted(t.params["dropout"] for t in study.trials) == [0.0, 0.2, 0.4]
 
 
+@pytest.mark.slow
 def test_tpe_concentrates_near_the_optimum(tmp_path):
     db = str(tmp_path / "t.db")
     S.create_study(_spec("tpe", trials=16, pruning=False), S.open_storage(db))
@@ -131,6 +133,7 @@ def test_tpe_concentrates_near_the_optimum(tmp_path):
     assert abs(study.best_params["dropout"] - 0.3) < 0.1
 
 
+@pytest.mark.slow
 def test_stale_trial_of_a_dead_worker_is_failed_and_retried(tmp_path):
     db = str(tmp_path / "h.db")
     storage = S.open_storage(db, heartbeat_interval=1, grace_period=2)
@@ -149,6 +152,7 @@ def test_stale_trial_of_a_dead_worker_is_failed_and_retried(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
 
 
+@pytest.mark.slow
 def test_summary_and_report_from_a_finished_study(tmp_path):
     db = str(tmp_path / "r.db")
     S.create_study(_spec("rep <b>", trials=8, sampler="random", search=["dropout"]), S.open_storage(db))
@@ -170,6 +174,7 @@ def test_summary_and_report_from_a_finished_study(tmp_path):
         assert f'src="{png}"' in html
 
 
+@pytest.mark.slow
 def test_cli_show_prints_the_summary(tmp_path, capsys):
     from droplab.cli import main
 
@@ -207,6 +212,7 @@ def test_real_objective_prunes_through_the_epoch_callback_and_links_the_run(tmp_
         assert t1.value == pytest.approx(runs["prune#1"]["final"]["best_val_loss"])
 
 
+@pytest.mark.slow
 def test_two_workers_never_overshoot_the_trial_budget(tmp_path):
     """Two workers racing for the last slots: exactly ``trials`` trials finish (was trials + 1)."""
     import threading

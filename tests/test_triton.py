@@ -359,6 +359,7 @@ def interpreted():
 
 
 @pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.slow
 def test_interpreted_triton_matches_reference(interpreted, check):
     assert interpreted[check] == [], "\n".join(interpreted[check])
 
