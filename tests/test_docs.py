@@ -1,5 +1,6 @@
 """The documentation site: ``mkdocs build --strict`` passes offline, the nav covers every page, every image a page
-shows exists, and ``docs/make_figures.py`` regenerates every committed figure as a valid PNG."""
+shows exists, ``docs/make_figures.py`` regenerates every committed figure as a valid, legible PNG, and the API
+reference has an entry for every public name, with its math typeset, its source linked and its references linked."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FIGURES = DOCS / "figures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# every package whose __all__ is public API; each must be a package of docs/api/reference.yml
+PUBLIC_PACKAGES = ("droplab", "droplab.functional", "droplab.nn", "droplab.mc", "droplab.diagnostics",
+                   "droplab.schedules", "droplab.deploy", "droplab.guards", "droplab.integrations", "droplab.lab",
+                   "droplab.study")
+
+
+def docs_module(name: str):
+    """A module of docs/hooks (the build's own code), imported as the tests see it."""
+    import importlib
+
+    sys.path.insert(0, str(DOCS / "hooks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(DOCS / "hooks"))
 
 
 def mkdocs_config() -> dict:
@@ -47,25 +63,36 @@ def build_site(destination: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_mkdocs_build_strict_passes_offline(tmp_path):
-    result = build_site(tmp_path / "site")
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once for the tests of this module by ``mkdocs build --strict``."""
+    destination = tmp_path_factory.mktemp("docs") / "site"
+    result = build_site(destination)
     assert result.returncode == 0, result.stdout + result.stderr
+    return destination
+
+
+def built_page(site: Path, page: str) -> Path:
+    return site / ("index.html" if page == "index.md" else
+                   page.removesuffix("index.md").removesuffix(".md").rstrip("/") + "/index.html")
+
+
+def test_mkdocs_build_strict_passes_offline(site):
     config = mkdocs_config()
     assert config["theme"]["font"] is False  # no Google Fonts request at view time
-    for page in nav_pages(config["nav"]):
-        built = tmp_path / "site" / ("index.html" if page == "index.md" else page.removesuffix(".md") + "/index.html")
-        assert built.exists(), f"{page} was not built"
+    for page in nav_pages(docs_module("api_pages").build().nav) + nav_pages(config["nav"]):
+        assert built_page(site, page).exists(), f"{page} was not built"
     # nothing on any page is fetched from another host (fonts, scripts, styles)
     remote = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""")
-    offenders = [str(p.relative_to(tmp_path)) for p in (tmp_path / "site").rglob("*.html")
-                 if remote.search(p.read_text())]
+    offenders = [str(p.relative_to(site)) for p in site.rglob("*.html") if remote.search(p.read_text())]
     assert offenders == []
-    api = (tmp_path / "site" / "api" / "nn" / "index.html").read_text()
-    assert "DropBlock2d" in api and "drop_path_rates" in api  # generated from the docstrings
+    api = (site / "api" / "nn" / "dropout" / "index.html").read_text()
+    assert "DropBlock2d" in (site / "api" / "nn" / "index.html").read_text()  # generated from the docstrings
     # docs/hooks/docstring_rst.py rendered the docstrings' reStructuredText markers
-    assert ":math:" not in api and ":class:" not in api and ".. warning::" not in api
+    assert ":math:" not in api and ":class:" not in api and ".. warning::" not in api and "Example::" not in api
 
 
+@pytest.mark.slow  # a second full build
 def test_a_broken_link_fails_the_strict_build(tmp_path):
     """The strict build can fail: a copy of the docs with one link to a missing page does not build."""
     import shutil
@@ -83,10 +110,15 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
 
 
 def test_nav_covers_every_page():
+    """Every page is in the nav once: the written ones (docs/**/*.md) and the generated API reference."""
+    generated = docs_module("api_pages").build()
     pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
     in_nav = nav_pages(mkdocs_config()["nav"])
+    assert "api/index.md" in in_nav  # the hook expands this entry into the reference's pages
+    in_nav = [page for page in in_nav if page != "api/index.md"] + nav_pages(generated.nav)
     assert len(in_nav) == len(set(in_nav)), "a page is in the nav twice"
-    assert pages == set(in_nav)
+    source_pages = {uri for uri in generated.pages if uri.startswith("api/source/")}  # linked from entries only
+    assert pages | set(generated.pages) - source_pages == set(in_nav)
 
 
 def test_every_image_a_page_shows_exists_and_is_a_png():
@@ -139,14 +171,150 @@ def test_make_figures_regenerates_every_committed_figure(tmp_path):
     assert len({round(float(v), 2) for v in pixels[..., 0].flatten()[::7]}) > 2
 
 
-def test_docstring_rst_markers_are_rendered():
-    sys.path.insert(0, str(DOCS / "hooks"))
-    try:
-        from docstring_rst import rst_to_html
-    finally:
-        sys.path.remove(str(DOCS / "hooks"))
-    html = ("<p>keep :math:<code>1/q</code> :func:<code>f</code></p><p>.. warning::\n    it surprises</p>"
-            "<p>Example::</p>")
-    assert rst_to_html(html) == ('<p>keep <code>1/q</code> <code>f</code></p><div class="admonition warning">'
-                                 '<p class="admonition-title">Warning</p><p>it surprises</p></div>'
-                                 '<p><strong>Example:</strong></p>')
+def test_docstring_rst_markers_become_markdown():
+    """docs/hooks/docstring_rst.py: math for arithmatex, roles as optional cross-references, warnings as
+    admonitions, ``Example::`` blocks as pycon code."""
+    rst_to_markdown = docs_module("docstring_rst").rst_to_markdown
+    resolve = {"Dropout": "droplab.nn.dropout.Dropout", "droplab.functional.dropout": "droplab.functional.dropout"}.get
+    text = ("Keep with :math:`q = 1 - p`, see :class:`Dropout` and :func:`~droplab.functional.dropout`.\n"
+            "\n"
+            ".. math::\n"
+            "    y = x \\odot m / q\n"
+            "\n"
+            "Example::\n"
+            "\n"
+            "    >>> m = Dropout(0.5)\n"
+            "\n"
+            ".. warning::\n"
+            "    It surprises\n"
+            "    on two lines.\n")
+    assert rst_to_markdown(text, resolve) == (
+        "Keep with \\(q = 1 - p\\), see "
+        '<autoref identifier="droplab.nn.dropout.Dropout" optional><code>Dropout</code></autoref> and '
+        '<autoref identifier="droplab.functional.dropout" optional><code>dropout()</code></autoref>.\n'
+        "\n\n$$\ny = x \\odot m / q\n$$\n\n"
+        "\n**Example:**\n\n```pycon\n>>> m = Dropout(0.5)\n```\n\n"
+        "\n\n!!! warning\n    It surprises\n    on two lines.\n")
+    # a one-line directive, and an indented block inside a section keeps its indentation
+    assert rst_to_markdown("    .. math:: a = b\n") == "\n    $$\n    a = b\n    $$\n"
+    # a name the docstring's scope cannot resolve is plain code: no link is guessed
+    assert rst_to_markdown(":class:`Unknown`") == "<code>Unknown</code>"
+
+
+# ---- the API reference --------------------------------------------------------------------------------------------
+
+def test_every_public_name_has_an_entry_in_the_reference_data():
+    """Each name in each public ``__all__`` is a member of docs/api/reference.yml, and each member exists; a new
+    public name fails here with the package and the pages it can be added to."""
+    api = docs_module("api_pages")
+    packages = api.load_reference()
+    assert api.undocumented(packages, PUBLIC_PACKAGES) == []
+    assert api.stale(packages) == []
+
+
+def test_a_public_name_without_an_entry_is_reported_with_its_pages():
+    api = docs_module("api_pages")
+    packages = api.load_reference()
+    nn = next(package for package in packages if package.name == "droplab.nn")
+    nn.groups[0].members = [m for m in nn.groups[0].members if m.name != "Dropout"]
+    [message] = api.undocumented(packages, PUBLIC_PACKAGES)
+    assert message.startswith("droplab.nn.Dropout is public (droplab.nn.__all__) but the API reference has no entry")
+    assert "'Dropout layers' (api/nn/dropout.md)" in message and "docs/api/reference.yml" in message
+    nn.groups[0].members.append(api.Member("droplab.nn", "NoSuchDropout"))
+    assert "droplab.nn.NoSuchDropout" in " ".join(api.stale(packages))
+
+
+def element_ids(site: Path) -> dict[str, Path]:
+    """``{id: page}`` over the built API reference (not the source pages)."""
+    ids = {}
+    for page in (site / "api").rglob("index.html"):
+        if "source" not in page.relative_to(site / "api").parts:
+            for found in re.finditer(r'\bid="([^"]+)"', page.read_text(encoding="utf-8")):
+                ids.setdefault(found[1], page)
+    return ids
+
+
+def test_the_built_reference_has_an_entry_for_every_public_name(site):
+    import importlib
+
+    ids = element_ids(site)
+    missing = [f"{package}.{name}" for package in PUBLIC_PACKAGES
+               for name in importlib.import_module(package).__all__ if f"{package}.{name}" not in ids]
+    assert missing == []
+    # the entries that modules named like their function used to hide, each with its docstring
+    for path, summary in [("droplab.mc.predict", "Monte-Carlo dropout"),
+                          ("droplab.functional.dropout", "Randomly zero elements of"),
+                          ("droplab.diagnostics.lint", "Check where a model applies dropout")]:
+        html = ids[path].read_text(encoding="utf-8")
+        heading = re.search(rf'<h2 id="{re.escape(path)}" class="doc doc-heading">', html)
+        assert heading, f"{path} is not an entry's heading"
+        assert summary in html[heading.end():heading.end() + 6000]
+
+
+@pytest.mark.parametrize("page, first", [("nn/dropout", "droplab.nn.Dropout"),
+                                         ("functional/dropout", "droplab.functional.dropout"),
+                                         ("mc/predict", "droplab.mc.predict"),
+                                         ("diagnostics/lint", "droplab.diagnostics.lint")])
+def test_the_most_important_entry_comes_first(site, page, first):
+    package = page.split("/")[0]
+    overview = (site / "api" / package / "index.html").read_text(encoding="utf-8")
+    groups = re.findall(r'<h2 id="[^"]*"><a href="([^"]+)"', overview)
+    assert groups[0].rstrip("/").endswith(page.split("/")[1]), groups  # the first group listed is this page
+    html = (site / "api" / page / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'<h2 id="([^"]+)" class="doc doc-heading">', html)[0] == first
+
+
+def test_each_entry_links_to_the_line_of_its_source(site):
+    from droplab import __file__ as droplab_init
+
+    source_root = Path(droplab_init).resolve().parents[1]
+    link = re.compile(r'<h2 id="([^"]+)" class="doc doc-heading">(?:(?!</h2>).)*'
+                      r'<a class="doc-source-link" href="([^"]+)" title="([^"]+), line (\d+)">\[source\]</a></h2>',
+                      re.DOTALL)
+    checked = 0
+    for page in (site / "api").rglob("index.html"):
+        html = page.read_text(encoding="utf-8")
+        if "source" in page.relative_to(site / "api").parts:
+            continue
+        headings = re.findall(r'<h2 id="([^"]+)" class="doc doc-heading">', html)
+        linked = link.findall(html)
+        assert [found[0] for found in linked] == headings, f"{page}: an entry has no [source] link"
+        for path, href, file, line in linked:
+            target, _, anchor = href.partition("#")
+            target_page = (page.parent / target / "index.html").resolve()
+            assert target_page.exists(), href
+            assert f'id="{anchor}"' in target_page.read_text(encoding="utf-8"), href
+            assert anchor == f"__codelineno-0-{line}"
+            lines = (source_root / file).read_text(encoding="utf-8").splitlines()[int(line) - 1:]
+            text = next(row for row in lines if not row.lstrip().startswith("@"))  # a decorated def: its decorator
+            name = path.rsplit(".", 1)[-1]
+            assert line == "1" or re.match(rf"\s*(class |def |async def )?{re.escape(name)}\b", text), (path, text)
+            checked += 1
+    assert checked > 100
+
+
+def test_references_between_entries_are_links(site):
+    dropout = (site / "api" / "nn" / "dropout" / "index.html").read_text(encoding="utf-8")
+    # Dropout's warning names droplab.functional.InputDtypeError: a link to that entry
+    assert re.search(r'<a class="autorefs autorefs-internal"[^>]* href="\.\./\.\./functional/seeds/'
+                     r'#droplab\.functional\.InputDtypeError"', dropout)
+    structured = (site / "api" / "nn" / "structured" / "index.html").read_text(encoding="utf-8")
+    warning = structured[structured.index('class="admonition warning"'):]
+    assert re.search(r'<a class="autorefs autorefs-internal"[^>]* href="\.\./\.\./schedules/', warning)
+
+
+def test_math_is_marked_for_the_vendored_katex(site):
+    uncertainty = (site / "api" / "mc" / "uncertainty" / "index.html").read_text(encoding="utf-8")
+    assert uncertainty.count('<span class="arithmatex">') >= 6  # each metric's formula
+    assert r"\(I[y; \omega] = H[\bar p]" in uncertainty  # the docstring's LaTeX, for KaTeX in the browser
+    lstm = (site / "api" / "nn" / "sequences" / "index.html").read_text(encoding="utf-8")
+    assert '<div class="arithmatex">\\[' in lstm  # VariationalLSTM's displayed equations
+    for page in site.rglob("*.html"):
+        assert ":math:" not in page.read_text(encoding="utf-8") or "source" in page.parts, page
+    # the renderer and every font it asks for are part of the site
+    katex = site / "assets" / "katex"
+    css = (katex / "katex.min.css").read_text(encoding="utf-8")
+    fonts = re.findall(r"url\(([^)]+)\)", css)
+    assert len(fonts) >= 20 and all((katex / font).exists() for font in fonts)
+    assert (katex / "katex.min.js").stat().st_size > 100_000
+    assert 'src="../../../assets/katex/katex.min.js"' in uncertainty
