@@ -93,22 +93,32 @@ def make_masks(out: Path) -> list[Path]:
         draw_mask(ax, image, caption)
         fig.tight_layout()
         written.append(save(fig, out / "masks" / f"{name}.png"))
-    fig, axes = plt.subplots(2, 5, figsize=(15, 6.8), dpi=100)
+    # drawn for the home page's content column: every title at least MIN_TEXT_PX high there
+    fig, axes = plt.subplots(2, 5, figsize=(10, 5.3), dpi=150)
     for ax, (caption, image) in zip(axes.flat, masks.values()):
-        draw_mask(ax, image, caption.split(":")[0])
-    fig.suptitle("droplab's dropout variants: one mask each (white = kept, black = dropped)")
-    fig.tight_layout()
+        draw_mask(ax, image, panel_title(caption), fontsize=11.5, width=0)
+    fig.suptitle("droplab's dropout variants: one mask each (white = kept, black = dropped)", fontsize=13)
+    fig.tight_layout(h_pad=0.6, w_pad=0.4)
     written.append(save(fig, out / "masks.png"))
     return written
 
 
-def draw_mask(ax, image: torch.Tensor, caption: str) -> None:
+def panel_title(caption: str) -> str:
+    """Two short lines for the overview's panel: the class, then its settings ("DropPath\\np=0.3")."""
+    head = caption.split(":")[0]
+    if head.startswith("noise_shape"):
+        return f"Dropout p=0.5\n{head}"
+    name, _, settings = head.partition(" ")
+    return f"{name}\n{settings}"
+
+
+def draw_mask(ax, image: torch.Tensor, caption: str, fontsize: float = 9, width: int = 30) -> None:
     import textwrap
 
     values = image.float()
     ax.imshow(values, cmap="gray", vmin=0, vmax=float(values.max()) if values.dtype != torch.bool else 1,
               interpolation="nearest")
-    ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(caption, width)) if width else caption, fontsize=fontsize)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -283,7 +293,28 @@ def screenshot(binary: str, page: Path, path: Path, profile: Path) -> Path:
 
 # ---- main -------------------------------------------------------------------------------------------------------
 
+# A figure is legible where the site shows it: Material's content column is about this wide on a laptop screen, and
+# a wider image is scaled down to it; no text may then be smaller than MIN_TEXT_PX (the site's own small print).
+CONTENT_WIDTH_PX = 760
+MIN_TEXT_PX = 10.0
+
+
+def smallest_text_px(fig) -> float:
+    """The height in screen pixels of the figure's smallest text, once the page scales it to the content column."""
+    from matplotlib.text import Text
+
+    width = fig.get_figwidth() * fig.dpi
+    scale = min(1.0, CONTENT_WIDTH_PX / width)
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes, default=MIN_TEXT_PX * 72 / fig.dpi / scale) * fig.dpi / 72 * scale
+
+
 def save(fig, path: Path) -> Path:
+    smallest = smallest_text_px(fig)
+    if smallest < MIN_TEXT_PX:
+        raise SystemExit(f"make_figures: {path.name}: text {smallest:.1f} px high on the page "
+                         f"(at least {MIN_TEXT_PX:g} px at {CONTENT_WIDTH_PX} px wide): enlarge the font or "
+                         "shrink the figure")
     path.parent.mkdir(parents=True, exist_ok=True)
     # no timestamp or software tag: regenerating unchanged figures gives identical files
     fig.savefig(path, metadata={"Software": None})

@@ -318,3 +318,24 @@ def test_math_is_marked_for_the_vendored_katex(site):
     assert len(fonts) >= 20 and all((katex / font).exists() for font in fonts)
     assert (katex / "katex.min.js").stat().st_size > 100_000
     assert 'src="../../../assets/katex/katex.min.js"' in uncertainty
+
+
+def test_a_figure_with_text_too_small_for_the_page_is_refused(tmp_path):
+    """make_figures.save refuses a figure whose smallest text would be under 10 px in the content column (the
+    mask overview's panel titles were 4.5 px); every committed figure is saved through it."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import make_figures
+    finally:
+        sys.path.remove(str(DOCS))
+    plt = make_figures.pyplot()
+    old_overview = plt.figure(figsize=(15, 6.8), dpi=100)  # the old mask overview: 1500 px wide, 9 pt titles
+    old_overview.add_subplot().set_title("Dropout p=0.5", fontsize=9)
+    assert make_figures.smallest_text_px(old_overview) == pytest.approx(9 * 100 / 72 * 760 / 1500)
+    with pytest.raises(SystemExit, match="masks.png: text 6.3 px high"):
+        make_figures.save(old_overview, tmp_path / "masks.png")
+    assert not (tmp_path / "masks.png").exists()
+    legible = plt.figure(figsize=(10, 5.3), dpi=150)
+    legible.add_subplot().set_title("Dropout\np=0.5", fontsize=11.5)
+    assert make_figures.smallest_text_px(legible) >= 10
+    assert make_figures.save(legible, tmp_path / "ok.png").exists()
