@@ -43,14 +43,35 @@ def importorskip(modname: str, *args, **kwargs):
     try:
         return _importorskip(modname, *args, **kwargs)
     except pytest.skip.Exception as skipped:
-        if in_ci():
-            pytest.fail(f"{skipped.msg} (CI=true: every test must run; install the extras of the README's test "
-                        f"command)", pytrace=False)
-        raise
+        if not in_ci():
+            raise
+        reason = skipped.msg
+    pytest.fail(f"{reason} (CI=true: every test must run; install the extras of the README's test command)",
+                pytrace=False)
 
 
 # the rule holds for every test module, whether it calls importorskip at module level or inside a test
 pytest.importorskip = importorskip
+
+
+class LazyModule:
+    """A module a test file needs, imported on first use inside a test rather than when the file is collected.
+
+    ``transformers = LazyModule("transformers")`` at the top of a test file: collecting the file imports nothing
+    (transformers or Lightning take seconds), and the first ``transformers.BertConfig`` inside a test imports it
+    with ``pytest.importorskip``: a missing package skips that test, or fails it under ``CI=true``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("_"):  # pytest's collection probes attributes such as __test__: import nothing
+            raise AttributeError(attribute)
+        return getattr(importorskip(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"LazyModule({self._name!r})"
 
 
 def pytest_addoption(parser):
