@@ -2,8 +2,7 @@
 RNN modules that cannot say so and why."""
 
 import pytest
-import torch
-import torch._dynamo
+import torch  # torch._dynamo: imported on first use by a test (torch's lazy attribute), not at collection
 from torch import nn
 
 import droplab.nn as dnn

@@ -7,13 +7,18 @@ droplab finds it, samples it in MC, and draws it after ``convert``.
 
 import pytest
 import torch
+from conftest import LazyModule
 from scipy.stats import binomtest
 
 import droplab as dl
 from droplab import functional as DF
 
-transformers = pytest.importorskip("transformers")
-from droplab.integrations.huggingface import DropoutScheduleCallback  # noqa: E402
+transformers = LazyModule("transformers")  # imported by the first test that uses it, not by collection
+huggingface = LazyModule("droplab.integrations.huggingface")
+
+
+def DropoutScheduleCallback(*args, **kwargs):
+    return huggingface.DropoutScheduleCallback(*args, **kwargs)
 
 IMPLEMENTATIONS = ("eager", "sdpa")
 

@@ -1,34 +1,53 @@
 """Lightning against the real package: a 2-epoch fit with the schedule callback, resumed from its checkpoint."""
 
+import functools
+
 import pytest
 import torch
+from conftest import LazyModule
 from torch import nn
 
 import droplab as dl
 
-pl = pytest.importorskip("lightning.pytorch")
-from droplab.integrations.lightning import DropoutSchedule, mc_predict  # noqa: E402
+pl = LazyModule("lightning.pytorch")  # imported by the first test that uses it, not by collection
+lightning = LazyModule("droplab.integrations.lightning")
 
 
-class Tiny(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 1))
-        self.seen: list[float] = []
+def DropoutSchedule(*args, **kwargs):
+    return lightning.DropoutSchedule(*args, **kwargs)
 
-    def forward(self, x):
-        return self.net(x)
 
-    def training_step(self, batch, batch_idx):
-        self.seen.append(self.net[2].p)  # the rate this step trains with
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
+def mc_predict(*args, **kwargs):
+    return lightning.mc_predict(*args, **kwargs)
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    def predict_step(self, batch, batch_idx):
-        return mc_predict(self, batch[0], samples=6, seed=3, batch_idx=batch_idx).samples
+@functools.cache
+def tiny_class():
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 1))
+            self.seen: list[float] = []
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(self.net[2].p)  # the rate this step trains with
+            x, y = batch
+            return nn.functional.mse_loss(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def predict_step(self, batch, batch_idx):
+            return mc_predict(self, batch[0], samples=6, seed=3, batch_idx=batch_idx).samples
+
+    return Tiny
+
+
+def Tiny():
+    return tiny_class()()
 
 
 def _loader():
