@@ -138,3 +138,47 @@ def test_search_finds_dropblock(browser, site):
     WebDriverWait(browser, 30).until(
         lambda d: "No matching" in d.find_element(By.CSS_SELECTOR, ".md-search-result__meta").text)
     assert console_errors(browser) == []
+
+
+def reference_and_guide_paths() -> list[str]:
+    """The URL path of every API reference page (not the source pages) and every guide."""
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        import api_pages
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "hooks"))
+    pages = [uri for uri in api_pages.build().pages if not uri.startswith("api/source/")]
+    pages += [str(p.relative_to(ROOT / "docs")) for p in sorted((ROOT / "docs" / "guides").rglob("*.md"))]
+    return ["/" + page.removesuffix("index.md").removesuffix(".md").rstrip("/") + "/" for page in pages]
+
+
+MATH_AND_CODE = """
+const blocks = Array.from(document.querySelectorAll('article pre > code'))
+    .filter(code => !code.closest('.highlighttable'));  // a source page's numbered lines scroll instead
+return {
+  marked: document.querySelectorAll('article .arithmatex').length,
+  typeset: document.querySelectorAll('article .arithmatex .katex').length,
+  errors: Array.from(document.querySelectorAll('.katex-error')).map(e => e.title || e.textContent),
+  cut: blocks.filter(code => code.scrollWidth > code.clientWidth + 1).map(code => code.textContent.slice(0, 80)),
+  blocks: blocks.length,
+};
+"""
+
+
+def test_every_formula_is_typeset_and_no_code_block_is_cut(browser, site):
+    """On every API page and guide: each formula typeset by the vendored KaTeX (no parse error), and every code
+    block shown whole at a laptop's window width (wrapped, not hidden behind a scrollbar)."""
+    formulas = blocks = 0
+    for path in reference_and_guide_paths():
+        open_page(browser, site + path)
+        page = browser.execute_script(MATH_AND_CODE)
+        assert page["typeset"] == page["marked"] and page["errors"] == [], (path, page)
+        assert page["cut"] == [], (path, page["cut"])
+        formulas, blocks = formulas + page["marked"], blocks + page["blocks"]
+        assert console_errors(browser) == [], path
+    assert formulas > 150 and blocks > 100
+    # KaTeX's fonts came from the site itself
+    open_page(browser, site + "/api/mc/uncertainty/")
+    fonts = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('KaTeX_'))")
+    assert fonts and all(font.startswith(site) for font in fonts), fonts
