@@ -77,30 +77,26 @@ def run_pytest(tmp_path: Path, files: dict[str, str], *args: str, ci: bool = Fal
     return counts, result.stdout
 
 
-def test_importorskip_skips_outside_ci(tmp_path):
-    counts, out = run_pytest(tmp_path, {"test_module_level.py": MISSING_PACKAGE, "test_in_tests.py": MISSING_IN_A_TEST})
-    assert counts == {"passed": 1, "skipped": 3}, out
-    assert "could not import 'droplab_no_such_package'" in out
-
-
-def test_importorskip_fails_under_ci(tmp_path):
-    files = {"test_module_level.py": MISSING_PACKAGE, "test_in_tests.py": MISSING_IN_A_TEST}
-    counts, out = run_pytest(tmp_path, files, "--continue-on-collection-errors", ci=True)
-    # the module-level one fails its module's collection; the two in tests fail; the present package still passes
-    assert counts == {"passed": 1, "failed": 2, "error": 1}, out
-    assert out.count("CI=true: every test must run") >= 3, out
+FILES = {"test_module_level.py": MISSING_PACKAGE, "test_in_tests.py": MISSING_IN_A_TEST, "test_marked.py": MARKED}
 
 
 @pytest.mark.parametrize("args, ci, expected", [
-    ((), False, {"passed": 1, "deselected": 2}),
-    (("--all",), False, {"passed": 3}),
-    ((), True, {"passed": 3}),
-    (("-m", "slow"), False, {"passed": 1, "deselected": 2}),
-    (("test_marked.py",), False, {"passed": 3}),  # a file named on the command line runs whole
+    # the quick run: importorskip skips (3), the slow and browser tests are deselected
+    ((), False, {"passed": 2, "skipped": 3, "deselected": 2}),
+    # --all: every test runs; a missing package still skips outside CI
+    (("--all",), False, {"passed": 4, "skipped": 3}),
+    # CI=true: every test runs, and a missing package fails (its module's collection, and the two tests)
+    (("--continue-on-collection-errors",), True, {"passed": 4, "failed": 2, "error": 1}),
+    # a file named on the command line runs whole
+    (("test_marked.py",), False, {"passed": 3}),
 ])
-def test_quick_run_deselects_the_opt_in_marks(tmp_path, args, ci, expected):
+def test_quick_run_and_missing_packages(tmp_path, args, ci, expected):
     (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\nmarkers = ["slow: s", "browser: b"]\n')
-    counts, out = run_pytest(tmp_path, {"test_marked.py": MARKED}, *args, ci=ci)
+    counts, out = run_pytest(tmp_path, FILES, *args, ci=ci)
     assert counts == expected, out
-    if expected.get("deselected") and not args:
-        assert "python -m pytest --all runs every test" in out
+    if expected.get("skipped"):
+        assert "could not import 'droplab_no_such_package'" in out
+    if ci:
+        assert out.count("CI=true: every test must run") >= 3, out
+    if expected.get("deselected"):
+        assert "quick run: 2 slow, browser or postgres tests deselected; python -m pytest --all runs every test" in out

@@ -248,7 +248,7 @@ def entry(member: Member, packages_by_name: dict[str, Package], page_uri: str) -
 
 def package_heading(package: Package) -> str:
     """The title of a package's page, and the anchor (``#droplab.nn``) that references to the package reach."""
-    return f"[](){{#{package.name}}}\n\n# `{package.name}`"
+    return f"# `{package.name}`\n\n[](){{#{package.name}}}"
 
 
 def package_docstring(package: Package) -> list[str]:
