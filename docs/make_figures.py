@@ -94,11 +94,11 @@ def make_masks(out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(save(fig, out / "masks" / f"{name}.png"))
     # drawn for the home page's content column: every title at least MIN_TEXT_PX high there
-    fig, axes = plt.subplots(2, 5, figsize=(10, 5.3), dpi=150)
+    fig, axes = plt.subplots(2, 5, figsize=(10, 5.8), dpi=150)
     for ax, (caption, image) in zip(axes.flat, masks.values()):
         draw_mask(ax, image, panel_title(caption), fontsize=11.5, width=0)
     fig.suptitle("droplab's dropout variants: one mask each (white = kept, black = dropped)", fontsize=13)
-    fig.tight_layout(h_pad=0.6, w_pad=0.4)
+    fig.tight_layout(h_pad=1.2, w_pad=0.4)
     written.append(save(fig, out / "masks.png"))
     return written
 
@@ -293,9 +293,9 @@ def screenshot(binary: str, page: Path, path: Path, profile: Path) -> Path:
 
 # ---- main -------------------------------------------------------------------------------------------------------
 
-# A figure is legible where the site shows it: Material's content column is about this wide on a laptop screen, and
+# A figure is legible where the site shows it: Material's content column is about this wide in a 1280 px window, and
 # a wider image is scaled down to it; no text may then be smaller than MIN_TEXT_PX (the site's own small print).
-CONTENT_WIDTH_PX = 760
+CONTENT_WIDTH_PX = 680
 MIN_TEXT_PX = 10.0
 
 

@@ -331,11 +331,11 @@ def test_a_figure_with_text_too_small_for_the_page_is_refused(tmp_path):
     plt = make_figures.pyplot()
     old_overview = plt.figure(figsize=(15, 6.8), dpi=100)  # the old mask overview: 1500 px wide, 9 pt titles
     old_overview.add_subplot().set_title("Dropout p=0.5", fontsize=9)
-    assert make_figures.smallest_text_px(old_overview) == pytest.approx(9 * 100 / 72 * 760 / 1500)
-    with pytest.raises(SystemExit, match="masks.png: text 6.3 px high"):
+    assert make_figures.smallest_text_px(old_overview) == pytest.approx(9 * 100 / 72 * 680 / 1500)
+    with pytest.raises(SystemExit, match="masks.png: text 5.7 px high"):
         make_figures.save(old_overview, tmp_path / "masks.png")
     assert not (tmp_path / "masks.png").exists()
-    legible = plt.figure(figsize=(10, 5.3), dpi=150)
+    legible = plt.figure(figsize=(10, 5.8), dpi=150)
     legible.add_subplot().set_title("Dropout\np=0.5", fontsize=11.5)
     assert make_figures.smallest_text_px(legible) >= 10
     assert make_figures.save(legible, tmp_path / "ok.png").exists()
