@@ -145,7 +145,7 @@ def make_schedules(out: Path) -> list[Path]:
     ax.set_xlabel("step t")
     ax.set_ylabel("drop rate p(t)")
     ax.set_title("droplab.schedules")
-    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    ax.legend(fontsize=9, loc="upper right", ncol=2)
     ax.set_ylim(0, 0.75)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -216,7 +216,7 @@ def plot_variants(rows: list[dict[str, str]], path: Path) -> Path:
     for k, (column, label) in enumerate(columns):
         values = [float(r[column]) if r.get(column) else float("nan") for r in rows]
         ax.bar([i + (k - 1) * width for i in range(len(rows))], values, width, label=label)
-    ax.set_xticks(range(len(rows)), labels, rotation=15, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=9)
     ax.set_yscale("log")  # the recurrent row is 100x the others
     ax.set_ylabel("forward + backward, ms (log)")
     ax.set_title("Variants: droplab vs the same mask built from torch ops")
