@@ -1,25 +1,37 @@
-"""The ``droplab`` command: a thin dispatcher over the lab's commands.
+"""The ``droplab`` command: a thin dispatcher over :mod:`droplab.commands`, and the one error path.
 
-Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``; the
-module is imported only when its command runs or its help is built, so ``droplab --help`` is quick.
+Each command lives in its own module, ``droplab/commands/<name>.py``, exposing ``configure(parser)``
+and ``run(args) -> int``; the module is imported only when its command runs or its help is built, so
+``droplab --help`` is quick.
+
+Errors take one path, here. A :class:`~droplab.lab.errors.UserError` (a problem with what the user
+gave) prints as ``droplab <command>: error: <what, where, and the fix>`` on at most three lines, stripped
+of control characters, and exits 2, with no traceback. A :class:`~droplab.lab.errors.UserCodeError` (an
+exception raised inside the user's own model file, factory or forward) shows that code's frames only,
+then the one-line error, and exits 2. A closed output pipe (``droplab runs | head -1``) ends quietly
+with status 141, as a shell reports SIGPIPE. Anything else is a droplab bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import NoReturn
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("droplab.lab.compare_command", "does dropout help? off vs as built vs halved: table, verdict, report"),
-    "runs": ("droplab.lab.runs", "list stored runs; 'runs show ID' shows one"),
-    "bench": ("droplab.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
-    "sweep": ("droplab.lab.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
-    "inspect": ("droplab.lab.inspect", "list a model's dropout sites and lint them (exit 1 on an error finding)"),
-    "uncertainty": ("droplab.lab.uncertainty", "MC dropout: calibration, MC vs weight scaling, OOD AUROC, FGSM report"),
-    "study": ("droplab.study.cli", "the claims about dropout, each measured over seeds on real data, with a verdict"),
+    "compare": ("droplab.commands.compare", "does dropout help? off vs as built vs halved: table, verdict, report"),
+    "runs": ("droplab.commands.runs", "list stored runs; 'runs show ID' shows one"),
+    "bench": ("droplab.commands.bench", "kernel, variant and MC-inference benchmarks against PyTorch"),
+    "sweep": ("droplab.commands.sweep", "search dropout rates with Optuna (SQLite or a server DB, many workers)"),
+    "inspect": ("droplab.commands.inspect", "list a model's dropout sites and lint them (exit 1 on an error finding)"),
+    "uncertainty": ("droplab.commands.uncertainty",
+                    "MC dropout: calibration, MC vs weight scaling, OOD AUROC, FGSM report"),
+    "study": ("droplab.commands.study",
+              "the claims about dropout, each measured over seeds on real data, with a verdict"),
 }
 
 
@@ -47,6 +59,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``droplab ARGV`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser(argv)
     try:
         args, extra = parser.parse_known_args(argv)
@@ -78,17 +91,43 @@ def _run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"droplab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _pipe_closed()
     except UserError as error:
         print(_short(f"{prefix} {_clean(str(error))}"), file=sys.stderr)
         return 2
     except UserCodeError as error:
-        from .lab.errors import user_frames
-
         frames = user_frames(error.original, error.code_files)
         if frames:
             print(frames.rstrip(), file=sys.stderr)
         print(_short(f"{prefix} {_clean(str(error))}"), file=sys.stderr)
         return 2
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``| head -1``): stop quietly, as a shell's SIGPIPE would (status 141)."""
+    try:  # what is still buffered can never be written: point stdout at /dev/null so exit's flush succeeds
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (a captured stream)
+        pass
+    return 128 + 13
+
+
+def user_frames(error: BaseException, code_files: tuple[str, ...] = ()) -> str:
+    """The traceback of ``error`` restricted to the user's frames: those in ``code_files`` or outside any library.
+
+    Returns an empty string when no frame is the user's.
+    """
+    from .lab.errors import is_library_file
+
+    wanted = {str(f) for f in code_files}
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if frame.filename in wanted or not is_library_file(frame.filename)]
+    if not frames:
+        return ""
+    return "Traceback (your code, most recent call last):\n" + "".join(traceback.format_list(frames))
 
 
 def _clean(text: str) -> str:

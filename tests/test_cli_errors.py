@@ -227,7 +227,7 @@ def test_messages_are_stripped_of_control_characters(tmp_path, capsys):
 
 
 def test_a_droplab_bug_keeps_its_traceback(monkeypatch):
-    from droplab.lab import runs
+    from droplab.commands import runs
 
     def broken(args):
         raise ZeroDivisionError("a bug in droplab")

@@ -165,7 +165,7 @@ def test_kill_9_of_a_sweep_worker_mid_trial_is_retried_and_the_sweep_exits_0(tmp
     assert "killed by SIGKILL" in err and f"trial {killed.number} was retried as trial" in err
     assert "retries:" in out and "Traceback" not in err
     study, _ = S.load_spec("kill", S.open_storage(str(storage)))
-    assert S._counts(study).get("COMPLETE") == 2
+    assert S.trial_counts(study).get("COMPLETE") == 2
     trials = study.get_trials()
     assert trials[killed.number].state == TrialState.FAIL
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == killed.number)

@@ -133,7 +133,7 @@ def test_lab_checkpoint(tmp_path, capsys):
     splits = Splits(split, split, split, n_features=10, n_classes=3, name="toy")
     config = ExperimentConfig(epochs=1)
     result = train(config, splits=splits, save=tmp_path, progress=False)
-    import droplab.lab.inspect as inspect_cmd
+    import droplab.lab.inspection as inspect_cmd
 
     original = inspect_cmd._load_checkpoint
 

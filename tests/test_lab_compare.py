@@ -4,8 +4,8 @@ import pytest
 from lab_fixtures import write_npz
 
 from droplab.cli import main
-from droplab.lab.api import assign_roles, run_comparison
-from droplab.lab.compare_command import build_configs, parse_rates
+from droplab.lab.comparison import assign_roles, run_comparison
+from droplab.commands.compare import build_configs, parse_rates
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.store import RunStore
 
@@ -124,7 +124,7 @@ def test_cli_builds_only_the_running_commands_parser():
     import sys
 
     code = ("import sys; from droplab.cli import build_parser; build_parser(['runs', 'list']); "
-            "print(sorted(m for m in ('droplab.lab.sweep', 'droplab.lab.uncertainty', 'droplab.lab.compare_command', "
-            "'droplab.lab.runs', 'optuna') if m in sys.modules))")
+            "print(sorted(m for m in ('droplab.lab.sweep', 'droplab.lab.uncertainty', 'droplab.commands.compare', "
+            "'droplab.commands.runs', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['droplab.lab.runs']"
+    assert out.strip() == "['droplab.commands.runs']"

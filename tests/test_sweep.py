@@ -245,7 +245,7 @@ def test_two_workers_never_overshoot_the_trial_budget(tmp_path):
     study, _ = S.load_spec("race", S.open_storage(db))
     trained = [t for t in study.get_trials() if not t.user_attrs.get("droplab_surplus")]
     assert [t.state for t in trained] == [TrialState.COMPLETE] * 4
-    assert S._counts(study) == {"COMPLETE": 4}
+    assert S.trial_counts(study) == {"COMPLETE": 4}
 
 
 def test_a_trial_started_for_a_filled_slot_is_surplus_and_never_trained(tmp_path):

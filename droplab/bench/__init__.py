@@ -1,12 +1,12 @@
 """``droplab bench SUITE``: benchmarks against PyTorch, measured in one run, printed as a table.
 
-Suites live in sibling modules exposing ``SUITE_HELP``, ``configure(parser)`` and ``run(args) -> int``.
+Suites live in sibling modules exposing ``SUITE_HELP``, ``configure(parser)`` and ``run(args) -> int``;
+the command (:mod:`droplab.commands.bench`) builds one subcommand per suite in :data:`SUITES`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 SUITES = {
     "kernel": "droplab.bench.kernel",
@@ -68,27 +68,3 @@ def validate_options(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, but got {value}")
     if getattr(args, "json", None):
         check_writable_file(args.json, "--json")
-
-
-def _available() -> dict[str, object]:
-    modules = {}
-    for name, module_name in SUITES.items():
-        try:
-            modules[name] = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-    return modules
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    for name, module in _available().items():
-        suite_parser = sub.add_parser(name, help=module.SUITE_HELP, description=module.SUITE_HELP)
-        module.configure(suite_parser)
-        suite_parser.set_defaults(_suite_run=module.run)
-
-
-def run(args: argparse.Namespace) -> int:
-    validate_options(args)
-    return int(args._suite_run(args) or 0)

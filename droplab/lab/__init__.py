@@ -12,7 +12,7 @@ __all__ = ["compare", "Comparison"]
 def __getattr__(name: str):
     # the Python API, imported on first use so ``import droplab.lab`` stays light
     if name in __all__:
-        from . import api
+        from . import comparison
 
-        return getattr(api, name)
+        return getattr(comparison, name)
     raise AttributeError(f"module 'droplab.lab' has no attribute {name!r}")

@@ -1,11 +1,10 @@
-"""The command line's one error path: what counts as the user's mistake, and how it is shown.
+"""The errors the lab raises for the user's mistakes (the command line shows them: :mod:`droplab.cli`).
 
 A :class:`UserError` is a problem with what the user gave (an argument, a config value, a data file, a
-checkpoint, a store, a storage URL). ``droplab.cli.main`` prints it as
-``droplab <command>: error: <what, where, and the fix>`` on at most three lines and exits 2, with no
-traceback. A :class:`UserCodeError` wraps an exception raised inside the user's own code (a model file, a
-factory, a forward): the command line shows that code's frames only, then the one-line error. Anything
-else is a droplab bug and keeps its full traceback.
+checkpoint, a store, a storage URL); its message says what, where, and the fix. A :class:`UserCodeError`
+wraps an exception raised inside the user's own code (a model file, a factory, a forward), keeping its
+traceback so the user's frames can be shown (:func:`is_library_file` tells them from droplab's, torch's
+and the standard library's). Anything else is a droplab bug.
 
 ``UserError`` subclasses ``ValueError``, so library callers that already catch ``ValueError`` keep working.
 
@@ -26,16 +25,13 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 __all__ = ["UserError", "MissingFileError", "TrainingDiverged", "UserCodeError", "user_errors", "os_error_message",
-           "user_frames", "is_library_file"]
-
-MAX_LINES = 3
+           "is_library_file", "raised_by_the_model"]
 
 
 class UserError(ValueError):
-    """A problem with the user's input: printed as one ``droplab <command>: error: ...`` line, exit status 2."""
+    """A problem with the user's input: the command line prints ``droplab <command>: error: ...``, exit status 2."""
 
 
 class MissingFileError(UserError, FileNotFoundError):
@@ -116,20 +112,6 @@ def is_library_file(filename: str) -> bool:
     droplab_dir = str(Path(__file__).resolve().parents[1])
     roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     return resolved.startswith(droplab_dir) or any(resolved.startswith(str(Path(root).resolve())) for root in roots)
-
-
-def user_frames(error: BaseException, code_files: tuple[str, ...] = ()) -> str:
-    """The traceback of ``error`` restricted to the user's frames: those in ``code_files`` or outside any library.
-
-    Returns an empty string when no frame is the user's.
-    """
-    tb: TracebackType | None = error.__traceback__
-    wanted = {str(f) for f in code_files}
-    frames = [frame for frame in traceback.extract_tb(tb)
-              if frame.filename in wanted or not is_library_file(frame.filename)]
-    if not frames:
-        return ""
-    return "Traceback (your code, most recent call last):\n" + "".join(traceback.format_list(frames))
 
 
 def raised_by_the_model(error: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""``droplab sweep``: search dropout rates with Optuna, on one machine or many, and resume after a crash.
+"""Search dropout rates with Optuna, on one machine or many, and resume after a crash (``droplab sweep``).
 
 The dropout rate is a hyper-parameter that needs validation-set tuning, often per layer, and it
 interacts with learning rate, weight decay and batch size. A sweep searches any of
@@ -35,8 +35,6 @@ study, so ``droplab runs`` shows it with its curves.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -50,7 +48,8 @@ from typing import Any
 from .errors import MissingFileError, TrainingDiverged, UserError
 
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
-           "suggest", "run_worker", "spawn_workers", "run_sweep", "configure", "run"]
+           "suggest", "run_worker", "spawn_workers", "run_sweep", "retried_summary", "trial_counts", "SweepIncomplete",
+           "DEFAULT_STORAGE", "existing_storage"]
 
 SEARCHABLE = ("dropout", "layer_rates", "input_dropout", "schedule", "lr", "weight_decay", "batch_size")
 SAMPLERS = ("tpe", "grid", "random")
@@ -409,7 +408,7 @@ def _follow(ctx) -> int:
     return ran
 
 
-def _counts(study) -> dict[str, int]:
+def trial_counts(study) -> dict[str, int]:
     """Trials by state; a surplus trial (started in a race for the last slot, never trained) is not counted."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -448,7 +447,7 @@ def _guarded(objective, study, target: int):
 
 
 def _finished(study) -> int:
-    counts = _counts(study)
+    counts = trial_counts(study)
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
 
 
@@ -631,109 +630,9 @@ def retried_summary(study) -> str:
     return "; ".join(f"trial {orig} was retried as trial {t.number} ({t.state.name.lower()})" for orig, t in retries)
 
 
-# command line ------------------------------------------------------------------------------------
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", help="study name (default: sweep-<date>-<time>)")
-    parser.add_argument("--resume", metavar="NAME", help="continue the study NAME with its stored definition")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
-                        help="SQLite file or SQLAlchemy URL, e.g. postgresql://user:pw@host/db "
-                             f"(default: {DEFAULT_STORAGE})")
-    parser.add_argument("--db", default="droplab.db", help="the lab's run store for the trials' runs")
-    parser.add_argument("--trials", type=int, default=None, help="finished trials to run to (default: 20)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search strategy (default: tpe)")
-    parser.add_argument("--search", type=_csv, default=["dropout"],
-                        help=f"comma-separated dimensions: {', '.join(SEARCHABLE)} (default: dropout)")
-    parser.add_argument("--max-rate", type=float, default=0.8, help="upper bound of searched rates (default: 0.8)")
-    parser.add_argument("--grid-rates", type=lambda s: [float(x) for x in _csv(s)],
-                        default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], help="rates tried by --sampler grid")
-    parser.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
-    parser.add_argument("--config", help="TOML experiment config of the fixed knobs")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config knob")
-    from .compare_command import add_model_arguments
-
-    add_model_arguments(parser)  # --model/--dataset: the user's own factories, as for compare
-    parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval in seconds (default: 10)")
-    parser.add_argument("--grace", type=int, default=None,
-                        help="seconds without heartbeat before a trial is failed and retried (default: 3x heartbeat)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    show = sub.add_parser("show", help="best configuration, rate curve, importances and an HTML report")
-    show.add_argument("study", metavar="NAME")
-    show.add_argument("--storage", dest="show_storage", default=None, help="as for the sweep")
-    show.add_argument("--out", default="reports", help="report directory (default: reports)")
-
-
-def _spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    from .config import ExperimentConfig
-
-    base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
-    base = base.replace(**{k: v for k, v in shorthand.items() if v is not None}).with_overrides(args.set)
-    name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    return SweepSpec(name=name, base=base.to_dict(), search=list(args.search),
-                     trials=20 if args.trials is None else args.trials,
-                     sampler=args.sampler, seed=args.seed, max_rate=args.max_rate, grid_rates=list(args.grid_rates),
-                     pruning=not args.no_pruning, db=os.path.abspath(args.db))
-
-
-def _existing_storage(storage: str | None, purpose: str) -> None:
+def existing_storage(storage: str | None, purpose: str) -> None:
     """A SQLite storage that should already hold the study exists (opening would silently create an empty one)."""
     text = storage or DEFAULT_STORAGE
     if "://" not in text and not os.path.isfile(text):
         raise MissingFileError(f"no sweep storage at {text} to {purpose} (pass the --storage the sweep was created "
                                "with)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if getattr(args, "action", None) == "show":
-        from .sweep_report import show
-
-        _existing_storage(args.show_storage or args.storage, f"show {args.study} from")
-        study, _ = load_spec(args.study, open_storage(args.show_storage or args.storage))
-        return show(study, out_dir=args.out)
-    if args.worker and not args.name:
-        raise UserError("--worker needs --name (the study to join)")
-    if args.worker or args.resume:
-        _existing_storage(args.storage, "join" if args.worker else f"resume {args.resume} from")
-    if args.worker:
-        run_worker(args.name, args.storage, worker_index=args.worker_index, threads=args.threads,
-                   heartbeat_interval=args.heartbeat, grace_period=args.grace)
-        return 0
-    start = time.perf_counter()
-    spec = None if args.resume else _spec_from_args(args)
-    if spec is not None:  # the data loads and the run store opens before the study exists (--dry-run-like)
-        from .preflight import check_datasets
-        from .store import RunStore
-
-        check_datasets([spec.config()])
-        RunStore(spec.db).close()
-    try:
-        study = run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
-                          heartbeat_interval=args.heartbeat, grace_period=args.grace)
-    except SweepIncomplete as error:
-        print(f"droplab sweep: {error}", file=sys.stderr)
-        return 1
-    if study is None:  # a non-zero torchrun rank: rank 0 reports
-        return 0
-    counts = _counts(study)
-    elapsed = time.perf_counter() - start
-    print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-          + f" in {elapsed:.1f} s")
-    if counts.get("FAIL"):
-        print(f"retries: {retried_summary(study)}")
-    from .sweep_report import summarize
-
-    print(summarize(study))
-    print(f"details and plots: droplab sweep show {study.study_name} --storage {args.storage}")
-    return 0
-
-

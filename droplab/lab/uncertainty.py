@@ -1,6 +1,7 @@
-"""``droplab uncertainty``: what Monte-Carlo dropout buys over the weight-scaled pass, on real data.
+"""What Monte-Carlo dropout buys over the weight-scaled pass, on real data (``droplab uncertainty``).
 
-Trains a lab model (or loads a lab checkpoint) and reports, in an HTML page with PNG figures:
+:func:`prepare_models` trains a lab model (or loads a lab checkpoint); :func:`analyse` measures and
+:func:`write_report` writes an HTML page with PNG figures:
 
 * calibration: ECE (15 bins), NLL, Brier score and the reliability diagram of the MC-dropout average
   against the single weight-scaled (eval-mode) pass;
@@ -16,9 +17,7 @@ Dropout alone is no defence against adversarial examples; the report says so nex
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -27,51 +26,12 @@ from torch.nn import functional as F
 
 from .files import save_figure_file
 
-__all__ = ["configure", "run", "ood_sets", "auroc", "fgsm", "uncertainty_report", "NO_DEFENCE"]
-
-HELP = "MC dropout: calibration, MC vs weight scaling, OOD detection AUROC, FGSM, as an HTML report"
+__all__ = ["ood_sets", "auroc", "fgsm", "uncertainty_report", "write_report", "prepare_models", "analyse", "NO_DEFENCE"]
 
 NO_DEFENCE = ("Dropout alone is no defence against adversarial examples: FGSM perturbations crafted on the "
               "weight-scaled network fool it whether or not dropout stays on at test time, and whatever accuracy "
               "test-time dropout seems to keep comes from randomizing the prediction (gradient masking), which an "
               "attacker who averages over masks removes. Use adversarial training or certified defences.")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    from .compare_command import add_model_arguments
-
-    parser.add_argument("--config", default=None, help="an experiment .toml (defaults: MLP on MNIST-1D, p = 0.5)")
-    add_model_arguments(parser)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--checkpoint", default=None, help="load this lab checkpoint instead of training")
-    parser.add_argument("--samples", type=int, default=50, help="MC samples for calibration, OOD and FGSM (50)")
-    parser.add_argument("--curve", default="1,2,5,10,20,50,100", help="k values of the MC-vs-weight-scaling curve")
-    parser.add_argument("--eps", default="0.05,0.1,0.2", help="FGSM step sizes, in units of the input's std")
-    parser.add_argument("--no-baseline", action="store_true", help="skip training the p = 0 model for FGSM")
-    parser.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the MC samples and the OOD noise (0)")
-    parser.add_argument("--out", default="reports", help="report directory root (default: reports)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar while training")
-
-
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"{name} must be positive integers separated by commas, but got {text!r}")
-    return values
-
-
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not v >= 0 for v in values):
-        raise ValueError(f"{name} must be non-negative numbers separated by commas, but got {text!r}")
-    return values
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -266,9 +226,10 @@ def _fgsm_figure(plt, rows: list[dict], out: Path) -> tuple[str, str]:
     return save_figure(fig, out, "fgsm.png", "FGSM accuracy with and without dropout", dpi=110)
 
 
-def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
+def tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """The report's tables, ``{name: (headers, rows)}``, of a classification ``results``."""
     cal = results["calibration"]
-    tables = {
+    made = {
         "calibration": (["pass", "accuracy", "ECE", "NLL", "Brier"],
                         [[name, cal[key]["accuracy"], cal[key]["ece"], cal[key]["nll"], cal[key]["brier"]]
                          for key, name in (("weight_scaling", "weight scaling"),
@@ -282,8 +243,8 @@ def _tables(results: dict) -> dict[str, tuple[list[str], list[list[object]]]]:
                  for name, v in results["ood"].items()]),
     }
     fgsm_keys = [k for k in ("deterministic", "mc_dropout", "no_dropout_model") if k in results["fgsm"][0]]
-    tables["fgsm"] = (["eps (x std)", *fgsm_keys], [[r["eps"], *(r[k] for k in fgsm_keys)] for r in results["fgsm"]])
-    return tables
+    made["fgsm"] = (["eps (x std)", *fgsm_keys], [[r["eps"], *(r[k] for k in fgsm_keys)] for r in results["fgsm"]])
+    return made
 
 
 def write_report(results: dict, out: Path, title: str) -> Path:
@@ -296,12 +257,12 @@ def write_report(results: dict, out: Path, title: str) -> Path:
     if results.get("task") == "regression":
         return _write_regression(results, out, title)
     figures = _figures(results, out)
-    tables = _tables(results)
+    tables_ = tables(results)
     sections = [
-        ("Calibration: MC dropout vs weight scaling", tables["calibration"], figures[0]),
-        ("MC averaging over k samples vs weight scaling", tables["curve"], figures[1]),
-        ("Out-of-distribution detection", tables["ood"], figures[2]),
-        ("Adversarial (FGSM)", tables["fgsm"], figures[3]),
+        ("Calibration: MC dropout vs weight scaling", tables_["calibration"], figures[0]),
+        ("MC averaging over k samples vs weight scaling", tables_["curve"], figures[1]),
+        ("Out-of-distribution detection", tables_["ood"], figures[2]),
+        ("Adversarial (FGSM)", tables_["fgsm"], figures[3]),
     ]
     body = [f"<p>{results['n_test']} test examples; MC dropout with {results['samples']} samples.</p>"]
     for heading, (headers, rows), (png, alt) in sections:
@@ -312,7 +273,8 @@ def write_report(results: dict, out: Path, title: str) -> Path:
     return write_page(out, title, body)
 
 
-def _regression_table(results: dict) -> tuple[list[str], list[list[object]]]:
+def regression_table(results: dict) -> tuple[list[str], list[list[object]]]:
+    """The regression report's table: test RMSE, log-likelihood and coverage of both passes."""
     rows = [[name, results[f"test_rmse_{key}"], results[f"test_ll_{key}"], results[f"coverage90_{key}"]]
             for key, name in (("ws", "weight scaling"), ("mc", f"MC dropout ({results['mc_samples']} samples)"))]
     return ["pass", "test RMSE", "test log-likelihood", "90% interval coverage"], rows
@@ -330,106 +292,63 @@ def _write_regression(results: dict, out: Path, title: str) -> Path:
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     png, caption = save_figure(fig, out, "calibration.png", "Observed coverage of central predictive intervals")
-    headers, rows = _regression_table(results)
+    headers, rows = regression_table(results)
     return write_page(out, title, [f"<p>{results['n_test']} test examples (regression).</p>",
                                    "<h2>MC dropout vs weight scaling</h2>", html_table(headers, rows),
                                    f'<img src="{png}" alt="{caption}">'])
 
 
-# ------------------------------------------------------------------------------------------------ command
+# ------------------------------------------------------------------------------------------------ engine
 
 
-def _config(args: argparse.Namespace, stored: dict | None = None):
-    from .config import ExperimentConfig
+def prepare_models(config, *, checkpoint: dict | None = None, baseline: bool = True, progress: bool = False):
+    """``(config, splits, model, baseline model or None)``: the model a checkpoint holds, or one trained now.
 
-    config = ExperimentConfig.from_dict(stored) if stored is not None else \
-        ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
-    changes = {k: v for k, v in shorthand.items() if v is not None}
-    return (config.replace(**changes) if changes else config).with_overrides(args.set)
-
-
-def _load(args: argparse.Namespace):
+    Args:
+        config: the experiment (for a ``checkpoint``, its stored config with the user's overrides).
+        checkpoint: a lab checkpoint (:func:`droplab.lab.trainer.load_checkpoint`); None trains. Default: None.
+        baseline: also train the model with every site off (for FGSM; classification only). Default: True.
+        progress: progress bars while training. Default: False.
+    """
     from .build import build_model
     from .data import load_dataset
     from .tasks import task_of
-    from .trainer import load_checkpoint, train
+    from .trainer import train
 
-    if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        config = _config(args, state["config"])
-        splits = load_dataset(config)
+    splits = load_dataset(config)
+    if checkpoint is not None:
         torch.manual_seed(config.seed)
         model = build_model(config, splits.input_shape,
                             task_of(splits.task).output_size(splits.n_outputs, config.nll_head))
-        model.load_state_dict(state["model"])
+        model.load_state_dict(checkpoint["model"])
         return config, splits, model, None
-    config = _config(args)
-    splits = load_dataset(config)
-    model = train(config, splits=splits, progress=not args.no_progress).model
-    baseline = None
-    if not args.no_baseline and splits.task == "classification":
-        baseline = train(config.replace(rates=None, rate_scale=0.0, name="off (p=0)"), splits=splits,
-                         progress=not args.no_progress).model
-    return config, splits, model, baseline
+    result = train(config, splits=splits, progress=progress)
+    off = None
+    if baseline and splits.task == "classification":
+        off = train(config.replace(rates=None, rate_scale=0.0, name="off (p=0)"), splits=splits,
+                    progress=progress).model
+    return result.config, splits, result.model, off
 
 
-def _checked(args: argparse.Namespace) -> tuple[list[int], list[float]]:
-    curve, eps = _ints(args.curve, "--curve"), _floats(args.eps, "--eps")
-    if args.samples < 2:
-        raise ValueError(f"--samples must be at least 2, but got {args.samples}")
-    if args.max_test is not None and args.max_test < 2:
-        raise ValueError(f"--max-test must be at least 2, but got {args.max_test}")
-    return curve, eps
-
-
-def _print_tables(tables: dict) -> None:
-    for name, (headers, rows) in tables.items():
-        print(f"\n{name}")
-        print("  " + " | ".join(headers))
-        for row in rows:
-            print("  " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-
-
-def _regression(model, splits, config, args) -> dict:
-    from .tasks.regression import mc_uncertainty
-
-    results = mc_uncertainty(model, splits, samples=args.samples, seed=args.seed, nll_head=config.nll_head,
-                             device=config.device)
-    return {**results, "task": "regression", "n_test": len(splits.test)}
-
-
-def run(args: argparse.Namespace) -> int:
+def analyse(model: nn.Module, splits, config, *, samples: int, curve: list[int], eps: list[float],
+            baseline: nn.Module | None = None, max_test: int | None = None, seed: int = 0) -> tuple[dict, dict]:
+    """``(results, tables)``: every number of the report and its tables, for classification or regression."""
     from ..conversion import sites
-    from .errors import UserError, user_errors
-    from .files import confined_path, terminal_safe
+    from .errors import UserError
 
-    with user_errors(""):
-        curve, eps = _checked(args)
-        from .preflight import check_output_dir
-
-        check_output_dir(args.out, "--out")  # before any training, not after it
-        config, splits, model, baseline = _load(args)
     model.eval()
     if not any(s.p > 0 for s in sites(model)):
         raise UserError("the model has no dropout site with p > 0, so MC dropout has nothing to sample")
-    started = time.perf_counter()
     if splits.task == "regression":
-        results = _regression(model, splits, config, args)
-        tables = {"regression": _regression_table(results)}
-    else:
-        x, y = splits.test.x, splits.test.y
-        if args.max_test is not None:
-            x, y = x[:args.max_test], y[:args.max_test]
-        results = uncertainty_report(model, x, y, samples=args.samples, curve=curve, eps=eps, baseline=baseline,
-                                     digits=config.dataset != "digits", seed=args.seed)
-        tables = _tables(results)
-    results["config"] = config.to_dict()
-    # one sanitized component inside --out, whatever the run's (or a checkpoint's stored) name
-    out = confined_path(args.out, f"uncertainty-{time.strftime('%Y%m%d-%H%M%S')}-{config.label()}")
-    index = write_report(results, out, f"droplab uncertainty: {config.label()} on {config.dataset}")
-    _print_tables({k: ([terminal_safe(h) for h in hs], rows) for k, (hs, rows) in tables.items()})
-    if splits.task == "classification":
-        print(f"\n{NO_DEFENCE}")
-    print(f"\nreport: {index}  ({time.perf_counter() - started:.1f} s of analysis)")
-    return 0
+        from .tasks.regression import mc_uncertainty
+
+        results = mc_uncertainty(model, splits, samples=samples, seed=seed, nll_head=config.nll_head,
+                                 device=config.device)
+        results = {**results, "task": "regression", "n_test": len(splits.test)}
+        return results, {"regression": regression_table(results)}
+    x, y = splits.test.x, splits.test.y
+    if max_test is not None:
+        x, y = x[:max_test], y[:max_test]
+    results = uncertainty_report(model, x, y, samples=samples, curve=curve, eps=eps, baseline=baseline,
+                                 digits=config.dataset != "digits", seed=seed)
+    return results, tables(results)

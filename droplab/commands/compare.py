@@ -1,6 +1,6 @@
 """``droplab compare``: does dropout help this model? Off vs as built vs halved, with a verdict.
 
-A thin layer over :func:`droplab.lab.api.run_comparison` (the Python API ``droplab.lab.compare``). By
+A thin layer over :func:`droplab.lab.comparison.run_comparison` (the Python API ``droplab.lab.compare``). By
 default three MLP runs on MNIST-1D: every dropout site off (p = 0), the model as built (p = 0.5) and
 every rate halved. ``--model`` and ``--dataset`` take the user's own factories. Every run is stored in
 the run store (``--db``) as it finishes, then the comparison; the table and the verdict are printed,
@@ -25,13 +25,14 @@ import json
 import os
 import sys
 
-from .config import VARIANTS, ExperimentConfig
+from ..lab.config import VARIANTS, ExperimentConfig
+from .arguments import add_config_arguments, add_model_arguments, config_from_args
 
 __all__ = ["configure", "run", "parse_rates", "build_configs", "resolve_base"]
 
 
 def _user_error(message: str) -> Exception:
-    from .errors import UserError
+    from ..lab.errors import UserError
 
     return UserError(message)
 
@@ -59,51 +60,18 @@ def parse_rates(text: str) -> list[float | list[float]]:
 
 
 def build_configs(base: ExperimentConfig, rates: list[float | list[float]] | None) -> list[ExperimentConfig]:
-    """The runs: off / as built / halved without ``rates``, else one per rate (see :mod:`droplab.lab.api`)."""
-    from .api import default_configs, rate_configs
+    """The runs: off / as built / halved without ``rates``, else one per rate (see :mod:`droplab.lab.comparison`)."""
+    from ..lab.comparison import default_configs, rate_configs
 
     return default_configs(base) if rates is None else rate_configs(base, rates)
 
 
 def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
     """Defaults, the model's own defaults, then ``--config``, the shorthand flags and ``--set`` (later wins)."""
-    from .build import with_model_defaults
-
-    base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
-    shorthand = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "variant": args.variant,
-                 "schedule": args.schedule, "input_dropout": args.input_dropout, "seed": args.seed,
-                 "task": getattr(args, "task", None)}
-    changes = {k: v for k, v in shorthand.items() if v is not None}
-    if changes:
-        base = base.replace(**changes)
-    base = base.with_overrides(args.set or [])
-    explicit = set(changes) | {item.split("=", 1)[0].strip() for item in args.set or []}
-    if args.config:
-        explicit |= _toml_keys(args.config)
-    return with_model_defaults(base, explicit)
-
-
-def _toml_keys(path: str) -> set[str]:
-    """The config keys a TOML file sets (an ``[experiment]`` table unwrapped)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: ExperimentConfig.from_toml already asked for tomli
-        import tomli as tomllib  # type: ignore[no-redef]
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    return set(data.get("experiment", data))
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--dataset``, ``--task`` and ``--input-dropout``: shared by compare, sweep and uncertainty."""
-    parser.add_argument("--model", help="mlp (default), cnn1d, gru, transformer, or your factory: FILE.py:NAME or "
-                                        "package.module:NAME (called with the arguments it declares among "
-                                        "input_shape, n_outputs and config fields)")
-    parser.add_argument("--dataset", help="mnist1d (default), digits, a .npz/.csv path, or your factory FILE.py:NAME "
-                                          "returning (train, val[, test]) datasets of (x, y)")
-    parser.add_argument("--task", choices=("classification", "regression"),
-                        help="inferred from the targets when absent (non-integer floats: regression)")
-    parser.add_argument("--input-dropout", type=float, help="dropout on the model's input (the first site)")
+    return config_from_args(args, {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+                                   "variant": args.variant, "schedule": args.schedule,
+                                   "input_dropout": args.input_dropout, "seed": args.seed,
+                                   "task": getattr(args, "task", None)})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -111,8 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rates", default=None,
                         help="comma-separated rates to compare, each setting every dropout site; '/' separates "
                              "per-site rates in droplab.sites order (default: off, as built, halved)")
-    parser.add_argument("--config", metavar="TOML", help="experiment config file (unknown keys are an error)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    add_config_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--epochs", type=int, help="training epochs")
     parser.add_argument("--variant", choices=VARIANTS, help="dropout variant at every built-in site (default dropout)")
@@ -130,13 +97,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _stderr(text: str) -> None:
-    from .files import terminal_safe
+    from ..lab.files import terminal_safe
 
     print(f"droplab compare: {terminal_safe(text)}", file=sys.stderr)
 
 
 def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
-    from .trainer import check_schedule
+    from ..lab.trainer import check_schedule
 
     base = resolve_base(args)
     configs = build_configs(base, parse_rates(args.rates) if args.rates is not None else None)
@@ -147,23 +114,23 @@ def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[Experimen
 
 
 def run(args: argparse.Namespace) -> int:
-    from .errors import user_errors
+    from ..lab.errors import user_errors
 
     with user_errors(""):  # config values, rates and schedules the user gave
         base, configs = _configs(args)
     if args.resume is not None:
         return _resume(args)
-    from .preflight import check_before_training  # data, store and output dirs, before any epoch (and --dry-run)
+    from ..lab.preflight import check_before_training  # data, store and output dirs, before any epoch (and --dry-run)
 
     check_before_training(configs, db=args.db, save=args.save, report_dir=None if args.no_report else args.report_dir)
     if args.dry_run:
-        from .api import assign_roles
+        from ..lab.comparison import assign_roles
 
         roles = {index: role for role, index in assign_roles(configs).items()}
         print(json.dumps([{"role": roles.get(i, "extra"), "label": c.label(), "config": c.to_dict()}
                           for i, c in enumerate(configs)], indent=2))
         return 0
-    from .store import RunStore
+    from ..lab.store import RunStore
 
     with RunStore(args.db) as store:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
@@ -174,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -> int:
     """Train, store, print; then the optional parts, whose failure is one line and exit 1 (nothing lost)."""
-    from .api import run_comparison
-    from .files import terminal_safe
-    from .report import COADAPTATION_COLUMNS, format_table
+    from ..lab.comparison import run_comparison
+    from ..lab.files import terminal_safe
+    from ..lab.report import COADAPTATION_COLUMNS, format_table
 
     echo = _stderr if (args.no_progress or not sys.stderr.isatty()) else (lambda text: None)
     result = run_comparison(configs, store=store, progress=not args.no_progress, save=args.save, echo=echo,
@@ -193,7 +160,7 @@ def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -
     errors = list(result.errors)
     if not args.no_report:
         try:
-            from .files import confined_path
+            from ..lab.files import confined_path
 
             path = result.report(confined_path(args.report_dir, result.id))
             store.save_comparison(result.id, {"runs": [c.to_dict() for c in configs], "roles": result.roles,
@@ -207,11 +174,11 @@ def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .errors import MissingFileError, UserError
-    from .report import format_table
-    from .store import RunStore
-    from .tasks import task_of
-    from .trainer import resume
+    from ..lab.errors import MissingFileError, UserError
+    from ..lab.report import format_table
+    from ..lab.store import RunStore
+    from ..lab.tasks import task_of
+    from ..lab.trainer import resume
 
     epochs = args.epochs
     for item in args.set or []:

@@ -4,7 +4,7 @@ It trains the model three times: every dropout site off (p = 0), as built, and e
 halved (or one run per entry of ``rates``), judges them with the three-run rule (classification:
 :func:`droplab.diagnostics.verdict.three_run_verdict`; regression: the same rule in RMSE), and returns
 a :class:`Comparison` with the table, the verdict, per-epoch histories and ``.report(path)``.
-``droplab compare`` is a thin layer over :func:`run_comparison`.
+``droplab compare`` (:mod:`droplab.commands.compare`) is a thin layer over :func:`run_comparison`.
 
 Results are stored before anything optional: every run is in the store as it finishes, then the
 comparison row; co-adaptation measures and the report come after, and their failure loses nothing.

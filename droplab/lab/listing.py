@@ -1,17 +1,15 @@
-"""``droplab runs``: list the runs in the run store; ``droplab runs show ID`` shows one run in full."""
+"""The run store as text: the runs table (``droplab runs``) and one run in full (``droplab runs show ID``)."""
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 from pathlib import Path
 
 from .errors import MissingFileError, UserError
-from .files import terminal_safe
 
-__all__ = ["configure", "run", "format_runs", "format_run", "open_for_reading"]
+__all__ = ["format_runs", "format_run", "open_for_reading"]
 
 
 def _when(timestamp: float | None) -> str:
@@ -60,16 +58,6 @@ def format_run(run: dict, epochs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", choices=("list", "show"), default="list", help="list (default) or show")
-    parser.add_argument("id", nargs="?", type=int, help="run id (for show)")
-    parser.add_argument("--db", default="droplab.db", help="run store (default droplab.db)")
-    parser.add_argument("--group", help="only runs of this comparison id")
-    parser.add_argument("--study", help="only runs of this study")
-    parser.add_argument("--status", choices=("running", "finished", "failed", "pruned"), help="only runs in this state")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many runs, newest first (default 50)")
-
-
 def open_for_reading(db: str):
     """The store at ``db`` for listing: writable when possible (so dead runs get marked failed), else read-only.
 
@@ -91,19 +79,3 @@ def open_for_reading(db: str):
             if "read-only" not in str(error) and "cannot be written" not in str(error):
                 raise
     return RunStore(db, read_only=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    with open_for_reading(args.db) as store:
-        store.reap_stale()
-        if args.action == "show":
-            if args.id is None:
-                raise UserError("give a run id, e.g. droplab runs show 1 (droplab runs lists them)")
-            run_row = store.get_run(args.id)  # an unknown id is a NoSuchRun, a UserError
-            print(terminal_safe(format_run(run_row, store.epochs(args.id)), keep_newlines=True))
-            return 0
-        if args.limit is not None and args.limit < 1:
-            raise UserError(f"--limit must be a positive integer, but got {args.limit}")
-        runs = store.list_runs(group=args.group, study=args.study, status=args.status, limit=args.limit)
-        print(terminal_safe(format_runs(runs), keep_newlines=True) if runs else "no runs")
-    return 0

@@ -1,22 +1,18 @@
-"""``droplab inspect MODEL``: the dropout sites of a model and what :func:`droplab.diagnostics.lint` finds.
+"""What ``droplab inspect MODEL`` reports: a model's dropout sites and what :func:`droplab.diagnostics.lint` finds.
 
 ``MODEL`` is ``package.module:factory``, ``path/to/file.py:factory`` or a checkpoint saved by the lab
 (``droplab compare --save``). A factory is called without arguments and returns the model, or
 ``(model, example_input)``; ``--input-shape`` gives a random example input instead. With an example
 input the runtime checks run too (missing test-time scale, stochastic at eval); a lab checkpoint uses
-a batch of its own test data.
-
-Exit status: 0 when no finding has severity ``error``, 1 when one does (so CI pipelines can gate on
-it), 2 when anything stopped the inspection: the model cannot be loaded, the user's file, factory or
-forward raised (then only the user's frames are shown), or the input shape does not fit the model.
+a batch of its own test data. Anything the user's file, factory or forward raises is a
+:class:`~droplab.lab.errors.UserCodeError`; a model that cannot be loaded is a
+:class:`~droplab.lab.errors.UserError`. The command is :mod:`droplab.commands.inspect`.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -24,24 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MissingFileError, UserCodeError, UserError, raised_by_the_model, user_errors
+from .errors import MissingFileError, UserCodeError, UserError, user_errors
 
-__all__ = ["configure", "run", "load_model", "inspect_model"]
-
-HELP = "list a model's dropout sites and lint them (exit 1 on an error finding)"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL",
-                        help="package.module:factory, path/to/file.py:factory, or a lab checkpoint (.pt)")
-    parser.add_argument("--input-shape", default=None, metavar="N,D,...",
-                        help="shape of a random example input (enables the runtime checks)")
-    parser.add_argument("--for-inference", action="store_true",
-                        help="the model is meant for deterministic inference: train mode is an error")
-    parser.add_argument("--probe-samples", type=int, default=200,
-                        help="training passes per custom module in the test-time-scale probe (default: 200)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.add_argument("--plain", action="store_true", help="plain text even when rich is installed")
+__all__ = ["load_model", "inspect_model", "print_report"]
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -210,25 +191,12 @@ def _print_rich(report: dict, source: str, out) -> None:
     _print_notes(report, out)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.probe_samples < 1:
-        raise UserError(f"--probe-samples must be a positive integer, but got {args.probe_samples}")
-    model, example, source = load_model(args.model, args.input_shape)
-    try:
-        report = inspect_model(model, example, for_inference=args.for_inference, probe_samples=args.probe_samples)
-    except Exception as error:
-        if not raised_by_the_model(error):
-            raise  # a droplab bug: keep its traceback
-        shape = f" on an input of shape {tuple(example.shape)}" if isinstance(example, torch.Tensor) else ""
-        hint = "check --input-shape" if args.input_shape else ""
-        raise UserCodeError(f"the forward of {args.model}{shape}", error, hint=hint) from None
-    if args.json:
-        print(json.dumps({"source": source, **report}, indent=2, default=str))
-    else:
+def print_report(report: dict, source: str, out, *, plain: bool = False) -> None:
+    """Print ``report`` (:func:`inspect_model`) as tables: rich's when installed and ``plain`` is False."""
+    if not plain:
         try:
-            if args.plain:
-                raise ModuleNotFoundError
-            _print_rich(report, source, sys.stdout)
+            _print_rich(report, source, out)
+            return
         except ModuleNotFoundError:
-            _print_plain(report, source, sys.stdout)
-    return 1 if report["errors"] else 0
+            pass
+    _print_plain(report, source, out)

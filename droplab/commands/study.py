@@ -44,8 +44,8 @@ def _load_average() -> str:
 def run_study(claims, *, seeds: int | None = None, quick: bool = False, store=None, report_dir=None,
               echo=print) -> tuple[list, dict, object]:
     """Run ``claims`` one after the other; returns ``(results, meta, report path or None)``."""
-    from .report import text_table, write_study_report
-    from .runner import run_claim
+    from ..study.report import text_table, write_study_report
+    from ..study.runner import run_claim
 
     study_id = "study-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
     meta = {"title": f"droplab study {study_id}", "id": study_id,
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..lab.errors import UserError
-    from .registry import all_claims, resolve
+    from ..study.registry import all_claims, resolve
 
     if args.list:
         for claim in all_claims():
