@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .. import convert, sites
 from .. import nn as dnn
-from ..conversion import convert, sites
 from .errors import UserCodeError, UserError
 from .factories import call_factory, code_files, resolve
 

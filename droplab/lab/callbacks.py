@@ -77,7 +77,7 @@ class RateSchedule(Callback):
         self.spec, self.curve, self.scheduler = spec, schedule_curve(spec), None
 
     def on_train_start(self, run) -> None:
-        from ..conversion import sites
+        from .. import sites
         from ..schedules import DropoutScheduler
 
         rules = {re.escape(s.name): self._rule(s.p) for s in sites(run.core)
@@ -106,7 +106,7 @@ class Health(Callback):
     name = "health"
 
     def __init__(self) -> None:
-        from ..diagnostics.health import HealthMonitor
+        from ..diagnostics import HealthMonitor
 
         self.monitor, self.norms = HealthMonitor(), []
 

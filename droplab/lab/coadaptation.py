@@ -47,7 +47,7 @@ def bounded_coadaptation(model, splits, *, budget_s: float, classification: bool
     :func:`droplab.diagnostics.coadaptation_summary`, plus ``ablation_units`` (units tried per layer, 0
     when ablation did not fit the budget).
     """
-    from ..diagnostics.coadaptation_measures import coadaptation_summary, hidden_layers
+    from ..diagnostics import coadaptation_summary, hidden_layers
 
     layers = hidden_layers(model)
     if not layers or len(splits.val) == 0:

@@ -164,16 +164,19 @@ def _shared_config(configs: Sequence[ExperimentConfig]) -> dict:
     return {k: v for k, v in dicts[0].items() if all(d[k] == v for d in dicts[1:])}
 
 
-def _warm_cpu_kernels(echo) -> None:
-    """Compile (or load) the numba kernels once up front, so the first dropout run's wall time is its own."""
-    try:
-        from ..kernels import cpu
-    except ImportError:
-        return
-    if cpu.available():
-        seconds = sum(cpu.warmup().values())
-        if seconds > 1.0:
-            echo(f"loaded droplab's CPU dropout kernel in {seconds:.1f} s")
+def _warm_kernels(echo) -> None:
+    """Compile (or load) droplab's dropout kernel once up front, so the first dropout run's wall time is its own."""
+    import torch
+
+    from .. import functional
+
+    start = time.perf_counter()
+    x = torch.ones(4096, 2, requires_grad=True)
+    functional.dropout(x, 0.5, training=True, seed=0).sum().backward()
+    functional.dropout(x, 0.5, training=True, seed=0, noise_shape=(None, 1)).sum().backward()
+    seconds = time.perf_counter() - start
+    if seconds > 1.0:
+        echo(f"loaded droplab's dropout kernel in {seconds:.1f} s")
 
 
 def _train_all(configs, labels, store, comparison_id, progress, save, echo) -> tuple[list, Any]:
@@ -212,7 +215,7 @@ def run_comparison(configs: Sequence[ExperimentConfig], *, store=None, progress:
         store, progress, echo = None, False, (lambda text: None)  # rank 0 writes and speaks for all
     comparison_id = comparison_id or _comparison_id()
     if any(c.device == "cpu" for c in configs):
-        _warm_cpu_kernels(echo)
+        _warm_kernels(echo)
     labels = _unique_labels(configs)
     results, splits = _train_all(configs, labels, store, comparison_id, progress, save, echo)
     task = results[0].task

@@ -137,7 +137,7 @@ def wrap(model: nn.Module, ctx: DistContext, **ddp_kwargs) -> nn.Module:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..nn._base import StochasticModule
+    from ..nn import StochasticModule
 
     # droplab's seed/step counters are CPU int64 buffers by design; NCCL cannot broadcast CPU tensors,
     # so DDP leaves them alone and they are made equal here once: equal seeds and equal step counts keep

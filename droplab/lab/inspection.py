@@ -123,7 +123,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, ob
 def inspect_model(model: nn.Module, example_input: object = None, *, for_inference: bool = False,
                   probe_samples: int = 200) -> dict:
     """Sites and lint findings of ``model`` as plain data (what ``--json`` prints)."""
-    from ..conversion import sites
+    from .. import sites
     from ..diagnostics import lint
 
     findings = lint(model, example_input, for_inference=for_inference, probe_samples=probe_samples)

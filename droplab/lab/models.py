@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 
@@ -61,14 +60,6 @@ def _site_seed(config, index: int) -> int:
 def _variant_class(variant: str) -> type[nn.Module]:
     name = _VARIANT_CLASSES[variant]
     cls = getattr(dnn, name, None)
-    if cls is None:
-        for module_name in ("droplab.nn.dropblock", "droplab.nn.recurrent", "droplab.nn.noise", "droplab.nn.concrete"):
-            try:
-                cls = getattr(importlib.import_module(module_name), name, None)
-            except ModuleNotFoundError:
-                cls = None
-            if cls is not None:
-                break
     if cls is None:
         raise ValueError(f"variant {variant!r} is not available: droplab.nn.{name} is not in this install")
     return cls
@@ -185,7 +176,7 @@ class TransformerClassifier(nn.Module):
     def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         try:
-            from ..nn.transformer import TransformerBlock
+            from ..nn import TransformerBlock
         except ModuleNotFoundError:
             raise ValueError("model 'transformer' is not available: droplab.nn.transformer is not in this install") \
                 from None

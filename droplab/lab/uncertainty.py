@@ -333,7 +333,7 @@ def prepare_models(config, *, checkpoint: dict | None = None, baseline: bool = T
 def analyse(model: nn.Module, splits, config, *, samples: int, curve: list[int], eps: list[float],
             baseline: nn.Module | None = None, max_test: int | None = None, seed: int = 0) -> tuple[dict, dict]:
     """``(results, tables)``: every number of the report and its tables, for classification or regression."""
-    from ..conversion import sites
+    from .. import sites
     from .errors import UserError
 
     model.eval()

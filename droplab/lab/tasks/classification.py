@@ -85,7 +85,7 @@ def reliability(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> 
         >>> round(r["ece"], 4), r["count"][13], r["count"][10], r["count"][11]
         (0.35, 1, 1, 1)
     """
-    from ...mc.metrics import expected_calibration_error
+    from ...mc import expected_calibration_error
 
     probs = probs.double()
     confidence, predicted = probs.max(-1)
@@ -108,6 +108,6 @@ def final_metrics(model: nn.Module, splits, config) -> dict:
 
 def verdict(baseline: dict, intended: dict, reduced: dict | None = None):
     """:func:`droplab.diagnostics.verdict.three_run_verdict` on accuracy."""
-    from ...diagnostics.verdict import three_run_verdict
+    from ...diagnostics import three_run_verdict
 
     return three_run_verdict(baseline, intended, reduced)

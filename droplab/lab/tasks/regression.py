@@ -152,8 +152,7 @@ def interval_coverage(mean: torch.Tensor, variance: torch.Tensor, y: torch.Tenso
 
 
 def _mc_samples(model: nn.Module, x: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
-    from ... import mc
-    from ...conversion import sites
+    from ... import mc, sites
 
     if not any(s.p > 0 for s in sites(model)):  # no stochastic site: every sample is the eval pass
         return _eval_output(model, x)[None]
@@ -174,7 +173,7 @@ def _predictive(samples: torch.Tensor, y_val, samples_val, nll_head: bool) -> di
     """Mean, variance, and either ``tau`` or the per-sample log-variances of one pass (MC or weight-scaled)."""
     if nll_head:
         mean, log_var = _mean_and_log_var(samples, True)
-        from ...mc.metrics import regression_moments
+        from ...mc import regression_moments
 
         mu, var = regression_moments(mean, torch.exp(log_var))
         return {"samples": mean, "log_var": log_var, "tau": None, "mean": mu, "var": var}
@@ -269,7 +268,7 @@ def verdict(baseline: dict, intended: dict, reduced: dict | None = None, *, tole
         ...         {"train_rmse": 50.0, "best_val_rmse": 55.0, "val_rmse": 55.0}).outcome
         'helps'
     """
-    from ...diagnostics.verdict import Verdict
+    from ...diagnostics import Verdict
 
     runs = {"baseline": baseline, "intended": intended, **({"reduced": reduced} if reduced is not None else {})}
     val = {role: _get(s, "best_val_rmse", role) for role, s in runs.items()}
