@@ -63,7 +63,7 @@ def bench_sweep(args, workdir: Path) -> None:
     best_final = best.user_attrs["final"]
     print(f"best: dropout={best.params['dropout']:.3f}  val loss {best.value:.4f}  "
           f"test acc (best epoch) {best_final['test_acc_at_best']:.4f}  final test acc {best_final['test_acc']:.4f}")
-    baseline = train(base.replace(dropout=0.0, threads=_cores()), progress=False).final
+    baseline = train(base.replace(rates=[0.0], threads=_cores()), progress=False).final
     print(f"p=0:  val loss {baseline['best_val_loss']:.4f}  test acc (best epoch) {baseline['test_acc_at_best']:.4f}  "
           f"final test acc {baseline['test_acc']:.4f}")
     delta = best_final["test_acc_at_best"] - baseline["test_acc_at_best"]

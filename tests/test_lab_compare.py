@@ -22,17 +22,18 @@ def test_parse_rates():
 
 
 def test_default_runs_are_off_as_built_and_halved():
-    configs = build_configs(ExperimentConfig(input_dropout=0.2), None)
+    configs = build_configs(ExperimentConfig(input_site=True, width=8), None)
     assert [c.label() for c in configs] == ["off (p=0)", "as built", "halved"]
-    assert [c.rate_scale for c in configs] == [0.0, 1.0, 0.5]
+    # one rate per site, as the model was built (input site 0.2, hidden sites 0.5): what each run trains
+    assert [c.rates for c in configs] == [[0.0, 0.0, 0.0], [0.2, 0.5, 0.5], [0.1, 0.25, 0.25]]
     assert assign_roles(configs) == {"baseline": 0, "intended": 1, "reduced": 2}
 
 
 def test_rates_set_every_site_and_roles():
-    configs = build_configs(ExperimentConfig(input_dropout=0.2), parse_rates("0,0.2,0.5"))
+    configs = build_configs(ExperimentConfig(input_site=True, width=8), parse_rates("0,0.2,0.5"))
     assert assign_roles(configs) == {"baseline": 0, "intended": 2, "reduced": 1}
-    assert [c.rates for c in configs] == [[0.0], [0.2], [0.5]] and configs[2].label() == "p=0.5"
-    per_site = build_configs(ExperimentConfig(), parse_rates("0,0.1/0.5"))
+    assert [c.rates for c in configs] == [[0.0] * 3, [0.2] * 3, [0.5] * 3] and configs[2].label() == "p=0.5"
+    per_site = build_configs(ExperimentConfig(width=8), parse_rates("0,0.1/0.5"))
     assert per_site[1].rates == [0.1, 0.5] and per_site[1].label() == "p=0.1/0.5"
 
 
@@ -43,7 +44,7 @@ def test_dry_run_prints_the_resolved_configs(tmp_path, capsys):
     runs = json.loads(capsys.readouterr().out)
     assert [r["role"] for r in runs] == ["baseline", "intended"]
     assert runs[1]["config"]["model"] == "cnn1d" and runs[1]["config"]["epochs"] == 7
-    assert runs[1]["config"]["rates"] == [0.3] and runs[1]["config"]["variant"] == "channel"
+    assert runs[1]["config"]["rates"] == [0.3, 0.3] and runs[1]["config"]["variant"] == "channel"
 
 
 def test_bad_config_is_a_clean_error(tmp_path, capsys):

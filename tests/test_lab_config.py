@@ -9,39 +9,45 @@ from droplab.lab.errors import UserError
 
 def test_every_field_has_a_default_and_a_reason():
     help_ = ExperimentConfig.field_help()
-    assert {"dataset", "label_column", "model", "width", "depth", "activation", "batchnorm", "dropout", "layer_rates",
-            "input_dropout", "variant", "schedule", "epochs", "batch_size", "optimizer", "lr", "momentum",
+    assert {"dataset", "label_column", "model", "width", "depth", "activation", "batchnorm", "rates",
+            "input_site", "variant", "schedule", "epochs", "batch_size", "optimizer", "lr", "momentum",
             "weight_decay", "max_norm", "early_stopping_patience", "augment", "seed"} <= set(help_)
     assert all(text.strip() for text in help_.values())
     ExperimentConfig()  # every field has a default
 
 
 def test_round_trip_through_dict():
-    cfg = ExperimentConfig(dropout=0.3, layer_rates=[0.1, 0.2], max_norm=3.0)
+    cfg = ExperimentConfig(rates=[0.1, 0.2], input_site=True, max_norm=3.0)
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_unknown_key_is_an_error_with_a_suggestion():
-    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'dropuot' \(did you mean 'dropout'\?\)"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\): 'dropuot' \(did you mean 'dropout'\? it is "
+                                         r"deprecated: rates sets every site's rate\)"):
         ExperimentConfig.from_dict({"dropuot": 0.5})
+    with pytest.raises(ValueError, match=r"'rate' \(did you mean 'rates'\?\)"):
+        ExperimentConfig.from_dict({"rate": 0.5})
 
 
 def test_overrides_are_typed():
-    cfg = ExperimentConfig().with_overrides(["dropout=0.3", "epochs=5", "layer_rates=[0.1,0.5]", "augment=true",
+    cfg = ExperimentConfig().with_overrides(["epochs=5", "rates=[0.1,0.5]", "augment=true", "input_site=true",
                                              "max_norm=null", "model=cnn1d", "lr=1e-3", "schedule=ramp:3"])
-    assert cfg.dropout == 0.3 and cfg.epochs == 5 and cfg.layer_rates == [0.1, 0.5] and cfg.augment is True
+    assert cfg.epochs == 5 and cfg.rates == [0.1, 0.5] and cfg.augment is True and cfg.input_site is True
     assert cfg.max_norm is None and cfg.model == "cnn1d" and cfg.lr == 1e-3 and cfg.schedule == "ramp:3"
-    assert ExperimentConfig().with_overrides(["layer_rates=0.2,0.4"]).layer_rates == [0.2, 0.4]
-    assert isinstance(ExperimentConfig().with_overrides(["dropout=0"]).dropout, float)
+    assert ExperimentConfig().with_overrides(["rates=0.2,0.4"]).rates == [0.2, 0.4]
+    assert ExperimentConfig().with_overrides(["rates=0"]).rates == [0.0]  # one value: every site
+    assert isinstance(ExperimentConfig().with_overrides(["rates=0"]).rates[0], float)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dropout=1.5", "dropout probability has to be between 0 and 1, but got 1.5"),
+    ("rates=1.5", "dropout probability has to be between 0 and 1, but got 1.5"),
+    ("rates=[0.1,-0.5]", "dropout probability has to be between 0 and 1, but got -0.5"),
+    ("dropout=1.5", "dropout (deprecated) must be between 0 and 1, but got 1.5"),
+    ("name=a\nFAKE verdict", "name must not contain control characters"),
     ("epochs=2.5", "epochs must be an integer"),
     ("epochs=many", "epochs must be a number"),
     ("augment=1", "augment must be true or false"),
     ("model=resnet", "model must be one of mlp, cnn1d, gru, transformer, but got 'resnet'"),
-    ("layer_rates=[0.1]", "layer_rates must give one rate per hidden layer"),
     ("schedule=linear", "schedule must be one of ramp:N"),
     ("variant=magic", "variant must be one of"),
     ("nope", "override must look like key=value"),
@@ -91,9 +97,9 @@ def test_toml_nan_and_bad_files(tmp_path):
 
 def test_from_toml(tmp_path):
     path = tmp_path / "exp.toml"
-    path.write_text('model = "cnn1d"\nwidth = 32\nlayer_rates = [0.1, 0.3]\n')
+    path.write_text('model = "cnn1d"\nwidth = 32\nrates = [0.1, 0.3]\n')
     cfg = ExperimentConfig.from_toml(path)
-    assert (cfg.model, cfg.width, cfg.layer_rates) == ("cnn1d", 32, [0.1, 0.3])
+    assert (cfg.model, cfg.width, cfg.rates) == ("cnn1d", 32, [0.1, 0.3])
     path.write_text("[experiment]\nepochs = 3\n")
     assert ExperimentConfig.from_toml(path).epochs == 3
     path.write_text("widht = 3\n")

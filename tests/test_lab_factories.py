@@ -70,15 +70,15 @@ def test_factory_gets_only_the_arguments_it_declares():
 
 
 def test_user_model_is_converted_seeded_and_rated(user_file):
-    config = ExperimentConfig(model="mine.py:build", input_dropout=0.1, seed=3)
+    config = ExperimentConfig(model="mine.py:build", input_site=True, seed=3)
     model = build_model(config, (6,), 2)
     sites = droplab.sites(model)
     assert [s.name for s in sites] == ["input_drop", "model.3", "model.6"]
-    assert all(s.library == "droplab" for s in sites) and [s.p for s in sites] == [0.1, 0.4, 0.2]
+    assert all(s.library == "droplab" for s in sites) and [s.p for s in sites] == [0.2, 0.4, 0.2]  # as built
     again = build_model(config, (6,), 2)  # the seeds are a function of the run's seed
     assert [int(s.module.seed) for s in droplab.sites(again)] == [int(s.module.seed) for s in sites]
-    halved = build_model(config.replace(rate_scale=0.5), (6,), 2)
-    assert [s.p for s in droplab.sites(halved)] == [0.05, 0.2, 0.1]
+    halved = build_model(config.replace(rates=[0.1, 0.2, 0.1]), (6,), 2)
+    assert [s.p for s in droplab.sites(halved)] == [0.1, 0.2, 0.1]
     per_site = build_model(config.replace(rates=[0.0, 0.3, 0.6]), (6,), 2)
     assert [s.p for s in droplab.sites(per_site)] == [0.0, 0.3, 0.6]
     with pytest.raises(UserError, match="gives 2 per-site rates but the model has 3"):
@@ -170,7 +170,9 @@ def test_user_files_through_sweep_and_uncertainty(user_file, capsys):
                  "--name", "mine", "--no-pruning"]) == 0
     with RunStore(user_file / "r.db") as store:
         configs = [run["config"] for run in store.list_runs()]
-    assert len(configs) == 2 and all(c["model"] == "mine.py:build" and len(c["rates"]) == 1 for c in configs)
+    # a searched rate sets every site; the stored config says each of the model's two sites' rate
+    assert len(configs) == 2 and all(c["model"] == "mine.py:build" and len(c["rates"]) == 2
+                                     and c["rates"][0] == c["rates"][1] for c in configs)
     assert main(["uncertainty", "--model", "mine.py:build", "--dataset", "mine.py:data", "--set", "epochs=2",
                  "--samples", "4", "--curve", "1,2", "--eps", "0.1", "--no-progress", "--no-baseline",
                  "--set", "name=a/../../../x", "--out", str(user_file / "out")]) == 0

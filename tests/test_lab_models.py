@@ -14,16 +14,18 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model, extra", [
-    ("mlp", {"batchnorm": "before_dropout", "input_dropout": 0.1}),
+    ("mlp", {"batchnorm": "before_dropout", "input_site": True}),
     ("mlp", {"batchnorm": "after_dropout", "activation": "gelu", "max_norm": 2.0}),
     ("cnn1d", {"variant": "channel"}),
-    ("cnn1d", {"variant": "dropout", "input_dropout": 0.1}),
+    ("cnn1d", {"variant": "dropout", "input_site": True}),
     ("gru", {}),
     ("transformer", {}),
 ])
 def test_each_model_trains_one_epoch(data, model, extra):
+    per_layer = 4 if model == "transformer" else 1  # a transformer block has four sites
+    rates = [0.1] * extra.get("input_site", False) + [0.1] * per_layer + [0.3] * per_layer
     cfg = ExperimentConfig(dataset=str(data), model=model, width=8, depth=2, epochs=1, batch_size=32,
-                           layer_rates=[0.1, 0.3], **extra)
+                           rates=rates, **extra)
     result = train(cfg, progress=False)
     assert result.history[0]["epoch"] == 1 and result.final["epochs"] == 1
     for key in ("train_acc", "val_acc", "test_acc", "train_loss", "gap", "grad_norm", "ece"):
@@ -35,7 +37,7 @@ def test_each_model_trains_one_epoch(data, model, extra):
 
 
 def test_mlp_sites_and_batchnorm_placement():
-    cfg = ExperimentConfig(width=8, depth=2, dropout=0.4, input_dropout=0.2, batchnorm="after_dropout")
+    cfg = ExperimentConfig(width=8, depth=2, rates=[0.2, 0.4, 0.4], input_site=True, batchnorm="after_dropout")
     model = build_model(cfg, 40, 10)
     sites = droplab.sites(model)
     assert [s.p for s in sites] == [0.2, 0.4, 0.4]
@@ -47,7 +49,7 @@ def test_mlp_sites_and_batchnorm_placement():
 
 
 def test_gru_dropout_is_variational():
-    model = build_model(ExperimentConfig(model="gru", width=8, depth=1, dropout=0.5), 40, 10)
+    model = build_model(ExperimentConfig(model="gru", width=8, depth=1, rates=[0.5]), 40, 10)
     (_, site), = dropout_modules(model)
     assert site.noise_shape == (None, 1, None)  # one mask per sequence, shared over time
 
@@ -81,7 +83,7 @@ def test_seeded_init_and_masks_are_reproducible():
 ])
 def test_variants_fill_the_sites(data, model, variant, cls):
     cfg = ExperimentConfig(dataset=str(data), model=model, variant=variant, width=8, epochs=1, batch_size=40,
-                           dropout=0.3)
+                           rates=[0.3])
     result = train(cfg, progress=False)
     kinds = {type(m).__name__ for _, m in dropout_modules(result.model)}
     assert kinds == {cls} and result.history[0]["grad_norm"] > 0

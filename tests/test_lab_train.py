@@ -14,7 +14,7 @@ def data(tmp_path_factory):
 
 
 def tiny(data, **kw):
-    base = dict(dataset=str(data), width=16, epochs=4, batch_size=20, dropout=0.5, input_dropout=0.2)
+    base = dict(dataset=str(data), width=16, epochs=4, batch_size=20, rates=[0.2, 0.5, 0.5], input_site=True)
     return ExperimentConfig(**{**base, **kw})
 
 
@@ -48,7 +48,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, data):
 
 
 def test_early_stopping_on_validation_loss(data):
-    result = train(tiny(data, epochs=40, lr=0.05, dropout=0.0, input_dropout=0.0, early_stopping_patience=2),
+    result = train(tiny(data, epochs=40, lr=0.05, rates=[0.0], input_site=False, early_stopping_patience=2),
                    progress=False)
     losses = [m["val_loss"] for m in result.history]
     best = losses.index(min(losses))

@@ -30,7 +30,7 @@ def _fake_objective(calls: list | None = None):
     def objective(trial):
         trial.set_user_attr("pid", 0)
         changes = S.suggest(trial, S.load_spec(trial.study.study_name, trial.study._storage)[1])
-        rate = changes.get("dropout", 0.0)
+        rate = changes.get("rates", [0.0])[0]
         loss = 1.0 + (rate - 0.3) ** 2
         for epoch in range(3):
             trial.report(loss + 0.1 * (2 - epoch), epoch)
@@ -76,12 +76,13 @@ def test_search_space_maps_trial_parameters_to_config_changes():
     trial = FixedTrial({"rate_0": 0.1, "rate_1": 0.6, "input_dropout": 0.2, "schedule": "ramp", "schedule_at": 0.5,
                         "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64})
     changes = S.suggest(trial, spec)
-    assert changes == {"layer_rates": [0.1, 0.6], "input_dropout": 0.2, "schedule": "ramp:2", "lr": 1e-3,
+    # the input site first, then one rate per hidden site: the config's one rate field
+    assert changes == {"rates": [0.2, 0.1, 0.6], "input_site": True, "schedule": "ramp:2", "lr": 1e-3,
                        "weight_decay": 1e-4, "batch_size": 64}
     # every proposal is a valid experiment config
     ExperimentConfig.from_dict({**spec.base, **changes})
     assert S.suggest(FixedTrial({"schedule": "constant"}), _spec(search=["schedule"])) == {"schedule": None}
-    assert S.suggest(FixedTrial({"dropout": 0.25}), _spec()) == {"dropout": 0.25}
+    assert S.suggest(FixedTrial({"dropout": 0.25}), _spec()) == {"rates": [0.25]}
     grid = _spec(search=["dropout", "batch_size"], sampler="grid", grid_rates=[0.0, 0.5])
     assert grid.grid_space() == {"dropout": [0.0, 0.5], "batch_size": [32, 64, 128, 256]}
 

@@ -31,7 +31,7 @@ def test_two_workers_resume_and_show(tmp_path, capsys, monkeypatch):
         for t in complete:
             run = runs[t.user_attrs["run_id"]]
             assert run["status"] == "finished" and run["name"] == f"e2e#{t.number}"
-            assert run["config"]["dropout"] == pytest.approx(t.params["dropout"])
+            assert run["config"]["rates"] == pytest.approx([t.params["dropout"]] * 2)  # both sites of the mlp
             assert run["config"]["batch_size"] == t.params["batch_size"]
             assert t.value == pytest.approx(run["final"]["best_val_loss"])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..lab.config import ExperimentConfig
 
-__all__ = ["add_model_arguments", "add_config_arguments", "config_from_args"]
+__all__ = ["add_model_arguments", "add_config_arguments", "config_from_args", "input_site_flag", "with_input_rate"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                           "returning (train, val[, test]) datasets of (x, y)")
     parser.add_argument("--task", choices=("classification", "regression"),
                         help="inferred from the targets when absent (non-integer floats: regression)")
-    parser.add_argument("--input-dropout", type=float, help="dropout on the model's input (the first site)")
+    parser.add_argument("--input-dropout", type=float, metavar="P",
+                        help="a dropout site on the model's input at rate P, the first site (input_site=true and "
+                             "that site's rate; 0 removes it)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,3 +77,25 @@ def _toml_keys(path: str) -> set[str]:
     with open(path, "rb") as f:
         data = tomllib.load(f)
     return set(data.get("experiment", data))
+
+
+def input_site_flag(args: argparse.Namespace) -> bool | None:
+    """``input_site`` as ``--input-dropout P`` sets it (None when the flag is absent)."""
+    rate = getattr(args, "input_dropout", None)
+    return None if rate is None else rate > 0
+
+
+def with_input_rate(config: ExperimentConfig, args: argparse.Namespace, prepared) -> ExperimentConfig:
+    """``config`` with ``--input-dropout P`` as the input site's rate and every other site's rate as it was.
+
+    ``prepared`` (:func:`droplab.lab.preflight.check_before_training` of ``[config]``) knows the model's
+    sites, so the config can say each site's rate.
+    """
+    from ..functional import check_probability
+
+    rate = getattr(args, "input_dropout", None)
+    if not rate:
+        return config
+    rates = prepared.rates_for(config)
+    rates[0] = check_probability(rate, "--input-dropout")
+    return config.replace(rates=rates)

@@ -26,7 +26,7 @@ import os
 import sys
 
 from ..lab.config import VARIANTS, ExperimentConfig
-from .arguments import add_config_arguments, add_model_arguments, config_from_args
+from .arguments import add_config_arguments, add_model_arguments, config_from_args, input_site_flag, with_input_rate
 
 __all__ = ["configure", "run", "parse_rates", "build_configs", "resolve_base"]
 
@@ -59,18 +59,20 @@ def parse_rates(text: str) -> list[float | list[float]]:
     return rates
 
 
-def build_configs(base: ExperimentConfig, rates: list[float | list[float]] | None) -> list[ExperimentConfig]:
-    """The runs: off / as built / halved without ``rates``, else one per rate (see :mod:`droplab.lab.comparison`)."""
-    from ..lab.comparison import default_configs, rate_configs
+def build_configs(base: ExperimentConfig, rates: list[float | list[float]] | None, prepared=None
+                  ) -> list[ExperimentConfig]:
+    """The runs, one rate per site: off / as built / halved without ``rates``, else one per rate
+    (:func:`droplab.lab.comparison.plan`)."""
+    from ..lab.comparison import plan
 
-    return default_configs(base) if rates is None else rate_configs(base, rates)
+    return plan(base, rates, prepared=prepared)
 
 
 def resolve_base(args: argparse.Namespace) -> ExperimentConfig:
     """Defaults, the model's own defaults, then ``--config``, the shorthand flags and ``--set`` (later wins)."""
     return config_from_args(args, {"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
                                    "variant": args.variant, "schedule": args.schedule,
-                                   "input_dropout": args.input_dropout, "seed": args.seed,
+                                   "input_site": input_site_flag(args), "seed": args.seed,
                                    "task": getattr(args, "task", None)})
 
 
@@ -102,27 +104,29 @@ def _stderr(text: str) -> None:
     print(f"droplab compare: {terminal_safe(text)}", file=sys.stderr)
 
 
-def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
+def _configs(args: argparse.Namespace) -> tuple[ExperimentConfig, list[ExperimentConfig], object]:
+    """The base config, the runs (one rate per site) and what the checks before training loaded and built."""
+    from ..lab.errors import user_errors
+    from ..lab.preflight import check_before_training
     from ..lab.trainer import check_schedule
 
-    base = resolve_base(args)
-    configs = build_configs(base, parse_rates(args.rates) if args.rates is not None else None)
-    warning = check_schedule(base)
+    with user_errors(""):  # config values, rates and schedules the user gave
+        base = resolve_base(args)
+        rates = parse_rates(args.rates) if args.rates is not None else None
+        warning = check_schedule(base)
     if warning:
         _stderr(f"warning: {warning}")
-    return base, configs
+    # data, model, store and output dirs, before any epoch (and --dry-run)
+    prepared = check_before_training([base], db=args.db, save=args.save,
+                                     report_dir=None if args.no_report else args.report_dir, command="compare")
+    base = with_input_rate(base, args, prepared)
+    return base, build_configs(base, rates, prepared), prepared
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lab.errors import user_errors
-
-    with user_errors(""):  # config values, rates and schedules the user gave
-        base, configs = _configs(args)
     if args.resume is not None:
         return _resume(args)
-    from ..lab.preflight import check_before_training  # data, store and output dirs, before any epoch (and --dry-run)
-
-    check_before_training(configs, db=args.db, save=args.save, report_dir=None if args.no_report else args.report_dir)
+    base, configs, prepared = _configs(args)
     if args.dry_run:
         from ..lab.comparison import assign_roles
 
@@ -136,41 +140,35 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
             _stderr(f"{len(configs)} runs of {base.model} on {base.dataset}, {base.epochs} epochs each; "
                     f"storing in {args.db}")
-        return _compare(args, configs, store)
+        return _compare(args, configs, prepared, store)
 
 
-def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], store) -> int:
-    """Train, store, print; then the optional parts, whose failure is one line and exit 1 (nothing lost)."""
+def _compare(args: argparse.Namespace, configs: list[ExperimentConfig], prepared, store) -> int:
+    """Train, store, print; the optional parts' failure is one line and exit 1 (nothing lost)."""
     from ..lab.comparison import run_comparison
     from ..lab.files import terminal_safe
-    from ..lab.report import COADAPTATION_COLUMNS, format_table
+    from ..lab.report import format_table
 
     echo = _stderr if (args.no_progress or not sys.stderr.isatty()) else (lambda text: None)
-    result = run_comparison(configs, store=store, progress=not args.no_progress, save=args.save, echo=echo,
-                            coadaptation=not args.no_coadaptation)
+    result = run_comparison(configs, prepared=prepared, store=store, progress=not args.no_progress, save=args.save,
+                            echo=echo, coadaptation=not args.no_coadaptation,
+                            report_dir=None if args.no_report else args.report_dir)
     if os.environ.get("RANK", "0") != "0":
         return 0
     how = "inferred from the targets; --task sets it" if configs[0].task == "auto" else "given"
     print(f"task: {result.task} ({how})\n")
     print(terminal_safe(result.table, keep_newlines=True))
     if any("correlation" in run for run in result.runs):
-        print("\nco-adaptation (validation sample, mean over hidden layers; 'measure s' is its time):")
-        print(terminal_safe(format_table(result.runs, COADAPTATION_COLUMNS), keep_newlines=True))
-    print("\n" + terminal_safe(result.verdict, keep_newlines=True))
-    errors = list(result.errors)
-    if not args.no_report:
-        try:
-            from ..lab.files import confined_path
+        from ..lab.report import coadaptation_columns
 
-            path = result.report(confined_path(args.report_dir, result.id))
-            store.save_comparison(result.id, {"runs": [c.to_dict() for c in configs], "roles": result.roles,
-                                              "task": result.task}, result.verdict.as_dict(), str(path))
-            print(f"\nreport: {path}")
-        except Exception as error:  # the runs and the comparison are stored: say so and fail softly
-            errors.append(f"the report could not be written ({type(error).__name__}: {error})")
-    for error in errors:
+        print("\nco-adaptation (validation sample, mean over hidden layers; 'measure s' is its time):")
+        print(terminal_safe(format_table(result.runs, coadaptation_columns(result.task)), keep_newlines=True))
+    print("\n" + terminal_safe(result.verdict, keep_newlines=True))
+    if result.report_path is not None:
+        print(f"\nreport: {result.report_path}")
+    for error in result.errors:
         _stderr(f"error: {error}; comparison {result.id} and its runs are stored in {args.db}")
-    return 1 if errors else 0
+    return 1 if result.errors else 0
 
 
 def _resume(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import sys
 import time
 
 from ..lab import sweep as S
-from .arguments import add_config_arguments, add_model_arguments, config_from_args
+from .arguments import add_config_arguments, add_model_arguments, config_from_args, input_site_flag, with_input_rate
 
 __all__ = ["configure", "run"]
 
@@ -55,18 +55,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec_from_args(args: argparse.Namespace) -> S.SweepSpec:
-    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
+    """The sweep's definition, after every check that needs no study: storage URL, data, model, run store."""
+    from ..lab.preflight import check_before_training
+
+    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_site": input_site_flag(args)}
     base = config_from_args(args, shorthand)
     name = args.name or datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    return S.SweepSpec(name=name, base=base.to_dict(), search=list(args.search),
+    spec = S.SweepSpec(name=name, base=base.to_dict(), search=list(args.search),
                        trials=20 if args.trials is None else args.trials, sampler=args.sampler, seed=args.seed,
                        max_rate=args.max_rate, grid_rates=list(args.grid_rates), pruning=not args.no_pruning,
                        db=os.path.abspath(args.db))
+    S.check_storage(args.storage)  # a bad URL is one error before anything is created
+    searches_rates = bool({"dropout", "layer_rates"} & set(spec.search))
+    prepared = check_before_training([base], db=spec.db, command="sweep" if searches_rates else None)
+    base = prepared.resolve(with_input_rate(base, args, prepared))  # every site's rate, as the trials start
+    spec.base = base.to_dict()
+    return spec
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ..lab.preflight import check_output_dir
     from ..lab.sweep_report import show
 
+    check_output_dir(args.out, "--out")  # before the study is read, not after
     storage = args.show_storage or args.storage
     S.existing_storage(storage, f"show {args.study} from")
     study, _ = S.load_spec(args.study, S.open_storage(storage))
@@ -88,12 +99,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     start = time.perf_counter()
     spec = None if args.resume else _spec_from_args(args)
-    if spec is not None:  # the data loads and the run store opens before the study exists (--dry-run-like)
-        from ..lab.preflight import check_datasets
-        from ..lab.store import RunStore
-
-        check_datasets([spec.config()])
-        RunStore(spec.db).close()
     try:
         study = S.run_sweep(spec, args.storage, workers=args.workers, resume=args.resume, trials=args.trials,
                             heartbeat_interval=args.heartbeat, grace_period=args.grace)
@@ -107,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(study, storage: str, elapsed: float) -> None:
+    from ..lab.files import terminal_safe
     from ..lab.sweep_report import summarize
 
     counts = S.trial_counts(study)
-    print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    name = terminal_safe(study.study_name)
+    print(f"study {name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
           + f" in {elapsed:.1f} s")
     if counts.get("FAIL"):
         print(f"retries: {S.retried_summary(study)}")
     print(summarize(study))
-    print(f"details and plots: droplab sweep show {study.study_name} --storage {storage}")
+    print(f"details and plots: droplab sweep show {name} --storage {terminal_safe(storage)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .arguments import add_config_arguments, add_model_arguments, config_from_args
+from .arguments import add_config_arguments, add_model_arguments, config_from_args, input_site_flag, with_input_rate
 
 __all__ = ["configure", "run"]
 
@@ -59,16 +59,21 @@ def _checked(args: argparse.Namespace) -> tuple[list[int], list[float]]:
 
 
 def _prepare(args: argparse.Namespace):
+    from ..lab.errors import user_errors
+    from ..lab.preflight import check_before_training
     from ..lab.trainer import load_checkpoint
     from ..lab.uncertainty import prepare_models
 
-    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_dropout": args.input_dropout}
+    shorthand = {"model": args.model, "dataset": args.dataset, "task": args.task, "input_site": input_site_flag(args)}
     if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
+        with user_errors(""):
+            state = load_checkpoint(args.checkpoint)
         config = config_from_args(args, shorthand, stored=state["config"])
         return prepare_models(config, checkpoint=state)
     config = config_from_args(args, shorthand)
-    return prepare_models(config, baseline=not args.no_baseline, progress=not args.no_progress)
+    prepared = check_before_training([config], report_dir=args.out, command="uncertainty")
+    config = with_input_rate(config, args, prepared)
+    return prepare_models(config, baseline=not args.no_baseline, progress=not args.no_progress, prepared=prepared)
 
 
 def _print_tables(tables: dict) -> None:
@@ -89,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
     with user_errors(""):
         curve, eps = _checked(args)
-        check_output_dir(args.out, "--out")  # before any training, not after it
-        config, splits, model, baseline = _prepare(args)
+    check_output_dir(args.out, "--out")  # before any training, not after it
+    config, splits, model, baseline = _prepare(args)
     started = time.perf_counter()
     results, tables = analyse(model, splits, config, samples=args.samples, curve=curve, eps=eps, baseline=baseline,
                               max_test=args.max_test, seed=args.seed)

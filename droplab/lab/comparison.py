@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, rates_text
 
-__all__ = ["compare", "Comparison", "run_comparison", "default_configs", "rate_configs", "assign_roles",
+__all__ = ["compare", "Comparison", "run_comparison", "plan", "default_configs", "rate_configs", "assign_roles",
            "COADAPTATION_BUDGET"]
 
 #: the co-adaptation measures may take at most this share of a run's training time
@@ -109,15 +109,12 @@ def _comparison_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
 
 
-def default_configs(base: ExperimentConfig) -> list[ExperimentConfig]:
-    """The three default runs: every site off, as built, every site's rate halved."""
-    return [base.replace(rates=None, rate_scale=0.0, name=base.name or "off (p=0)"),
-            base.replace(rates=None, rate_scale=1.0, name=base.name or "as built"),
-            base.replace(rates=None, rate_scale=0.5, name=base.name or "halved")]
-
-
-def _rate_label(rate: float | Sequence[float]) -> str:
-    return "p=" + ("/".join(f"{r:g}" for r in rate) if isinstance(rate, (list, tuple)) else f"{rate:g}")
+def default_configs(base: ExperimentConfig, as_built: Sequence[float]) -> list[ExperimentConfig]:
+    """The three default runs, one rate per site: every site off, ``as_built`` (the base's rates), halved."""
+    rates = [float(r) for r in as_built]
+    return [base.replace(rates=[0.0] * len(rates), name=base.name or "off (p=0)"),
+            base.replace(rates=rates, name=base.name or "as built"),
+            base.replace(rates=[r / 2 for r in rates], name=base.name or "halved")]
 
 
 def rate_configs(base: ExperimentConfig, rates: Sequence[float | Sequence[float]]) -> list[ExperimentConfig]:
@@ -128,12 +125,32 @@ def rate_configs(base: ExperimentConfig, rates: Sequence[float | Sequence[float]
     for rate in rates:
         values = [float(r) for r in rate] if isinstance(rate, (list, tuple)) else [float(rate)]
         suffix = f", {base.schedule}" if base.schedule else ""
-        configs.append(base.replace(rates=values, rate_scale=1.0, name=base.name or _rate_label(rate) + suffix))
+        configs.append(base.replace(rates=values, name=base.name or rates_text(values) + suffix))
     return configs
 
 
+def plan(base: ExperimentConfig, rates: Sequence[float | Sequence[float]] | None = None, *, prepared=None
+         ) -> list[ExperimentConfig]:
+    """The runs of a comparison of ``base``, each with one rate per site of its model: what will train.
+
+    Without ``rates``: off, as built (``base.rates``, or the model's own) and halved; else one run per
+    entry of ``rates``. ``prepared`` (:func:`droplab.lab.preflight.check_before_training` of ``[base]``)
+    knows the model's sites; None checks and builds it here.
+
+    Raises:
+        UserError: the model has no dropout site, or per-site rates do not match its sites.
+    """
+    from .preflight import check_before_training
+
+    if prepared is None:
+        prepared = check_before_training([base], command="compare")
+    configs = default_configs(base, prepared.rates_for(base)) if rates is None else rate_configs(base, rates)
+    return [prepared.resolve(config) for config in configs]
+
+
 def _strength(config: ExperimentConfig) -> float:
-    return sum(config.rates) / len(config.rates) if config.rates is not None else config.rate_scale
+    """How much dropout a run has: its mean rate (a run as built, ``rates`` None, counts as 1)."""
+    return sum(config.rates) / len(config.rates) if config.rates else 1.0
 
 
 def assign_roles(configs: Sequence[ExperimentConfig]) -> dict[str, int]:
@@ -150,17 +167,21 @@ def assign_roles(configs: Sequence[ExperimentConfig]) -> dict[str, int]:
 
 
 def _unique_labels(configs: Sequence[ExperimentConfig]) -> list[str]:
+    from .files import terminal_safe
+
     labels, seen = [], {}
     for config in configs:
-        label = config.label()
+        label = terminal_safe(config.label())  # a label reaches tables, the verdict and terminals
         seen[label] = seen.get(label, 0) + 1
         labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
     return labels
 
 
 def _shared_config(configs: Sequence[ExperimentConfig]) -> dict:
-    """The config keys every run shares (the per-run rates are in the table)."""
-    dicts = [c.to_dict() for c in configs]
+    """The config keys every run shares (the per-run rates are in the table), as the factory took them."""
+    from .build import applied_config
+
+    dicts = [applied_config(c) for c in configs]
     return {k: v for k, v in dicts[0].items() if all(d[k] == v for d in dicts[1:])}
 
 
@@ -179,45 +200,53 @@ def _warm_kernels(echo) -> None:
         echo(f"loaded droplab's dropout kernel in {seconds:.1f} s")
 
 
-def _train_all(configs, labels, store, comparison_id, progress, save, echo) -> tuple[list, Any]:
-    from .data import load_dataset
+def _train_all(configs, labels, prepared, store, comparison_id, progress, save, echo) -> list:
     from .trainer import train
 
-    splits, results = {}, []
-    for config, label in zip(configs, labels):
-        key = (config.dataset, config.label_column, config.val_fraction, config.test_fraction, config.seed,
-               config.task)
-        if key not in splits:  # every run of a comparison sees the same split
-            splits[key] = load_dataset(config)
+    results = []
+    for config, label in zip(configs, labels):  # every run sees the same split and the model preflight built
         result = train(config, store=store, name=label, group=comparison_id, progress=progress, save=save,
-                       splits=splits[key])
+                       splits=prepared.splits_for(config), model=prepared.model_for(config))
         results.append(result)
         main = result.final.get("val_acc", result.final.get("val_rmse"))
         metric = "val acc" if result.task == "classification" else "val RMSE"
         echo(f"{label}: {metric} {main:.4g} ({result.final['wall_time_s']:.1f} s)")
-    return results, splits
+    return results
 
 
-def run_comparison(configs: Sequence[ExperimentConfig], *, store=None, progress: bool = False,
+def run_comparison(configs: Sequence[ExperimentConfig], *, prepared=None, store=None, progress: bool = False,
                    save: str | None = None, comparison_id: str | None = None, echo: Callable[[str], None] | None = None,
-                   coadaptation: bool = True, coadaptation_budget: float = COADAPTATION_BUDGET) -> Comparison:
-    """Train every config, judge with the three-run rule and store the comparison; returns a :class:`Comparison`.
+                   coadaptation: bool = True, coadaptation_budget: float = COADAPTATION_BUDGET,
+                   report_dir: str | os.PathLike | None = None) -> Comparison:
+    """Train every config, judge with the three-run rule, store the comparison; returns a :class:`Comparison`.
 
-    The comparison row is stored before the optional co-adaptation measures run (each bounded by
-    ``coadaptation_budget`` times its run's training time); a failure there is recorded in
-    ``Comparison.errors`` and loses nothing.
+    Args:
+        configs: the runs (e.g. from :func:`plan`); each config's ``rates`` are resolved to one per site.
+        prepared: what :func:`droplab.lab.preflight.check_before_training` loaded and built for ``configs``:
+            the runs reuse its data and models. None runs the checks here. Default: None.
+        store: the run store, or None. Default: None.
+        report_dir: write the HTML report into ``report_dir/<comparison id>/``. Default: None (no report).
+        coadaptation_budget: each run's co-adaptation measures may take this share of its training time.
+
+    The comparison row is stored once, after the runs and before anything optional (the co-adaptation
+    measures, the report), with the report's path when one is asked for; a failure of an optional part
+    is recorded in ``Comparison.errors`` and loses nothing.
     """
     from .distributed import launched_by_torchrun, setup
+    from .preflight import check_before_training
     from .tasks import task_of
 
     echo = echo or (lambda text: None)
     if configs and launched_by_torchrun() and not setup(configs[0].device).is_main:
         store, progress, echo = None, False, (lambda text: None)  # rank 0 writes and speaks for all
+    prepared = prepared if prepared is not None else check_before_training(configs, command="compare")
+    configs = [prepared.resolve(config) for config in configs]
     comparison_id = comparison_id or _comparison_id()
+    page = _report_page(report_dir, comparison_id)
     if any(c.device == "cpu" for c in configs):
         _warm_kernels(echo)
     labels = _unique_labels(configs)
-    results, splits = _train_all(configs, labels, store, comparison_id, progress, save, echo)
+    results = _train_all(configs, labels, prepared, store, comparison_id, progress, save, echo)
     task = results[0].task
     summaries = [{"label": label, "run_id": r.run_id, **r.final, "history": r.history}
                  for label, r in zip(labels, results)]
@@ -225,15 +254,37 @@ def run_comparison(configs: Sequence[ExperimentConfig], *, store=None, progress:
     verdict = task_of(task).verdict(*(summaries[roles[role]] for role in ("baseline", "intended")),
                                     summaries[roles["reduced"]] if "reduced" in roles else None)
     if store is not None:
-        store.save_comparison(comparison_id, {"runs": [c.to_dict() for c in configs], "roles": roles, "task": task},
-                              verdict.as_dict(), None)
+        from .build import applied_config
+
+        store.save_comparison(comparison_id, {"runs": [applied_config(c) for c in configs], "roles": roles,
+                                              "task": task}, verdict.as_dict(), str(page) if page else None)
     comparison = Comparison(comparison_id, summaries, roles, verdict, task, list(configs), results)
+    _optional_parts(comparison, prepared, page, coadaptation, coadaptation_budget, echo)
+    return comparison
+
+
+def _report_page(report_dir, comparison_id: str) -> Path | None:
+    """Where the report goes: ``report_dir/<id>/index.html`` (one confined path component), or None."""
+    if report_dir is None:
+        return None
+    from .files import confined_path
+
+    return confined_path(report_dir, comparison_id) / "index.html"
+
+
+def _optional_parts(comparison: Comparison, prepared, page: Path | None, coadaptation: bool, budget: float,
+                    echo) -> None:
+    """The co-adaptation measures and the report: each failure is one line in ``comparison.errors``."""
     if coadaptation:
         try:
-            _measure_coadaptation(comparison, next(iter(splits.values())), coadaptation_budget, echo)
+            _measure_coadaptation(comparison, prepared.splits_for(comparison.configs[0]), budget, echo)
         except Exception as error:  # optional: the comparison is stored and stays usable
             comparison.errors.append(f"co-adaptation measures failed: {type(error).__name__}: {error}")
-    return comparison
+    if page is not None:
+        try:
+            comparison.report(page.parent)
+        except Exception as error:
+            comparison.errors.append(f"the report could not be written ({type(error).__name__}: {error})")
 
 
 def _measure_coadaptation(comparison: Comparison, splits, budget: float, echo) -> None:
@@ -288,23 +339,25 @@ def compare(model_fn: Callable | str | Sequence[ExperimentConfig] | None = None,
         coadaptation: measure co-adaptation (bounded to 10% of each run's training time). Default: True.
         echo: where one-line progress messages go (e.g. ``print``). Default: nowhere.
         **config: any :class:`~droplab.lab.config.ExperimentConfig` field (``lr``, ``batch_size``,
-            ``task``, ``seed``, ``input_dropout``, ...).
+            ``task``, ``seed``, ``input_site``, ``rates``, ...).
     """
+    from .preflight import check_before_training
+
     if isinstance(model_fn, (list, tuple)) and all(isinstance(c, ExperimentConfig) for c in model_fn):
         configs = list(model_fn)
+        prepared = check_before_training(configs, command="compare")
     else:
         base = _config_for(model_fn, data, epochs, config)
-        configs = default_configs(base) if rates is None else rate_configs(base, rates)
+        prepared = check_before_training([base], command="compare")
+        configs = plan(base, rates, prepared=prepared)
     opened = None
     if isinstance(store, (str, os.PathLike)):
         from .store import RunStore
 
         store = opened = RunStore(store)
     try:
-        result = run_comparison(configs, store=store, progress=progress, echo=echo, coadaptation=coadaptation)
+        return run_comparison(configs, prepared=prepared, store=store, progress=progress, echo=echo,
+                              coadaptation=coadaptation, report_dir=report)
     finally:
         if opened is not None:
             opened.close()
-    if report is not None:
-        result.report(Path(report) / result.id)
-    return result

@@ -4,11 +4,17 @@ A config comes from defaults, a dict (``from_dict``), a TOML file (``from_toml``
 overrides (``with_overrides``); unknown keys are an error, so a typo never silently runs the default.
 The resolved config (``to_dict``) is stored with every run.
 
+One field sets dropout rates: ``rates``, every site's rate in :func:`droplab.sites` order (one value
+sets every site; None keeps the rates the model was built with). A stored run's config holds the rates
+that ran, one per site. The keys that set rates before (``dropout``, ``layer_rates``,
+``input_dropout``, ``rate_scale``) still load, with a ``DeprecationWarning`` saying what they became
+(:mod:`droplab.lab.legacy_rates`).
+
 Example::
 
-    >>> cfg = ExperimentConfig().with_overrides(["dropout=0.3", "layer_rates=[0.1,0.5]"])
-    >>> cfg.dropout, cfg.layer_rates
-    (0.3, [0.1, 0.5])
+    >>> cfg = ExperimentConfig().with_overrides(["rates=[0.1,0.5]", "epochs=5"])
+    >>> cfg.rates, cfg.epochs, cfg.label()
+    ([0.1, 0.5], 5, 'p=0.1/0.5')
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +35,7 @@ from ..functional import check_probability
 from .errors import MissingFileError, UserError
 
 __all__ = ["ExperimentConfig", "MODELS", "ACTIVATIONS", "BATCHNORM", "OPTIMIZERS", "VARIANTS", "SCHEDULES",
-           "parse_schedule"]
+           "parse_schedule", "rates_text"]
 
 MODELS = ("mlp", "cnn1d", "gru", "transformer")
 ACTIVATIONS = ("relu", "gelu", "tanh", "selu", "silu")
@@ -60,14 +67,13 @@ class ExperimentConfig:
     depth: int = _help(2, "hidden layers / conv blocks / recurrent layers / transformer blocks")
     activation: str = _help("relu", "nonlinearity of the hidden layers")
     batchnorm: str = _help("none", "none, or BatchNorm placed before or after each hidden dropout site")
-    dropout: float = _help(0.5, "drop rate of every hidden dropout site unless layer_rates is given")
-    layer_rates: list[float] | None = _help(None, "per-layer drop rates, one per hidden site (overrides dropout)")
-    input_dropout: float = _help(0.0, "drop rate on the inputs (the original paper used 0.2 on pixels)")
+    rates: list[float] | None = _help(None, "every dropout site's rate, in droplab.sites order (the input site "
+                                            "first); one value sets every site; None: the rates the model was "
+                                            "built with (the built-in models: 0.5)")
+    input_site: bool = _help(False, "wrap the model's input in a dropout site, the first site; built at 0.2 "
+                                    "(the original paper's input rate), rates sets it")
     variant: str = _help("dropout", "which droplab dropout module fills the sites: " + ", ".join(VARIANTS))
     schedule: str | None = _help(None, "rate schedule over epochs: ramp:N (curriculum), early:N or late:N")
-    rates: list[float] | None = _help(None, "every site's rate after the model is built, in droplab.sites order; "
-                                            "one value sets every site (None: as built)")
-    rate_scale: float = _help(1.0, "multiplies every site's rate as built: 0 turns dropout off, 0.5 halves it")
     task: str = _help("auto", "classification or regression; auto infers it from the targets")
     nll_head: bool = _help(False, "regression: the model also predicts a log-variance per target, trained "
                                   "with the Gaussian NLL (heteroscedastic)")
@@ -86,71 +92,14 @@ class ExperimentConfig:
                                    "thread pools thrash a shared machine (None keeps torch's default)")
 
     def __post_init__(self) -> None:
-        if ":" not in str(self.model):  # FILE.py:NAME or package.module:NAME is a user's model factory
-            _check_choice("model", self.model, MODELS)
-        _check_choice("task", self.task, TASKS)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("batchnorm", self.batchnorm, BATCHNORM)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("variant", self.variant, VARIANTS)
-        for name in ("width", "depth", "epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, but got {getattr(self, name)}")
-        check_probability(self.dropout)
-        check_probability(self.input_dropout)
-        for rate in self.rates or []:
-            check_probability(rate)
-        if not (math.isfinite(self.rate_scale) and self.rate_scale >= 0):
-            raise ValueError(f"rate_scale must be a finite number >= 0, but got {self.rate_scale}")
-        if self.layer_rates is not None:
-            if len(self.layer_rates) != self.depth:
-                raise ValueError(f"layer_rates must give one rate per hidden layer (depth={self.depth}), "
-                                 f"but got {len(self.layer_rates)}: {self.layer_rates}")
-            for rate in self.layer_rates:
-                check_probability(rate)
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be between 0 and 1 (exclusive), but got {value}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must leave training data (sum below 1), but got "
-                             f"{self.val_fraction} + {self.test_fraction}")
-        for name in ("lr", "momentum", "weight_decay", "max_norm"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, but got {value}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, but got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1), "
-                             f"but got weight_decay={self.weight_decay}, momentum={self.momentum}")
-        if self.max_norm is not None and self.max_norm <= 0:
-            raise ValueError(f"max_norm must be positive or None, but got {self.max_norm}")
-        if not 0 <= self.seed < 2**64:
-            raise ValueError(f"seed must be an integer in 0..2**64-1, but got {self.seed}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer or null (torch's default), but got {self.threads}")
-        _check_device(self.device)
-        _check_combinations(self)
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(f"early_stopping_patience must be a positive integer or None, "
-                             f"but got {self.early_stopping_patience}")
-        if self.schedule is not None:
-            parse_schedule(self.schedule)
-
-    # rates ----------------------------------------------------------------------------------------
-    def hidden_rates(self) -> list[float]:
-        """The drop rate of each hidden site, in order."""
-        return list(self.layer_rates) if self.layer_rates is not None else [self.dropout] * self.depth
+        for check in _CHECKS:
+            check(self)
 
     def label(self) -> str:
-        """A short human label: the name, or the rates."""
+        """A short human label: the name, or the rates (``p=0.5``, ``p=0.2/0.5/0.5``) and what else is set."""
         if self.name:
             return self.name
-        rates = self.layer_rates if self.layer_rates is not None else self.dropout
-        label = f"p={rates}"
-        if self.input_dropout:
-            label += f", in={self.input_dropout}"
+        label = "as built" if self.rates is None else rates_text(self.rates)
         if self.variant != "dropout":
             label += f", {self.variant}"
         if self.schedule:
@@ -166,17 +115,16 @@ class ExperimentConfig:
         """Build from a mapping; unknown keys raise ``ValueError`` naming the key and the nearest known one."""
         if not isinstance(data, Mapping):
             raise UserError(f"config must be a mapping, but got {type(data).__name__}")
+        from .legacy_rates import LEGACY_KEYS, upgrade
+
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = [key for key in data if key not in known]
+        unknown = [key for key in data if key not in known and key not in LEGACY_KEYS]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise UserError(f"unknown config key(s): {', '.join(hints)}; known keys: {', '.join(known)}")
+            raise UserError(f"unknown config key(s): {', '.join(_hint(key, known) for key in unknown)}; known keys: "
+                            f"{', '.join(known)}")
         hints = typing.get_type_hints(cls)
         try:
-            values = {key: _coerce(key, value, hints[key]) for key, value in data.items()}
+            values = {key: _coerce(key, value, hints[key]) for key, value in upgrade(data).items()}
             return cls(**values)
         except UserError:
             raise
@@ -218,7 +166,7 @@ class ExperimentConfig:
         changes: dict[str, Any] = {}
         for item in overrides:
             if "=" not in item:
-                raise UserError(f"override must look like key=value (e.g. --set dropout=0.3), but got {item!r}")
+                raise UserError(f"override must look like key=value (e.g. --set rates=0.3), but got {item!r}")
             key, raw = item.split("=", 1)
             changes[key.strip()] = _parse_value(raw.strip())
         return self.from_dict({**self.to_dict(), **changes})
@@ -226,6 +174,26 @@ class ExperimentConfig:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def rates_text(rates: list[float]) -> str:
+    """``p=0.5`` for one rate (or all equal), ``p=0.1/0.5`` for one per site."""
+    values = list(rates)
+    if values and all(r == values[0] for r in values):
+        values = values[:1]
+    return "p=" + "/".join(f"{r:g}" for r in values)
+
+
+def _hint(key: object, known) -> str:
+    """``'dropuot' (did you mean 'dropout'? ...)`` for an unknown key."""
+    from .legacy_rates import LEGACY_KEYS
+
+    close = difflib.get_close_matches(str(key), [*known, *LEGACY_KEYS], n=1)
+    if not close:
+        return repr(key)
+    if close[0] in LEGACY_KEYS:
+        return f"{key!r} (did you mean {close[0]!r}? it is deprecated: rates sets every site's rate)"
+    return f"{key!r} (did you mean {close[0]!r}?)"
 
 
 def parse_schedule(spec: str) -> tuple[str, int]:
@@ -245,6 +213,68 @@ def parse_schedule(spec: str) -> tuple[str, int]:
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, but got {value!r}")
+
+
+def _check_choices(config: ExperimentConfig) -> None:
+    """Every field with a fixed set of values holds one of them."""
+    if ":" not in str(config.model):  # FILE.py:NAME or package.module:NAME is a user's model factory
+        _check_choice("model", config.model, MODELS)
+    for name, allowed in (("task", TASKS), ("activation", ACTIVATIONS), ("batchnorm", BATCHNORM),
+                          ("optimizer", OPTIMIZERS), ("variant", VARIANTS)):
+        _check_choice(name, getattr(config, name), allowed)
+    if config.schedule is not None:
+        parse_schedule(config.schedule)
+
+
+def _check_name(config: ExperimentConfig) -> None:
+    """A name is shown in tables and on terminals: no control characters (a newline would forge lines)."""
+    bad = sorted({repr(c) for c in config.name if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"name must not contain control characters (it is shown in tables), but got "
+                         f"{config.name!r} with {', '.join(bad)}")
+
+
+def _check_counts(config: ExperimentConfig) -> None:
+    """Sizes and counts are positive; the seed fits 64 bits."""
+    for name in ("width", "depth", "epochs", "batch_size"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, but got {getattr(config, name)}")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        raise ValueError(f"early_stopping_patience must be a positive integer or None, "
+                         f"but got {config.early_stopping_patience}")
+    if not 0 <= config.seed < 2**64:
+        raise ValueError(f"seed must be an integer in 0..2**64-1, but got {config.seed}")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"threads must be a positive integer or null (torch's default), but got {config.threads}")
+
+
+def _check_rates(config: ExperimentConfig) -> None:
+    for rate in config.rates or []:  # [] is a model without sites
+        check_probability(rate)
+
+
+def _check_split(config: ExperimentConfig) -> None:
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(config, name)
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be between 0 and 1 (exclusive), but got {value}")
+    if config.val_fraction + config.test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must leave training data (sum below 1), but got "
+                         f"{config.val_fraction} + {config.test_fraction}")
+
+
+def _check_optimizer(config: ExperimentConfig) -> None:
+    for name in ("lr", "momentum", "weight_decay", "max_norm"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, but got {value}")
+    if config.lr <= 0:
+        raise ValueError(f"lr must be positive, but got {config.lr}")
+    if config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        raise ValueError("weight_decay must be >= 0 and momentum in [0, 1), "
+                         f"but got weight_decay={config.weight_decay}, momentum={config.momentum}")
+    if config.max_norm is not None and config.max_norm <= 0:
+        raise ValueError(f"max_norm must be positive or None, but got {config.max_norm}")
 
 
 def _check_combinations(config: ExperimentConfig) -> None:
@@ -284,6 +314,15 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r} is not available here (use device=cpu)")
 
 
+def _check_device_field(config: ExperimentConfig) -> None:
+    _check_device(config.device)
+
+
+# the checks ExperimentConfig.__post_init__ runs, in order (the first problem found is the error)
+_CHECKS = (_check_choices, _check_name, _check_counts, _check_rates, _check_split, _check_optimizer,
+           _check_device_field, _check_combinations)
+
+
 def _parse_value(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -318,7 +357,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise TypeError(errors[0])
     if origin is list:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            raise TypeError(f"{key} must be a list, but got {value!r}")
+            value = [value]  # rates=0.3: one value, every site
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{key} must be a list, but got {type(value).__name__} {value!r}")
         return [_coerce(key, item, args[0]) for item in value]

@@ -1,9 +1,10 @@
 """Everything a command can check before the first epoch, so ``--dry-run`` catches it and no run starts doomed.
 
 Config values are checked when the config is built (:class:`~droplab.lab.config.ExperimentConfig`); what
-needs the data is checked here: every dataset file loads (its problem raised as a
-:class:`~droplab.lab.errors.UserError` naming the file), the split leaves training data, and ``augment``
-fits the data.
+needs the data or the model is checked here: every dataset loads (its problem raised as a
+:class:`~droplab.lab.errors.UserError` naming the file), the split leaves training data, ``augment``
+fits the data, and every model builds, fits the data and takes a training step. What the checks load
+and build (:class:`Prepared`) is handed to the runs, which reuse it instead of doing it again.
 
 Example::
 
@@ -17,76 +18,211 @@ Example::
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MissingFileError, UserError
 
-__all__ = ["check_before_training", "check_datasets", "dataset_key", "check_store", "check_output_dir"]
+__all__ = ["check_before_training", "check_datasets", "check_models", "dataset_key", "build_key", "check_store",
+           "check_output_dir", "Prepared", "BuiltModel"]
+
+
+@dataclass
+class BuiltModel:
+    """A model as built for a config, before its rates, kept for the runs that train it.
+
+    Attributes:
+        model: the model as built (rates as the factory left them), never trained; None when it could
+            not be copied (each run then builds its own).
+        rng_state: torch's generator state right after the build (a fresh build would leave it so).
+        sites: ``(name, kind, p)`` of each dropout site as built, in :func:`droplab.sites` order.
+    """
+
+    model: object
+    rng_state: object
+    sites: list[tuple[str, str, float]]
+
+
+@dataclass
+class Prepared:
+    """What the checks before training loaded and built, for the runs to reuse instead of doing it again."""
+
+    splits: dict = field(default_factory=dict)  #: by :func:`dataset_key`
+    models: dict = field(default_factory=dict)  #: by :func:`build_key`
+
+    def splits_for(self, config):
+        return self.splits[dataset_key(config)]
+
+    def built_for(self, config) -> BuiltModel:
+        return self.models[build_key(config)]
+
+    def rates_for(self, config) -> list[float]:
+        """The rate of each site ``config`` asks for (its ``rates``, or as built)."""
+        from .build import site_rates
+
+        built = self.built_for(config)
+        if config.rates is None:
+            return [p for _, _, p in built.sites]
+        return site_rates(len(built.sites), config)
+
+    def resolve(self, config):
+        """``config`` with ``rates`` resolved to one rate per site: what the run will train."""
+        return config.replace(rates=self.rates_for(config))
+
+    def model_for(self, config):
+        """A copy of the model as built for ``config`` (None when none was kept); torch's generator is set as
+        a fresh build would leave it, so the run is the one :func:`droplab.lab.trainer.train` would build."""
+        import copy
+
+        import torch
+
+        built = self.built_for(config)
+        if built.model is None:
+            return None
+        torch.set_rng_state(built.rng_state)
+        return copy.deepcopy(built.model)
 
 
 def check_before_training(configs: Iterable, *, db: str | None = None, save: str | None = None,
-                          report_dir: str | None = None) -> dict[tuple, object]:
-    """Every check a training command can make before its first epoch; returns the loaded splits.
+                          report_dir: str | None = None, command: str | None = None) -> Prepared:
+    """Every check a training command can make before its first epoch; returns what it loaded and built.
 
     Args:
-        configs: the runs' configs (their datasets are loaded and checked).
+        configs: the runs' configs (their datasets are loaded and their models built and tried).
         db: the run store path (``--db``), if the command writes one. Default: None.
         save: the checkpoint directory (``--save``), if any. Default: None.
         report_dir: the report directory (``--report-dir``), if a report will be written. Default: None.
+        command: the command that varies dropout rates (``"compare"``): a model without a dropout site
+            is then an error. Default: None.
 
     Raises:
         UserError: naming the first problem found and its fix.
     """
     configs = list(configs)
     splits = check_datasets(configs)
-    check_models(configs, splits)
+    prepared = Prepared(splits, check_models(configs, splits))
+    for config in configs:
+        if command is not None and not prepared.built_for(config).sites:
+            raise UserError(f"model {config.model} has no dropout site, so {command} has nothing to vary (droplab "
+                            "inspect lists a model's sites; input_site=true adds one on its input)")
+        prepared.rates_for(config)  # per-site rates for another number of sites: an error now, not at training
     if db is not None:
         check_store(db)
     check_output_dir(save, "--save")
     check_output_dir(report_dir, "--report-dir")
-    return splits
+    return prepared
 
 
-def check_models(configs: list, splits: dict[tuple, object]) -> None:
-    """Build each distinct model once and run it on two training examples, in eval mode.
+def build_key(config) -> str:
+    """The config fields that decide the model as built (runs sharing it differ in rates and training only)."""
+    from .build import model_arguments
 
-    So a factory that raises, or a model whose input or output does not fit the data, stops the command
-    (and ``--dry-run``) with one error before anything is stored. The runs of one comparison differ only
-    in rates, which change no shape, so one build per model and dataset suffices.
+    fields = {key: getattr(config, key) for key in sorted(model_arguments(config))}
+    return json.dumps([config.model, config.input_site, config.nll_head, config.task, dataset_key(config), fields],
+                      sort_keys=True, default=str)
+
+
+def check_models(configs: list, splits: dict[tuple, object]) -> dict[str, BuiltModel]:
+    """Build each distinct model once and try it on two training examples: a forward in eval mode, then a
+    training step (forward, loss, backward).
+
+    So a factory that raises, a model whose input or output does not fit the data (a head narrower than
+    the classes), or a model that raises only in training stops the command (and ``--dry-run``) with one
+    error before anything is stored. A head wider than the classes is a warning. Returns the models as
+    built (untouched copies), by :func:`build_key`, with torch's generator state after each build.
 
     Raises:
-        UserError: the model's output does not have one row per example.
-        UserCodeError: the factory or the forward raised (only the user's frames are shown).
+        UserError: the model's output does not fit the data.
+        UserCodeError: the factory or the model raised (only the user's frames are shown).
     """
+    import copy
+
     import torch
 
+    from .. import sites
     from .build import build_model
-    from .errors import UserCodeError, raised_by_the_model
+
+    built: dict[str, BuiltModel] = {}
+    for config in configs:
+        key = build_key(config)
+        if key in built:
+            continue
+        loaded = splits[dataset_key(config)]
+        torch.manual_seed(config.seed)  # as the trainer does, so the run can take this very model
+        model = build_model(config.replace(rates=None), loaded.input_shape, _outputs(config, loaded))
+        rng_state = torch.get_rng_state()
+        try:
+            kept = copy.deepcopy(model)
+        except Exception:  # a model that cannot be copied: each run builds its own
+            kept = None
+        _try_model(model, config, loaded)
+        built[key] = BuiltModel(kept, rng_state, [(s.name, s.kind, float(s.p)) for s in sites(model)])
+    return built
+
+
+def _outputs(config, loaded) -> int:
     from .tasks import task_of
 
-    checked = set()
-    for config in configs:
-        key = (config.model, dataset_key(config))
-        if key in checked:
-            continue
-        checked.add(key)
-        loaded = splits[dataset_key(config)]
-        model = build_model(config, loaded.input_shape,
-                            task_of(loaded.task).output_size(loaded.n_outputs, config.nll_head)).eval()
-        x = loaded.train.x[:2]
-        try:
-            with torch.no_grad():
-                out = model(x)
-        except Exception as error:
-            if not raised_by_the_model(error):
-                raise  # a droplab bug: keep its traceback
-            raise UserCodeError(f"the forward of {config.model} on {config.dataset}'s inputs of shape "
-                                f"{tuple(x.shape)}", error, hint="the model must take (batch, *input_shape)") from None
-        if not isinstance(out, torch.Tensor) or out.shape[:1] != x.shape[:1]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise UserError(f"model {config.model} returned {got} for a batch of {len(x)} examples; it must return "
-                            "a tensor with one row per example")
+    return task_of(loaded.task).output_size(loaded.n_outputs, config.nll_head)
+
+
+def _try_model(model, config, loaded) -> None:
+    """One forward in eval mode (its output checked against the data), then one training step."""
+    import torch
+
+    from .tasks import task_of
+
+    x, y = loaded.train.x[:2], loaded.train.y[:2]
+    with _model_errors(config, x, "forward", "the model must take (batch, *input_shape)"):
+        with torch.no_grad():
+            out = model.eval()(x)
+    _check_output(config, loaded, out, len(x))
+    with _model_errors(config, x, "training step", "it raised only in training mode"):
+        task_of(loaded.task).loss(model.train()(x), y, config.nll_head).backward()
+    model.zero_grad(set_to_none=True)
+
+
+@contextmanager
+def _model_errors(config, x, what: str, hint: str):
+    """An exception out of the model is the user's (their frames shown); droplab's own keep their traceback."""
+    from .errors import UserCodeError, raised_by_the_model
+
+    try:
+        yield
+    except Exception as error:
+        if not raised_by_the_model(error):
+            raise
+        raise UserCodeError(f"the {what} of {config.model} on {config.dataset}'s inputs of shape {tuple(x.shape)}",
+                            error, hint=hint) from None
+
+
+def _check_output(config, loaded, out, n: int) -> None:
+    """One row per example; a classifier's head gives one logit per class (narrower: error, wider: warning)."""
+    import torch
+
+    expected = _outputs(config, loaded)
+    if not isinstance(out, torch.Tensor) or out.shape[:1] != (n,):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {config.model} returned {got} for a batch of {n} examples; it must return a tensor "
+                        "with one row per example")
+    if loaded.task == "regression":
+        if tuple(out.shape[1:]) != (expected,):
+            raise UserError(f"model {config.model} returned {tuple(out.shape)} for {n} examples, but the data has "
+                            f"{loaded.n_outputs} regression target(s): its head must give ({n}, {expected})"
+                            + (" (a mean and a log-variance per target: nll_head)" if config.nll_head else ""))
+        return
+    if out.dim() != 2 or out.shape[1] < expected:
+        raise UserError(f"model {config.model}'s head gives {tuple(out.shape[1:])} per example, but the data has "
+                        f"{expected} classes: it needs one logit per class, shape (N, {expected}) (a factory that "
+                        "declares n_outputs gets the number)")
+    if out.shape[1] > expected:
+        warnings.warn(f"model {config.model}'s head gives {out.shape[1]} logits per example for {expected} classes: "
+                      f"the last {out.shape[1] - expected} are never a target (a factory that declares n_outputs "
+                      "gets the number)", UserWarning, stacklevel=2)
 
 
 def dataset_key(config) -> tuple:

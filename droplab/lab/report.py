@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .tasks.classification import TABLE_COLUMNS
 
-__all__ = ["TABLE_COLUMNS", "COADAPTATION_COLUMNS", "table_rows", "format_table", "write_report", "escape",
+__all__ = ["TABLE_COLUMNS", "COADAPTATION_COLUMNS", "coadaptation_columns",
+           "table_rows", "format_table", "write_report", "escape",
            "mpl_text", "pyplot", "html_table", "page", "write_page", "save_figure", "STYLE"]
 
 # co-adaptation measures on the validation split (droplab.diagnostics.coadaptation_summary), averaged
@@ -35,6 +36,14 @@ COADAPTATION_COLUMNS = (
     ("single_unit_drop", "1-unit ablation drop", "{:.4f}"), ("drop_10pct", "10% ablation drop", "{:.3f}"),
     ("drop_50pct", "50% ablation drop", "{:.3f}"), ("coadaptation_s", "measure s", "{:.1f}"),
 )
+_ABLATION_KEYS = ("single_unit_drop", "drop_10pct", "drop_50pct")
+
+
+def coadaptation_columns(task: str = "classification") -> tuple[tuple[str, str, str], ...]:
+    """The co-adaptation table's columns: regression has no ablation (it measures the accuracy lost)."""
+    if task == "regression":
+        return tuple(column for column in COADAPTATION_COLUMNS if column[0] not in _ABLATION_KEYS)
+    return COADAPTATION_COLUMNS
 
 
 def escape(text: object) -> str:
@@ -63,8 +72,10 @@ def table_rows(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = T
 
 def format_table(runs: Sequence[dict], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> str:
     """The summary table as aligned plain text (what ``droplab compare`` prints)."""
+    from .files import terminal_safe
+
     header = ["run", *(title for _, title, _ in columns)]
-    rows = [header, *table_rows(runs, columns)]
+    rows = [header, *([terminal_safe(cell) for cell in row] for row in table_rows(runs, columns))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -223,6 +234,18 @@ def _run_table(runs: Sequence[dict], columns) -> str:
     return html_table(["run", *(title for _, title, _ in columns)], table_rows(runs, columns))
 
 
+_COADAPTATION_TEXT = {
+    "classification": "Measured on (a sample of) the validation split, averaged over the hidden layers: mean absolute "
+                      "correlation between units, effective rank of the representation, activation sparsity, and the "
+                      "accuracy lost when one unit or a random 10% / 50% of the units are removed at inference. A "
+                      "co-adapted network has correlated units and is fragile.",
+    "regression": "Measured on (a sample of) the validation split, averaged over the hidden layers: mean absolute "
+                  "correlation between units, effective rank of the representation and activation sparsity. A "
+                  "co-adapted network has correlated units. (Unit ablation measures the accuracy lost, so a "
+                  "regression comparison does not run it.)",
+}
+
+
 def write_report(directory: str | Path, runs: Sequence[dict], *, title: str, verdict: dict | None = None,
                  config: dict | None = None, task: str = "classification") -> Path:
     """Write ``index.html`` and its PNGs into ``directory``; returns the HTML path.
@@ -239,12 +262,8 @@ def write_report(directory: str | Path, runs: Sequence[dict], *, title: str, ver
     body = _verdict_html(verdict) if verdict else []
     body += ["<h2>Summary</h2>", _run_table(runs, task_of(task).TABLE_COLUMNS)]
     if any("correlation" in run for run in runs):
-        body += ["<h2>Co-adaptation</h2>",
-                 "<p>Measured on (a sample of) the validation split, averaged over the hidden layers: mean absolute "
-                 "correlation between units, effective rank of the representation, activation sparsity, "
-                 "and the accuracy lost when one unit or a random 10% / 50% of the units are removed at "
-                 "inference. A co-adapted network has correlated units and is fragile.</p>",
-                 _run_table(runs, COADAPTATION_COLUMNS)]
+        body += ["<h2>Co-adaptation</h2>", f"<p>{_COADAPTATION_TEXT[task]}</p>",
+                 _run_table(runs, coadaptation_columns(task))]
     body += ["<h2>Curves</h2>", figures_html(figures)]
     if config:
         body += ["<h2>Configuration</h2>", html_table(["key", "value"], [[k, str(v)] for k, v in config.items()])]

@@ -4,17 +4,20 @@ The dropout rate is a hyper-parameter that needs validation-set tuning, often pe
 interacts with learning rate, weight decay and batch size. A sweep searches any of
 
 ========================  ======================================================================
-``dropout``               the global hidden rate, in ``[0, max_rate]``
-``layer_rates``           one rate per hidden layer (``rate_0``, ``rate_1``, ...; replaces ``dropout``)
-``input_dropout``         the input rate, in ``[0, 0.5]``
+``dropout``               one rate for every site but the input site, in ``[0, max_rate]``
+``layer_rates``           one rate per site but the input site (``rate_0``, ``rate_1``, ...; replaces
+                          ``dropout``)
+``input_dropout``         the input site's rate, in ``[0, 0.5]`` (the model gets an input site)
 ``schedule``              the schedule shape: constant, ramp (curriculum), early or late dropout
 ``lr``                    learning rate, log-uniform in ``[1e-4, 1e-2]``
 ``weight_decay``          weight decay, log-uniform in ``[1e-6, 1e-1]``
 ``batch_size``            one of 32, 64, 128, 256
 ========================  ======================================================================
 
-minimizing the validation loss, with TPE (default), random search or a grid, and prunes trials whose
-validation loss is worse than the median of earlier trials at the same epoch (``MedianPruner``).
+each trial's proposal written into the config's one rate field, ``rates`` (one rate per site in
+:func:`droplab.sites` order), minimizing the validation loss, with TPE (default), random search or a
+grid, and prunes trials whose validation loss is worse than the median of earlier trials at the same
+epoch (``MedianPruner``).
 
 Storage is an Optuna ``RDBStorage``: a SQLite file by default (embedded, no set-up) or any SQLAlchemy
 URL (``--storage postgresql://user:pw@host/db``) for a study shared by workers on many machines. The
@@ -40,6 +43,7 @@ import os
 import subprocess
 import sys
 import time
+import unicodedata
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +53,7 @@ from .errors import MissingFileError, TrainingDiverged, UserError
 
 __all__ = ["SEARCHABLE", "SAMPLERS", "SweepSpec", "open_storage", "storage_url", "create_study", "load_spec",
            "suggest", "run_worker", "spawn_workers", "run_sweep", "retried_summary", "trial_counts", "SweepIncomplete",
-           "DEFAULT_STORAGE", "existing_storage"]
+           "DEFAULT_STORAGE", "existing_storage", "check_storage"]
 
 SEARCHABLE = ("dropout", "layer_rates", "input_dropout", "schedule", "lr", "weight_decay", "batch_size")
 SAMPLERS = ("tpe", "grid", "random")
@@ -107,6 +111,9 @@ class SweepSpec:
 
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"study name must be a non-empty string, but got {self.name!r}")
+        if any(unicodedata.category(c) == "Cc" for c in self.name):
+            raise ValueError(f"study name must not contain control characters (it is shown on terminals and in "
+                             f"reports), but got {self.name!r}")
         unknown = [s for s in self.search if s not in SEARCHABLE]
         if unknown or not self.search:
             raise ValueError(f"search must name one or more of {', '.join(SEARCHABLE)}, but got "
@@ -131,7 +138,7 @@ class SweepSpec:
 
     def grid_space(self) -> dict[str, list]:
         """The grid sampler's search space: every combination is one trial."""
-        depth = int(self.config().depth)
+        depth = len(_hidden_rates(self)) if "layer_rates" in self.search else 0
         space: dict[str, list] = {}
         for dim in self.search:
             if dim == "dropout" and "layer_rates" not in self.search:
@@ -188,7 +195,7 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
         raise UserError(f"--heartbeat must be a positive integer (seconds), but got {heartbeat_interval!r}")
     if grace_period is not None and (isinstance(grace_period, bool) or grace_period < 1):
         raise UserError(f"--grace must be a positive integer (seconds), but got {grace_period!r}")
-    url = _checked_url(storage)
+    url = check_storage(storage)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several worker processes write one file: wait for the lock instead of failing
@@ -211,7 +218,7 @@ def open_storage(storage: str | None, *, heartbeat_interval: int = 10, grace_per
             raise UserError(problem) from None
 
 
-def _checked_url(storage: str | None) -> str:
+def check_storage(storage: str | None) -> str:
     """The storage's URL, after the checks that need no connection (a directory, an unknown scheme)."""
     text = storage or DEFAULT_STORAGE
     if "://" not in text and os.path.isdir(text):
@@ -312,17 +319,55 @@ def _pruner(spec: SweepSpec):
 
 # the search space --------------------------------------------------------------------------------
 
+def _as_built_rates(config) -> list[float]:
+    """The rate of each site of ``config``'s model (its ``rates``, one per site, or as built)."""
+    from .preflight import check_before_training
+
+    if config.rates is not None and len(config.rates) > 1:
+        return list(config.rates)
+    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if key not in _SITE_RATES:  # one build per base config and process (data loaded for a user's factory)
+        _SITE_RATES[key] = check_before_training([config]).rates_for(config)
+    return list(_SITE_RATES[key])
+
+
+_SITE_RATES: dict[str, list[float]] = {}
+
+
+def _hidden_rates(spec: SweepSpec) -> list[float]:
+    """The base config's rates of the sites the ``dropout``/``layer_rates`` dimensions search (all but the input)."""
+    base = spec.config()
+    rates = _as_built_rates(base)
+    return rates[1:] if base.input_site else rates
+
+
+def _suggest_rates(trial, spec: SweepSpec) -> dict[str, Any]:
+    """``rates`` (and ``input_site``) for the searched rate dimensions: one rate per site, the input site first."""
+    base = spec.config()
+    searched = [dim for dim in ("dropout", "layer_rates", "input_dropout") if dim in spec.search]
+    if not searched:
+        return {}
+    hidden = _hidden_rates(spec)
+    if "layer_rates" in spec.search:
+        hidden = [trial.suggest_float(f"rate_{i}", 0.0, spec.max_rate) for i in range(len(hidden))]
+    elif "dropout" in spec.search:
+        hidden = [trial.suggest_float("dropout", 0.0, spec.max_rate)] * len(hidden)
+    changes: dict[str, Any] = {}
+    if "input_dropout" in spec.search:
+        changes["input_site"] = True
+        first = [trial.suggest_float("input_dropout", 0.0, 0.5)]
+    else:
+        first = _as_built_rates(base)[:1] if base.input_site else []
+    rates = first + hidden
+    changes["rates"] = rates[:1] if rates and all(r == rates[0] for r in rates) else rates
+    return changes
+
+
 def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
-    """The config changes ``trial`` proposes for the dimensions in ``spec.search``."""
+    """The config changes ``trial`` proposes for the dimensions in ``spec.search`` (rates as ``rates``)."""
     base = spec.config()
     grid = spec.sampler == "grid"
-    changes: dict[str, Any] = {}
-    if "layer_rates" in spec.search:
-        changes["layer_rates"] = [trial.suggest_float(f"rate_{i}", 0.0, spec.max_rate) for i in range(base.depth)]
-    elif "dropout" in spec.search:
-        changes["dropout"] = trial.suggest_float("dropout", 0.0, spec.max_rate)
-    if "input_dropout" in spec.search:
-        changes["input_dropout"] = trial.suggest_float("input_dropout", 0.0, 0.5)
+    changes = _suggest_rates(trial, spec)
     if "schedule" in spec.search:
         shape = trial.suggest_categorical("schedule", list(SCHEDULE_SHAPES))
         # the switch point: searched under TPE/random, half the epochs on a grid (no conditional grid axes)
@@ -334,13 +379,6 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
         changes["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
     if "batch_size" in spec.search:
         changes["batch_size"] = int(trial.suggest_categorical("batch_size", list(BATCH_SIZES)))
-    from .factories import is_factory_spec
-
-    if is_factory_spec(base.model):  # a user's model declares no rate argument: set its sites after building
-        if "dropout" in changes:
-            changes["rates"] = [changes.pop("dropout")]
-        elif "layer_rates" in changes:
-            changes["rates"] = changes.pop("layer_rates")
     return changes
 
 

@@ -37,6 +37,19 @@ def _metric(final: dict, key: str) -> float | None:
     return None
 
 
+def _trial_rates(config: dict) -> tuple[list[float], float | None]:
+    """A trial config's rates of the sites but the input site, and the input site's rate (None without one).
+
+    Trials stored before ``rates`` was the one rate field carry ``dropout``/``layer_rates``/``input_dropout``.
+    """
+    if "rates" in config and "dropout" not in config:
+        rates = list(config.get("rates") or [])
+        return (rates[1:], rates[0]) if config.get("input_site") and rates else (rates, None)
+    rates = config.get("rates") or config.get("layer_rates") or ([config["dropout"]] * int(config.get("depth", 1))
+                                                                 if "dropout" in config else [])
+    return list(rates), config.get("input_dropout")
+
+
 def trial_rows(study) -> list[dict[str, Any]]:
     """One row per finished trial: number, state, objective, the hidden rate(s), batch size and metrics."""
     from optuna.trial import TrialState
@@ -45,8 +58,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         config = t.user_attrs.get("config", {})
         final = t.user_attrs.get("final", {})
-        rates = config.get("rates") or config.get("layer_rates") or ([config["dropout"]] * int(config.get("depth", 1))
-                                              if "dropout" in config else [])
+        rates, input_rate = _trial_rates(config)
         rows.append({
             "number": t.number,
             "state": t.state.name.lower(),
@@ -55,7 +67,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "params": dict(t.params),
             "rate": sum(rates) / len(rates) if rates else None,
             "layer_rates": list(rates),
-            "input_dropout": config.get("input_dropout"),
+            "input_dropout": input_rate,
             "batch_size": config.get("batch_size"),
             "run_id": t.user_attrs.get("run_id"),
             "retry_of": t.system_attrs.get("failed_trial"),
@@ -116,7 +128,9 @@ def summarize(study) -> str:
     rows = trial_rows(study)
     complete = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    lines = [f"sweep {study.study_name}: {len(complete)} complete, "
+    from .files import terminal_safe
+
+    lines = [f"sweep {terminal_safe(study.study_name)}: {len(complete)} complete, "
              f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {len(failed)} failed"]
     if not complete:
         lines.append("no completed trial yet")
@@ -241,7 +255,9 @@ def write_report(study, out_dir: str | os.PathLike = "reports") -> Path:
 
 def show(study, *, out_dir: str | os.PathLike = "reports") -> int:
     """Print the summary of a loaded sweep ``study`` and write its report; returns a process exit code."""
+    from .files import terminal_safe
+
     print(summarize(study))
     path = write_report(study, out_dir)
-    print(f"report: {path}")
+    print(f"report: {terminal_safe(path)}")
     return 0

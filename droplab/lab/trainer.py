@@ -30,7 +30,7 @@ from . import callbacks as cb
 from .callbacks import CHECKPOINT_FORMAT, schedule_curve
 from .config import ExperimentConfig
 from .data import Splits, augment_batch, load_dataset
-from .errors import TrainingDiverged, user_errors
+from .errors import TrainingDiverged, UserError, user_errors
 from .models import dropout_modules, max_norm_
 from .tasks import task_of
 
@@ -245,30 +245,38 @@ def _fit(run: TrainState) -> str:
     return status
 
 
-def _setup(config: ExperimentConfig, splits: Splits | None):
-    """Threads, the data-parallel context, the data and the seeded model."""
-    from .build import build_model
+def _setup(config: ExperimentConfig, splits: Splits | None, model: nn.Module | None):
+    """Threads, the data-parallel context, the data, and the model as built with the config's rates set.
+
+    Returns the config with ``rates`` resolved to one rate per site of the model as built: what ran.
+    """
+    from .build import apply_rates, build_model, site_rates
     from .distributed import launched_by_torchrun, setup
 
     if config.threads:
         torch.set_num_threads(config.threads)
     ctx = setup(config.device) if launched_by_torchrun() else None
-    torch.manual_seed(config.seed)
+    if model is None:
+        torch.manual_seed(config.seed)
     splits = splits if splits is not None else load_dataset(config)
     if config.augment and not splits.sequence:
         raise ValueError(f"augment=true shifts and perturbs MNIST-1D-like sequences; dataset {config.dataset!r} is not "
                          "one (set augment=false)")
     if config.task != "auto" and config.task != splits.task:
         raise ValueError(f"task={config.task} but the loaded dataset is {splits.task}")
-    n_out = task_of(splits.task).output_size(splits.n_outputs, config.nll_head)
-    core = build_model(config, splits.input_shape, n_out)
-    return ctx, splits, core
+    if model is None:
+        n_out = task_of(splits.task).output_size(splits.n_outputs, config.nll_head)
+        model = build_model(config.replace(rates=None), splits.input_shape, n_out)
+    rates = site_rates(model, config)
+    return ctx, splits, apply_rates(model, config), config.replace(rates=rates)
 
 
 def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple[int | None, Path | None]:
     """Register the run (or reopen it for ``resume_from``) and restore a checkpoint's state."""
     if resume_from is None:
-        run_id = store.start_run(run.config.to_dict(), name=run.name, seed=run.config.seed, group=group,
+        from .build import applied_config
+
+        run_id = store.start_run(applied_config(run.config), name=run.name, seed=run.config.seed, group=group,
                                  study=study) if store is not None else None
         if save is None:
             return run_id, None
@@ -279,8 +287,7 @@ def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple
             store.set_checkpoint(run_id, str(path))
         return run_id, path
     stored = store.get_run(resume_from)
-    if not stored.get("checkpoint"):
-        raise ValueError(f"run {resume_from} has no checkpoint to resume from (train it with --save)")
+    _check_resumable(stored)
     # a corrupt, truncated, edited or foreign checkpoint is the user's file: one error, the store untouched
     with user_errors(f"run {resume_from}'s checkpoint cannot be resumed",
                      (ValueError, TypeError, KeyError, RuntimeError, AttributeError, OSError)):
@@ -298,6 +305,12 @@ def _start_run(run: TrainState, store, group, study, save, resume_from) -> tuple
 
     remove_stale_temporaries(stored["checkpoint"])  # its last writer is dead: a kill mid-save left these
     return resume_from, Path(stored["checkpoint"])
+
+
+def _check_resumable(stored: dict) -> None:
+    if not stored.get("checkpoint"):
+        raise UserError(f"run {stored['id']} has no checkpoint to resume from: it was trained without --save "
+                        "(only a run saved with --save DIR can be continued)")
 
 
 def _callbacks(run: TrainState, store, run_id, checkpoint, progress: bool, on_epoch) -> list:
@@ -331,8 +344,12 @@ def _early_stopping_from(history: list[dict]) -> dict:
 
 def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | None = None,
           study: str | None = None, on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True,
-          save: str | Path | None = None, resume_from: int | None = None, splits: Splits | None = None) -> RunResult:
+          save: str | Path | None = None, resume_from: int | None = None, splits: Splits | None = None,
+          model: nn.Module | None = None) -> RunResult:
     """Train ``config``'s model and return a :class:`RunResult`; log to ``store`` if given.
+
+    The stored config and ``RunResult.config`` hold the rates that ran, one per site (``rates``), and
+    only the model arguments the factory takes (:func:`droplab.lab.build.applied_config`).
 
     Args:
         config: the experiment.
@@ -347,13 +364,17 @@ def train(config: ExperimentConfig, *, store=None, name: str = "", group: str | 
         save: a directory to write a checkpoint to after every epoch. Default: None.
         resume_from: id of a stored run to continue from its checkpoint (see :func:`resume`).
         splits: pre-loaded data (skips :func:`~droplab.lab.data.load_dataset`). Default: None.
+        model: the model as built, to train instead of building ``config.model`` (e.g. the one a
+            preflight check built); ``config.rates`` is set on it and torch's generator is not reseeded,
+            so build it after ``torch.manual_seed(config.seed)`` for the run a fresh build would give.
+            Default: None.
     """
     if not isinstance(config, ExperimentConfig):
         raise TypeError(f"config must be an ExperimentConfig, but got {type(config).__name__}")
     if resume_from is not None and store is None:
         raise ValueError("resume_from needs the store that holds the run")
     check_schedule(config)
-    ctx, splits, core = _setup(config, splits)
+    ctx, splits, core, config = _setup(config, splits, model)
     if ctx is not None and ctx.distributed:
         if resume_from is not None:
             raise ValueError("resume_from is not supported under torchrun; resume the run in one process")
@@ -376,6 +397,7 @@ def resume(run_id: int, *, store, epochs: int | None = None, progress: bool = Tr
     The stored config is updated to the new ``epochs``, so ``droplab runs show`` shows what ran.
     """
     stored = store.get_run(run_id)
+    _check_resumable(stored)
     config = ExperimentConfig.from_dict(stored["config"])
     if epochs is not None and epochs != config.epochs:
         config = config.replace(epochs=epochs)

@@ -301,7 +301,8 @@ def _write_regression(results: dict, out: Path, title: str) -> Path:
 # ------------------------------------------------------------------------------------------------ engine
 
 
-def prepare_models(config, *, checkpoint: dict | None = None, baseline: bool = True, progress: bool = False):
+def prepare_models(config, *, checkpoint: dict | None = None, baseline: bool = True, progress: bool = False,
+                   prepared=None):
     """``(config, splits, model, baseline model or None)``: the model a checkpoint holds, or one trained now.
 
     Args:
@@ -309,24 +310,32 @@ def prepare_models(config, *, checkpoint: dict | None = None, baseline: bool = T
         checkpoint: a lab checkpoint (:func:`droplab.lab.trainer.load_checkpoint`); None trains. Default: None.
         baseline: also train the model with every site off (for FGSM; classification only). Default: True.
         progress: progress bars while training. Default: False.
+        prepared: what :func:`droplab.lab.preflight.check_before_training` of ``[config]`` loaded and built,
+            reused instead of loading and building again. Default: None.
+
+    The returned config holds the rates that ran, one per site.
     """
     from .build import build_model
     from .data import load_dataset
     from .tasks import task_of
     from .trainer import train
 
-    splits = load_dataset(config)
+    splits = prepared.splits_for(config) if prepared is not None else load_dataset(config)
     if checkpoint is not None:
         torch.manual_seed(config.seed)
         model = build_model(config, splits.input_shape,
                             task_of(splits.task).output_size(splits.n_outputs, config.nll_head))
         model.load_state_dict(checkpoint["model"])
         return config, splits, model, None
-    result = train(config, splits=splits, progress=progress)
+
+    def fit(run_config):
+        model = prepared.model_for(run_config) if prepared is not None else None
+        return train(run_config, splits=splits, progress=progress, model=model)
+
+    result = fit(config)
     off = None
     if baseline and splits.task == "classification":
-        off = train(config.replace(rates=None, rate_scale=0.0, name="off (p=0)"), splits=splits,
-                    progress=progress).model
+        off = fit(config.replace(rates=[0.0], name="off (p=0)")).model
     return result.config, splits, result.model, off
 
 
