@@ -15,10 +15,12 @@ with status 141, as a shell reports SIGPIPE. Anything else is a droplab bug and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import traceback
+import warnings
 from typing import NoReturn
 
 # command -> (module, one-line help)
@@ -87,7 +89,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
     prefix = f"droplab {args.command}: error:"
     try:
-        return int(args._run(args) or 0)
+        with _warnings_as_lines(f"droplab {args.command}: warning:"):
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print(f"droplab {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -102,6 +105,20 @@ def _run_command(args: argparse.Namespace) -> int:
             print(frames.rstrip(), file=sys.stderr)
         print(_short(f"{prefix} {_clean(str(error))}"), file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prefix: str):
+    """Warnings while a command runs print as ``droplab <command>: warning: ...`` (terminal-safe, one line each);
+    droplab's deprecations of config keys are shown too (Python hides DeprecationWarning by default)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = _clean(str(message)).replace("\n", " ")
+        print(f"{prefix} {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("default", message="deprecated config keys", category=DeprecationWarning)
+        warnings.showwarning = show
+        yield
 
 
 def _pipe_closed() -> int:

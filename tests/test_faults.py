@@ -132,33 +132,66 @@ def test_kill_9_mid_run_keeps_epochs_and_checkpoint_and_resume_continues(tmp_pat
     assert f"epochs = {total}" in capsys.readouterr().out
 
 
+BLOCKING_MODEL = """
+import os, sys, time
+from torch import nn
+
+
+class Held(nn.Module):
+    \"\"\"The first sweep worker to train holds its trial here (alive, beating its heartbeat) until it is
+    killed; every other trial, the retry included, trains at once. No timing window: the test waits for
+    the holder to say who it is, however long that takes on a loaded machine.\"\"\"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if self.training and "--worker" in sys.argv:
+            try:
+                fd = os.open("holder.pid", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                fd = None
+            if fd is not None:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                while True:
+                    time.sleep(0.05)
+        return self.inner(x)
+
+
+def build(input_shape, n_outputs):
+    return Held(nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 32), nn.ReLU(), nn.Dropout(0.5),
+                              nn.Linear(32, n_outputs)))
+"""
+
+
 def test_kill_9_of_a_sweep_worker_mid_trial_is_retried_and_the_sweep_exits_0(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
     from droplab.lab import sweep as S
 
+    (tmp_path / "held.py").write_text(BLOCKING_MODEL)
     storage = tmp_path / "sweeps.db"
     args = ["sweep", "--name", "kill", "--trials", "2", "--workers", "2", "--storage", str(storage), "--db",
-            str(tmp_path / "runs.db"), "--sampler", "random", "--no-pruning", "--heartbeat", "1", "--grace", "3",
-            "--set", "dataset=digits", "--set", "width=64", "--set", "epochs=200", "--set", "threads=1"]
+            str(tmp_path / "runs.db"), "--sampler", "random", "--no-pruning", "--heartbeat", "1", "--grace", "5",
+            "--model", "held.py:build", "--set", "dataset=digits", "--set", "epochs=3", "--set", "threads=1"]
     proc = droplab_process(args, tmp_path)
+    holder = tmp_path / "holder.pid"
     try:
-        def victim():
-            if not storage.exists():
-                return None
-            try:
-                study = optuna.load_study(study_name="kill", storage=f"sqlite:///{storage}")
-            except KeyError:
-                return None
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.user_attrs.get("pid") and 0 < len(t.intermediate_values) <= 60:  # early in a long trial
-                    return t
-            return None
+        # deadlines only: wait (as long as a loaded machine needs) for a worker to hold its trial, then kill it
+        pid = int(wait_for(lambda: holder.exists() and holder.read_text().strip(), 300, "a worker holding a trial",
+                           proc))
 
-        killed = wait_for(victim, 180, "a trial mid-training", proc)
-        os.kill(killed.user_attrs["pid"], signal.SIGKILL)
-        out, err = proc.communicate(timeout=400)
+        def held_trial():
+            study = optuna.load_study(study_name="kill", storage=f"sqlite:///{storage}")
+            return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if t.user_attrs.get("pid") == pid), None)
+
+        killed = wait_for(held_trial, 120, "the held trial in the storage", proc)
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-3000:]

@@ -19,19 +19,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..lab.errors import UserError
-    from ..lab.files import terminal_safe
     from ..lab.listing import format_run, format_runs, open_for_reading
 
-    with open_for_reading(args.db) as store:
-        store.reap_stale()
+    with open_for_reading(args.db) as store:  # opened writable where it can be, dead runs are marked failed
         if args.action == "show":
             if args.id is None:
                 raise UserError("give a run id, e.g. droplab runs show 1 (droplab runs lists them)")
             run_row = store.get_run(args.id)  # an unknown id is a NoSuchRun, a UserError
-            print(terminal_safe(format_run(run_row, store.epochs(args.id)), keep_newlines=True))
+            print(format_run(run_row, store.epochs(args.id)))  # every stored string made terminal-safe
             return 0
         if args.limit is not None and args.limit < 1:
             raise UserError(f"--limit must be a positive integer, but got {args.limit}")
         runs = store.list_runs(group=args.group, study=args.study, status=args.status, limit=args.limit)
-        print(terminal_safe(format_runs(runs), keep_newlines=True) if runs else "no runs")
+        print(format_runs(runs) if runs else "no runs")
     return 0

@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and args.seeds is not None:
         raise UserError("--quick runs one seed; drop --seeds or --quick")
     claims = resolve(args.claims)
+    from ..lab.preflight import check_output_dir, check_store
+
+    check_store(args.db)  # the store and the report directory, before any claim runs
+    check_output_dir(None if args.no_report else args.report_dir, "--report-dir")
     torch.set_num_threads(args.threads)
     from ..lab.store import RunStore
 

@@ -69,7 +69,7 @@ def _spec_from_args(args: argparse.Namespace) -> S.SweepSpec:
     searches_rates = bool({"dropout", "layer_rates"} & set(spec.search))
     prepared = check_before_training([base], db=spec.db, command="sweep" if searches_rates else None)
     base = prepared.resolve(with_input_rate(base, args, prepared))  # every site's rate, as the trials start
-    spec.base = base.to_dict()
+    spec.base, spec.sites = base.to_dict(), len(prepared.built_for(base).sites)
     return spec
 
 

@@ -194,6 +194,11 @@ def infer_task(y: np.ndarray, task: str = "auto") -> str:
 def _encode_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
     if y.ndim != 1:
         raise ValueError(f"{source}: class labels must be one-dimensional, but got shape {y.shape}")
+    numeric = _numeric(y) if y.dtype.kind in "US" else None  # a .csv's labels are text, numbers too
+    if numeric is not None and np.isfinite(numeric).all() and not np.all(numeric == np.round(numeric)):
+        raise ValueError(f"{source}: labels must be class ids (integers or strings), but got fractional values "
+                         "such as " + ", ".join(str(v) for v in y[numeric != np.round(numeric)][:3])
+                         + " (for regression set task=regression)")
     if y.dtype.kind == "f":
         if np.isnan(y).any():
             raise ValueError(f"{source}: the labels contain NaN")
@@ -277,6 +282,9 @@ def _targets(y_parts: list[np.ndarray], config, source: str) -> tuple[list[np.nd
             warnings.warn(f"{source}: the targets are integers with {n_classes} distinct values, so the task was "
                           "inferred as classification; if they are quantities, set task=regression (--task regression)",
                           UserWarning, stacklevel=2)
+        elif n_classes > len(encoded) // 2:
+            warnings.warn(f"{source}: {n_classes} classes for {len(encoded)} examples, most classes one or two "
+                          "examples: is the label column a quantity? (task=regression)", UserWarning, stacklevel=2)
         return np.split(encoded, sizes), task, n_classes, {}
     values = [_regression_targets(y, source) for y in y_parts]
     mean, std = values[-1].mean(axis=0), values[-1].std(axis=0)  # the last part is the training split
@@ -330,6 +338,18 @@ def _materialize(dataset, source: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{source}: examples differ in shape ({error})") from None
 
 
+def _check_same_shapes(arrays: list[tuple[np.ndarray, np.ndarray]], source: str) -> None:
+    """Every split's examples and targets have one shape (a model fits one input shape)."""
+    parts = ("train", "val", "test")
+    x_shapes = {part: x.shape[1:] for part, (x, _) in zip(parts, arrays)}
+    y_shapes = {part: y.shape[1:] for part, (_, y) in zip(parts, arrays)}
+    for what, shapes in (("features", x_shapes), ("targets", y_shapes)):
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{part} {shape}" for part, shape in shapes.items())
+            raise ValueError(f"dataset {source}: the splits' {what} differ in shape ({listed}); every split needs "
+                             f"the same {what} per example")
+
+
 def _factory_splits(config) -> Splits:
     from .factories import call_factory, resolve
 
@@ -343,6 +363,7 @@ def _factory_splits(config) -> Splits:
               for ds, part in zip(returned, ("train", "val", "test"))]
     for x, y in arrays:
         _check_arrays(x if x.ndim > 1 else x[:, None], y, config.dataset)
+    _check_same_shapes(arrays, config.dataset)
     if len(arrays) == 2:  # carve a test split from train
         x, y = arrays[0]
         perm = _permutation(len(x), int(config.seed))

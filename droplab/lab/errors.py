@@ -21,6 +21,9 @@ Example::
 from __future__ import annotations
 
 import errno
+import functools
+import os
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,16 +105,47 @@ def user_errors(context: str, types: tuple[type[BaseException], ...] = (ValueErr
 
 
 def is_library_file(filename: str) -> bool:
-    """Whether ``filename`` is droplab's, an installed package's or the standard library's (not the user's)."""
-    import sysconfig
-    from pathlib import Path
+    """Whether ``filename`` is droplab's, an installed package's or the standard library's (not the user's).
 
+    Installed packages are found wherever they live: the interpreter's standard paths, ``site``'s, and
+    the directory of every imported package that belongs to an installed distribution (a ``PYTHONPATH``
+    entry, ``pip install --target``, another prefix), except one inside the working directory (the
+    user's own project, installed for development).
+    """
     if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
         return True
-    resolved = str(Path(filename).resolve())
-    droplab_dir = str(Path(__file__).resolve().parents[1])
-    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return resolved.startswith(droplab_dir) or any(resolved.startswith(str(Path(root).resolve())) for root in roots)
+    resolved = os.path.realpath(filename)
+    return any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in _library_roots())
+
+
+def _library_roots() -> set[str]:
+    import site
+    import sysconfig
+
+    roots = {str(Path(__file__).resolve().parents[1])}  # droplab itself
+    roots |= {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= set(getattr(site, "getsitepackages", list)()) | {getattr(site, "getusersitepackages", str)()}
+    working = os.path.realpath(os.getcwd())
+    for name in _distributed_packages() & set(sys.modules):
+        origin = getattr(sys.modules[name], "__file__", None)
+        if not origin:
+            continue
+        where = os.path.realpath(origin)
+        where = os.path.dirname(where) if os.path.basename(where) == "__init__.py" else where
+        if not where.startswith(working + os.sep):
+            roots.add(where)
+    return {os.path.realpath(root) for root in roots if root}
+
+
+@functools.lru_cache(maxsize=1)
+def _distributed_packages() -> frozenset[str]:
+    """The top-level import names that installed distributions provide."""
+    import importlib.metadata
+
+    try:
+        return frozenset(importlib.metadata.packages_distributions())
+    except Exception:  # a broken distribution's metadata: the standard paths still apply
+        return frozenset()
 
 
 def raised_by_the_model(error: BaseException) -> bool:

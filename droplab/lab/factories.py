@@ -5,7 +5,8 @@ has to offer: for a model, ``input_shape`` (one example's shape), ``n_outputs`` 
 regression outputs) and every :class:`~droplab.lab.config.ExperimentConfig` field (``width``,
 ``depth``, ``dropout``, ``seed``, ...); for a dataset, the config fields. A factory with ``**kwargs``
 receives everything. A file path is resolved against the current directory, so no ``PYTHONPATH`` is
-needed; the file is imported once per process under a private module name.
+needed; the file is imported once per process under a private module name, with its own directory on
+``sys.path`` as ``python FILE.py`` would put it, so it can import the modules beside it.
 
 Example::
 
@@ -28,7 +29,8 @@ from typing import Any
 
 from .errors import UserCodeError, UserError
 
-__all__ = ["BUILTIN_MODELS", "is_factory_spec", "register", "resolve", "call_factory", "declared", "code_files"]
+__all__ = ["BUILTIN_MODELS", "is_factory_spec", "register", "resolve", "call_factory", "declared", "code_files",
+           "importable_beside"]
 
 #: the built-in models, as factories of the same kind a user writes
 BUILTIN_MODELS = {name: f"droplab.lab.models:{name}" for name in ("mlp", "cnn1d", "gru", "transformer")}
@@ -75,6 +77,7 @@ def _load_file(path: Path, what: str):
         raise UserError(f"{what} file {path} cannot be imported as Python (give a .py file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    importable_beside(path)
     try:
         spec.loader.exec_module(module)
     except Exception as error:
@@ -82,6 +85,17 @@ def _load_file(path: Path, what: str):
         raise UserCodeError(f"importing {path}", error, (str(path.resolve()), str(path))) from error
     _LOADED[key] = module
     return module
+
+
+def importable_beside(path: str | Path) -> None:
+    """Make the modules beside ``path`` importable, as ``python path`` would (its directory first on sys.path).
+
+    So a model file can ``from my_layers import Block`` with no ``PYTHONPATH``, also in a factory that
+    imports lazily. The directory stays on the path for the rest of the process, as it would for a script.
+    """
+    directory = str(Path(path).expanduser().resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
 
 
 def resolve(spec: str, what: str = "model") -> Callable:

@@ -2,7 +2,8 @@
 
 Every file the lab writes (checkpoints, reports, JSON) goes through :func:`atomic_write`: a temporary file
 in the same directory, flushed and fsynced, then renamed over the target, so a reader sees the old file
-or the whole new one, never a partial one; on failure the temporary file is removed and a full disk or a
+or the whole new one, never a partial one; only a regular file is ever replaced (a device, a FIFO or a
+directory in its place is one error, never renamed over); on failure the temporary file is removed and a full disk or a
 read-only directory becomes one :class:`~droplab.lab.errors.UserError` naming the path and the fix.
 
 Example::
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from typing import IO, Any
 
 from .errors import UserError, os_error_message
 
-__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_torch", "save_figure_file",
+__all__ = ["atomic_write", "replaceable", "write_text", "write_bytes", "write_json", "save_torch", "save_figure_file",
            "safe_component", "confined_path", "terminal_safe", "check_writable_file"]
 
 # bidirectional overrides and isolates can make a name display as something else
@@ -49,7 +51,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', but got {mode!r}")
-    path = Path(path)
+    path = replaceable(path)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,31 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def replaceable(path: str | Path) -> Path:
+    """The file an atomic write of ``path`` replaces: ``path`` itself, or the file its symlink points to.
+
+    Only a regular file (or nothing) is ever replaced: renaming over a device (``/dev/full``), a FIFO, a
+    socket or a directory would swap the special file for a regular one (as root) or fail half-way.
+
+    Raises:
+        UserError: ``path`` names something other than a regular file.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as error:
+        raise UserError(os_error_message(error, "write", path) or f"cannot write {path}: {error}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise UserError(f"{path} is {kind}, not a regular file: droplab writes files only by replacing a regular "
+                        "file (give a file path)")
+    return target
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -155,6 +182,10 @@ def check_writable_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory; give a file path")
+    try:
+        replaceable(path)
+    except UserError as error:
+        raise UserError(f"{what} {error}") from None
     parent = path.parent if str(path.parent) else Path(".")
     existing = parent
     while not existing.exists() and existing != existing.parent:

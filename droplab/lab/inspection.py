@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -35,15 +36,36 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+#: the largest random example input ``--input-shape`` may ask for: 2**28 float32 elements (1 GiB)
+MAX_EXAMPLE_ELEMENTS = 2**28
+
+
+def _example_input(shape: tuple[int, ...]) -> torch.Tensor:
+    """A seeded random input of ``shape``; a shape too large for memory is the user's error, not the allocator's."""
+    elements = math.prod(shape)
+    if elements > MAX_EXAMPLE_ELEMENTS:
+        raise UserError(f"--input-shape {','.join(map(str, shape))} asks for {elements:,} elements "
+                        f"({4 * elements / 2**30:,.1f} GiB of float32); a lint example needs a small batch "
+                        f"(at most {MAX_EXAMPLE_ELEMENTS:,} elements), e.g. 8,{','.join(map(str, shape[1:])) or '40'}")
+    try:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    except RuntimeError as error:  # the allocator's "can't allocate memory"
+        raise UserError(f"--input-shape {','.join(map(str, shape))} does not fit in memory here ({error}); give a "
+                        "smaller batch") from None
+
+
 def _import_target(target: str):
     """The module ``target`` names (a file or a dotted module); an exception its code raises is the user's."""
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target)
         if not path.is_file():
             raise MissingFileError(f"no such file: {path}" + (" (a directory)" if path.is_dir() else ""))
+        from .factories import importable_beside
+
         module_spec = importlib.util.spec_from_file_location(f"_droplab_inspect_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
+        importable_beside(path)
         try:
             module_spec.loader.exec_module(module)
         except Exception as error:  # anything the user's file raises while it is imported
@@ -116,7 +138,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[nn.Module, ob
         example = example if example is not None else getattr(model, "example_input", None)
         how = f"factory {spec}"
     if input_shape is not None:
-        example = torch.randn(_parse_shape(input_shape), generator=torch.Generator().manual_seed(0))
+        example = _example_input(_parse_shape(input_shape))
     return model, example, how
 
 

@@ -64,7 +64,7 @@ def upgrade(data: Mapping[str, Any]) -> dict[str, Any]:
     if input_rate > 0:
         became += ", input_site = true"
     given = ", ".join(f"{key} = {value!r}" for key, value in old.items())
-    warnings.warn(f"config keys {', '.join(old)} are deprecated: one field, rates, sets every site's rate (in "
+    warnings.warn(f"deprecated config keys ({', '.join(old)}): one field, rates, sets every site's rate (in "
                   f"droplab.sites order, the input site first). {given} was read as {became}; write that instead",
                   DeprecationWarning, stacklevel=4)
     return data

@@ -5,7 +5,9 @@ job's rank 0 beside another comparison) can write to one file at once. Each epoc
 finishes, so a crash leaves the finished epochs stored; the trainer marks the run ``failed``.
 
 Schema versions live in ``meta(schema_version)``; :data:`MIGRATIONS` upgrades an older file in place
-on open. Run ``status`` is one of ``running``, ``finished``, ``failed``, ``pruned``.
+on open. Run ``status`` is one of ``running``, ``finished``, ``failed``, ``pruned``. Opening a store for
+writing marks ``failed`` every run still ``running`` whose process on this host is gone (killed, out of
+memory), so every command that opens the store sees dead runs as failed (:meth:`RunStore.reap_stale`).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class RunStore:
                     self._enable_wal(busy_timeout_s)
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self.migrate()
+                self.reap_stale()  # every opener sees dead runs as failed, not "running"
         except UserError:
             raise
         except (sqlite3.DatabaseError, OSError) as error:

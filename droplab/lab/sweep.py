@@ -97,6 +97,7 @@ class SweepSpec:
     grid_rates: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     pruning: bool = True
     db: str = "droplab.db"  # the lab's run store every trial is written to
+    sites: int | None = None  # the base model's dropout sites (None: counted by building it)
 
     def __post_init__(self) -> None:
         try:
@@ -319,15 +320,20 @@ def _pruner(spec: SweepSpec):
 
 # the search space --------------------------------------------------------------------------------
 
-def _as_built_rates(config) -> list[float]:
+def _as_built_rates(config, sites: int | None = None) -> list[float]:
     """The rate of each site of ``config``'s model (its ``rates``, one per site, or as built)."""
-    from .preflight import check_before_training
+    from .build import build_model, site_rates
+    from .preflight import check_datasets, dataset_key
+    from .tasks import task_of
 
-    if config.rates is not None and len(config.rates) > 1:
-        return list(config.rates)
+    if config.rates is not None and (len(config.rates) > 1 or sites is not None):
+        return site_rates(len(config.rates) if sites is None else sites, config)
     key = json.dumps(config.to_dict(), sort_keys=True, default=str)
-    if key not in _SITE_RATES:  # one build per base config and process (data loaded for a user's factory)
-        _SITE_RATES[key] = check_before_training([config]).rates_for(config)
+    if key not in _SITE_RATES:  # one build per base config and process (a user's factory needs the data's shape)
+        splits = check_datasets([config])[dataset_key(config)]
+        model = build_model(config.replace(rates=None), splits.input_shape,
+                            task_of(splits.task).output_size(splits.n_outputs, config.nll_head))
+        _SITE_RATES[key] = site_rates(model, config)
     return list(_SITE_RATES[key])
 
 
@@ -337,7 +343,7 @@ _SITE_RATES: dict[str, list[float]] = {}
 def _hidden_rates(spec: SweepSpec) -> list[float]:
     """The base config's rates of the sites the ``dropout``/``layer_rates`` dimensions search (all but the input)."""
     base = spec.config()
-    rates = _as_built_rates(base)
+    rates = _as_built_rates(base, spec.sites)
     return rates[1:] if base.input_site else rates
 
 
@@ -357,7 +363,7 @@ def _suggest_rates(trial, spec: SweepSpec) -> dict[str, Any]:
         changes["input_site"] = True
         first = [trial.suggest_float("input_dropout", 0.0, 0.5)]
     else:
-        first = _as_built_rates(base)[:1] if base.input_site else []
+        first = _as_built_rates(base, spec.sites)[:1] if base.input_site else []
     rates = first + hidden
     changes["rates"] = rates[:1] if rates and all(r == rates[0] for r in rates) else rates
     return changes
