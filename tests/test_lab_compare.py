@@ -4,8 +4,8 @@ import pytest
 from lab_fixtures import write_npz
 
 from droplab.cli import main
-from droplab.lab.comparison import assign_roles, run_comparison
 from droplab.commands.compare import build_configs, parse_rates
+from droplab.lab.comparison import assign_roles, run_comparison
 from droplab.lab.config import ExperimentConfig
 from droplab.lab.store import RunStore
 

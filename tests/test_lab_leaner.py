@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lab_fixtures import write_npz
 
 import droplab
 from droplab.cli import COMMANDS, main

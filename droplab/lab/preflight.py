@@ -181,7 +181,8 @@ def _try_model(model, config, loaded) -> None:
         with torch.no_grad():
             out = model.eval()(x)
     _check_output(config, loaded, out, len(x))
-    with _model_errors(config, x, "training step", "it raised only in training mode"):
+    with _model_errors(config, x, "training step", "its eval-mode forward worked: dropout and gradients are on "
+                                                   "in training"):
         task_of(loaded.task).loss(model.train()(x), y, config.nll_head).backward()
     model.zero_grad(set_to_none=True)
 

@@ -241,7 +241,7 @@ _COADAPTATION_TEXT = {
                       "co-adapted network has correlated units and is fragile.",
     "regression": "Measured on (a sample of) the validation split, averaged over the hidden layers: mean absolute "
                   "correlation between units, effective rank of the representation and activation sparsity. A "
-                  "co-adapted network has correlated units. (Unit ablation measures the accuracy lost, so a "
+                  "co-adapted network has correlated units. (Unit ablation is a classification measure; a "
                   "regression comparison does not run it.)",
 }
 

@@ -164,7 +164,8 @@ def _rate_plot(plt, done: list[dict]):
         ax.set_xlabel("hidden dropout rate (mean over layers)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # no trial yet: nothing to name
+        axes[0].legend()
     return fig, "rate.png", "Rate against validation loss, validation accuracy and generalization gap"
 
 
