@@ -171,7 +171,7 @@ def test_stored_configs_and_report_names_show_what_the_factory_built(folder, cap
 
 
 def test_regression_reports_use_regression_words(tmp_path):
-    from droplab.lab.report import coadaptation_columns, format_table, write_report
+    from droplab.lab.report import write_report
 
     history = [{"epoch": 1, "train_rmse": 1.0, "val_rmse": 1.2, "train_loss": 1.0, "val_loss": 1.2, "gap": 0.2}]
     runs = [{"label": "as built", "history": history, "correlation": 0.3, "effective_rank": 4.0,
@@ -179,6 +179,8 @@ def test_regression_reports_use_regression_words(tmp_path):
              "calibration_mc": [0.5], "calibration_ws": [0.4]}]
     page = write_report(tmp_path / "r", runs, title="t", task="regression").read_text()
     assert "Co-adaptation" in page and "accuracy lost" not in page and "ablation drop" not in page
+    from droplab.lab.report import coadaptation_columns, format_table
+
     assert "ablation" not in format_table(runs, coadaptation_columns("regression"))
     assert "ablation drop" in format_table(runs, coadaptation_columns("classification"))
 
@@ -318,12 +320,15 @@ def test_library_frames_are_known_outside_the_standard_paths(tmp_path, monkeypat
     monkeypatch.chdir(ROOT)
     import importlib
 
-    from droplab.cli import user_frames
     from droplab.lab import errors
 
-    errors._distributed_packages.cache_clear()
+    cached = getattr(errors, "_distributed_packages", None)  # the installed packages, read once per process
+    if cached is not None:
+        cached.cache_clear()
     fakelib = importlib.import_module("fakelib")
     assert errors.is_library_file(fakelib.__file__)
+    from droplab.cli import user_frames
+
     try:
         fakelib.boom()
     except ValueError as error:
@@ -331,4 +336,4 @@ def test_library_frames_are_known_outside_the_standard_paths(tmp_path, monkeypat
     assert "__init__.py" not in shown and "test_lab_edges.py" in shown  # only this test's frame: the user's
     assert not errors.is_library_file(__file__)
     sys.modules.pop("fakelib", None)
-    errors._distributed_packages.cache_clear()
+    cached.cache_clear()

@@ -22,7 +22,7 @@ Example::
     >>> from droplab.lab.config import ExperimentConfig
     >>> model = build_model(ExperimentConfig(width=8, rates=[0.1, 0.25, 0.25], input_site=True), (40,), 10)
     >>> [(s.name, s.p) for s in droplab.sites(model)]
-    [('input_drop', 0.1), ('model.net.3', 0.25), ('model.net.5', 0.25)]
+    [('input_drop', 0.1), ('model.net.3', 0.25), ('model.net.6', 0.25)]
 """
 
 from __future__ import annotations

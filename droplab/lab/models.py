@@ -4,8 +4,9 @@ They are factories of the kind a user writes for ``--model FILE.py:FACTORY``: th
 the arguments it declares (``input_shape``, ``n_outputs`` and config fields such as ``width``,
 ``depth``, ``dropout``), so ``--set width=...`` keeps working, and ``width`` left unset takes the
 model's own default, sized so the default ``droplab compare --model NAME`` finishes in under two
-minutes on a 2-core CPU. Input dropout is not built here: the lab wraps any model's input
-(``--input-dropout``). Each model has one droplab dropout site per hidden layer:
+minutes on a 2-core CPU. An input site is not built here: the lab puts one before any model's input
+(``input_site``, ``--input-dropout``). Each model has one droplab dropout site per hidden layer, built
+at ``dropout`` (0.5) or ``layer_rates``; the lab sets the run's ``rates`` on the sites afterwards:
 
 * ``mlp``: ``(Linear -> [BN] -> act -> dropout [-> BN]) x depth -> Linear``.
   ``batchnorm="before_dropout"`` normalizes before the site (the safe order); ``"after_dropout"``
