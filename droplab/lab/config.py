@@ -25,7 +25,6 @@ import json
 import math
 import types
 import typing
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,14 +225,6 @@ def _check_choices(config: ExperimentConfig) -> None:
         parse_schedule(config.schedule)
 
 
-def _check_name(config: ExperimentConfig) -> None:
-    """A name is shown in tables and on terminals: no control characters (a newline would forge lines)."""
-    bad = sorted({repr(c) for c in config.name if unicodedata.category(c) == "Cc"})
-    if bad:
-        raise ValueError(f"name must not contain control characters (it is shown in tables), but got "
-                         f"{config.name!r} with {', '.join(bad)}")
-
-
 def _check_counts(config: ExperimentConfig) -> None:
     """Sizes and counts are positive; the seed fits 64 bits."""
     for name in ("width", "depth", "epochs", "batch_size"):
@@ -319,7 +310,7 @@ def _check_device_field(config: ExperimentConfig) -> None:
 
 
 # the checks ExperimentConfig.__post_init__ runs, in order (the first problem found is the error)
-_CHECKS = (_check_choices, _check_name, _check_counts, _check_rates, _check_split, _check_optimizer,
+_CHECKS = (_check_choices, _check_counts, _check_rates, _check_split, _check_optimizer,
            _check_device_field, _check_combinations)
 
 
