@@ -127,6 +127,7 @@ def test_compare_refuses_a_model_without_a_dropout_site(folder, capsys):
     assert not (folder / "r.db").exists()
 
 
+@pytest.mark.slow  # trains, or starts a fresh interpreter
 def test_a_closed_pipe_ends_quietly(tmp_path):
     db = tmp_path / "r.db"
     with RunStore(db) as store:
@@ -143,6 +144,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert done.returncode == 141 and done.stderr == ""  # as a shell reports SIGPIPE, and no traceback
 
 
+@pytest.mark.slow  # trains, or starts a fresh interpreter
 def test_resume_of_a_run_saved_without_a_checkpoint_is_one_error(folder, capsys):
     assert main(_compare(folder, "factory_own", "--rates", "0,0.4")) == 0
     capsys.readouterr()
@@ -150,6 +152,7 @@ def test_resume_of_a_run_saved_without_a_checkpoint_is_one_error(folder, capsys)
                "run 1 has no checkpoint to resume from: it was trained without --save", store=folder / "r.db")
 
 
+@pytest.mark.slow  # trains, or starts a fresh interpreter
 def test_stored_configs_and_report_names_show_what_the_factory_built(folder, capsys):
     assert main(_compare(folder, "factory_own")) == 0
     capsys.readouterr()
