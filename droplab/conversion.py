@@ -1,149 +1,56 @@
-"""Find, swap and retune the dropout sites of a model.
+"""Find, swap and retune the dropout sites of a model: droplab's public face on :mod:`droplab.graph`.
 
 * :func:`sites` lists every place a model applies dropout: droplab modules, torch.nn dropout
-  modules, library modules with a conversion rule (timm's ``DropPath``, torchvision's
+  modules, library modules with a conversion rule (timm's ``DropPath`` and ``DropBlock2d``, torchvision's
   ``StochasticDepth``), the ``dropout=`` arguments of torch.nn's RNNs and MultiheadAttention, and,
-  given an example input, the functional dropout calls a probe forward finds (:mod:`droplab._calls`).
+  given an example input, the functional dropout calls a probe forward finds (:mod:`droplab.graph.forms`),
+  and the random ops that are not dropout, marked as such.
 * :func:`convert` swaps those modules for droplab's (``to="droplab"``) and back (``to="torch"``),
-  keeping the rate and train/eval state; given an example input it also routes the functional calls
-  to droplab's generator.
+  keeping the rate, train/eval state and sharing; given an example input it also routes the functional
+  calls to droplab's generator (:mod:`droplab.graph.routing`).
 * :func:`set_rate` sets the rate of every site, or of sites whose name matches a pattern.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from torch import nn
 
 from . import nn as dnn
 from .functional import check_probability
-from .functional_sites import attach_routers, detach_routers, probe, probe_sites
-from .library_rules import LIBRARY_RULES, library_rule
+from .graph.conversions import CONVERSIONS, conversion_for, register_conversion, torch_counterpart
+from .graph.library_rules import LIBRARY_RULES
+from .graph.probe import probe, probe_sites
+from .graph.routing import attach_routers, detach_routers, mark_rate_set, routed_site
+from .graph.walker import RANDOM_OP, Site, module_sites, places, rate_modules, replace_module
 
 __all__ = ["Site", "sites", "convert", "set_rate", "match_sites", "register_conversion", "conversion_for",
-           "replace_module", "probe_sites", "CONVERSIONS", "LIBRARY_RULES"]
-
-
-@dataclass(frozen=True)
-class Site:
-    """One dropout site of a model."""
-
-    name: str  #: dotted module path ("" for the model itself)
-    kind: str  #: class name, prefixed by "torch.nn." for torch's own modules
-    p: float  #: drop probability (for a learned rate, its current value)
-    scaling: str  #: "inverted", "classic", or "noise" for multiplicative-noise variants
-    library: str  #: "droplab" or "torch"
-    training: bool  #: whether the site is stochastic right now
-    module: nn.Module  #: the dropout module, or for a functional site the module that issues the call
-
-    def as_row(self) -> dict[str, object]:
-        """The site as plain data (tables, JSON)."""
-        return {"name": self.name or "<model>", "kind": self.kind, "p": round(self.p, 6),
-                "scaling": self.scaling, "library": self.library, "training": self.training}
-
-
-# torch.nn class -> (droplab factory from a torch module, torch factory from a droplab module)
-CONVERSIONS: dict[type[nn.Module], tuple[type[nn.Module], Callable, Callable]] = {}
-
-
-def register_conversion(torch_cls: type[nn.Module] | str, droplab_cls: type[nn.Module],
-                        to_droplab: Callable | None = None, to_torch: Callable | None = None, *,
-                        rate: Callable[[nn.Module], float] | None = None) -> None:
-    """Teach :func:`convert` a pair of classes (the default factories copy ``p`` and ``inplace``).
-
-    ``torch_cls`` is a class, or the qualified name of one (``"timm.layers.drop.DropPath"``): a
-    name is matched against ``type(m).__module__ + "." + type(m).__qualname__`` when a model is
-    scanned, so registering a library's class never imports the library. ``rate`` reads the drop
-    probability of such a module (default: its ``p``); ``to_torch`` is not used for named classes.
-
-    Example::
-
-        >>> class MyDrop(nn.Module):
-        ...     def __init__(self, rate):
-        ...         super().__init__()
-        ...         self.rate = rate
-        ...     def forward(self, x):
-        ...         return nn.functional.dropout(x, self.rate, self.training)
-        >>> register_conversion(MyDrop, dnn.Dropout, lambda m, seed: dnn.Dropout(m.rate, seed=seed),
-        ...                     lambda m: MyDrop(m.p))
-        >>> type(convert(nn.Sequential(MyDrop(0.3)))[0]).__name__
-        'Dropout'
-    """
-    to_droplab = to_droplab or (lambda m, seed: droplab_cls(m.p, m.inplace, seed=seed))
-    if isinstance(torch_cls, str):
-        library_rule(torch_cls, to_droplab, rate or (lambda m: float(m.p)))
-        return
-    to_torch = to_torch or (lambda m: torch_cls(m.p, getattr(m, "inplace", False)))
-    CONVERSIONS[torch_cls] = (droplab_cls, to_droplab, to_torch)
-
-
-def conversion_for(module: nn.Module) -> Callable[[nn.Module, int | None], nn.Module] | None:
-    """The factory ``(module, seed) -> droplab module`` that converts ``module``, or None."""
-    if isinstance(module, dnn.StochasticModule):
-        return None
-    if type(module) in CONVERSIONS:
-        return CONVERSIONS[type(module)][1]
-    rule = LIBRARY_RULES.get(_qualified(type(module)))
-    return None if rule is None else rule.to_droplab
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-for _torch_cls, _droplab_cls in ((nn.Dropout, dnn.Dropout), (nn.Dropout1d, dnn.Dropout1d),
-                                 (nn.Dropout2d, dnn.Dropout2d), (nn.Dropout3d, dnn.Dropout3d),
-                                 (nn.AlphaDropout, dnn.AlphaDropout),
-                                 (nn.FeatureAlphaDropout, dnn.FeatureAlphaDropout)):
-    register_conversion(_torch_cls, _droplab_cls)
-
-
-def _torch_kind(module: nn.Module) -> str:
-    return f"torch.nn.{type(module).__name__}"
-
-
-def _site_of(name: str, module: nn.Module) -> Site | None:
-    if isinstance(module, dnn.StochasticModule):
-        scaling = getattr(module, "site_scaling", module.scaling)
-        return Site(name, type(module).__name__, float(module.p), scaling, "droplab",
-                    module.training and module.p > 0, module)
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        scaling = "noise" if isinstance(module, (nn.AlphaDropout, nn.FeatureAlphaDropout)) else "inverted"
-        return Site(name, _torch_kind(module), float(module.p), scaling, "torch",
-                    module.training and module.p > 0, module)
-    if isinstance(module, nn.RNNBase) and module.dropout > 0:
-        # torch applies it between stacked layers only: with one layer it is a no-op
-        return Site(name, _torch_kind(module) + "(dropout=)", float(module.dropout), "inverted", "torch",
-                    module.training and module.num_layers > 1, module)
-    if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
-        return Site(name, _torch_kind(module) + "(dropout=)", float(module.dropout), "inverted", "torch",
-                    module.training, module)
-    rule = LIBRARY_RULES.get(_qualified(type(module)))
-    if rule is not None:
-        p = rule.rate(module)
-        return Site(name, f"{rule.library}.{type(module).__name__}", p, "inverted", rule.library,
-                    module.training and p > 0, module)
-    return None
+           "replace_module", "probe_sites", "CONVERSIONS", "LIBRARY_RULES", "RANDOM_OP"]
 
 
 def sites(model: nn.Module, example_input=None) -> list[Site]:
     """Every dropout site of ``model``: its modules in module order, then its functional calls.
 
     Functional dropout (``F.dropout``, ``scaled_dot_product_attention(dropout_p=...)``, ... see
-    :mod:`droplab._calls`) is found by one probe forward on ``example_input`` (a tensor, a tuple of
+    :mod:`droplab.graph.forms`) is found by one probe forward on ``example_input`` (a tensor, a tuple of
     arguments or a mapping of keyword arguments), with every module but normalization layers in
     training mode, under ``torch.no_grad``, with torch's generator and every buffer restored
     afterwards. Such a site is named ``"<issuing module>#<i>"`` for the ``i``-th call its module makes
-    in a forward, and its ``module`` is the issuing module. Without ``example_input`` only module sites
-    are listed.
+    in a forward, and its ``module`` is the issuing module. After :func:`convert`, a routed call is the
+    droplab module that draws it, listed once among the module sites. The probe also lists the random
+    ops it met that are not dropout (``kind == "random op, not converted"``, ``p`` NaN, the reason in
+    ``note``): a ``bernoulli_`` whose result is no keep mask, ``torch.rand``, ... Without
+    ``example_input`` only module sites are listed.
+
+    A module registered at several paths is one site, listed at its first path.
 
     Example::
 
-        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), dnn.Dropout(0.5, seed=0))
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), dl.nn.Dropout(0.5, seed=0))
         >>> [(s.name, s.kind, s.p) for s in sites(model)]
         [('1', 'torch.nn.Dropout', 0.2), ('2', 'Dropout', 0.5)]
         >>> mha = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)
@@ -156,90 +63,113 @@ def sites(model: nn.Module, example_input=None) -> list[Site]:
         >>> [(s.name, s.kind, s.p) for s in sites(SelfAttention(), torch.randn(2, 3, 8))]
         [('attn', 'torch.nn.MultiheadAttention(dropout=)', 0.1), ('attn#0', 'F.scaled_dot_product_attention', 0.1)]
     """
-    found = []
-    for name, module in model.named_modules():
-        site = _site_of(name, module)
-        if site is not None:
-            found.append(site)
+    found = module_sites(model)
     if example_input is not None:
-        found += [Site(c.name, c.kind, c.p, c.scaling, "torch", c.training, c.module)
-                  for c in probe_sites(model, example_input)]
+        result = probe(model, example_input)
+        found += [Site(c.name, c.kind, c.p, c.scaling, "torch", c.training, c.module) for c in result.calls
+                  if routed_site(c.module, c.position) is None]
+        found += [Site(op.name, RANDOM_OP, math.nan, "-", "torch", True, op.module, f"{op.kind}: {op.reason}")
+                  for op in result.random_ops]
     return found
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` at the dotted path ``name`` of ``model``; returns the root (``new`` when ``name == ""``)."""
-    if name == "":
-        return new
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+def _seeded_droplab(model: nn.Module) -> list[str]:
+    paths = places(model)
+    return [paths[id(m)][0] or "<model>" for m in dict.fromkeys(model.modules())
+            if isinstance(m, dnn.StochasticModule) and m.seeded]
+
+
+def _to_droplab(model: nn.Module, seed: int | None, keep_seeds: bool) -> tuple[nn.Module, int]:
+    """Convert every convertible module once (at each of its places) and seed the droplab sites; the root and
+    how many seeds were used."""
+    if seed is not None and not keep_seeds:
+        seeded = _seeded_droplab(model)
+        if seeded:
+            raise ValueError(f"convert(seed={seed}) would overwrite the seed of droplab module(s) {seeded} already "
+                             "in the model; pass keep_seeds=True to keep their seeds (the other sites are still "
+                             "seeded), or convert without seed=")
+    paths = places(model)
+    used = 0
+    for module in list(dict.fromkeys(model.modules())):
+        site_seed = None if seed is None else seed + used
+        if isinstance(module, dnn.StochasticModule):
+            if seed is not None and not module.seeded:
+                module.reseed(site_seed)
+                used += 1
+            continue
+        factory = conversion_for(module)
+        new = None if factory is None else factory(module, site_seed)
+        if new is None:  # not convertible, or a rule that declines this configuration
+            continue
+        used += seed is not None
+        new.train(module.training)
+        for path in paths[id(module)]:
+            model = replace_module(model, path, new)
+    return model, used
+
+
+def _to_torch(model: nn.Module) -> nn.Module:
+    detach_routers(model)
+    paths = places(model)
+    for module in list(dict.fromkeys(model.modules())):
+        if not isinstance(module, dnn.StochasticModule):
+            continue
+        name = paths[id(module)][0]
+        factory = torch_counterpart(module)
+        if factory is None:
+            raise ValueError(f"cannot convert {name or '<model>'} ({type(module).__name__}) to torch.nn: "
+                             "torch.nn has no equivalent module")
+        if module.scaling != "inverted" or getattr(module, "noise_shape", None) is not None:
+            raise ValueError(f"cannot convert {name or '<model>'} to torch.nn: torch.nn dropout only "
+                             "supports inverted scaling with an element-wise mask, but it has "
+                             f"scaling={module.scaling!r}, noise_shape={getattr(module, 'noise_shape', None)}")
+        new = factory(module)
+        new.train(module.training)
+        for path in paths[id(module)]:
+            model = replace_module(model, path, new)
     return model
 
 
-_replace = replace_module
-
-
-def convert(model: nn.Module, to: str = "droplab", *, seed: int | None = None, example_input=None) -> nn.Module:
+def convert(model: nn.Module, to: str = "droplab", *, seed: int | None = None, example_input=None,
+            keep_seeds: bool = False) -> nn.Module:
     """Swap dropout modules for droplab's (``to="droplab"``) or back (``to="torch"``).
 
     Converted: torch.nn's dropout classes, classes registered with :func:`register_conversion`, and
-    the library rules (timm ``DropPath``, torchvision ``StochasticDepth`` in ``row`` and ``batch``
-    mode, transformers' ``StableDropout``), recognized by class name without importing the library.
-    Rates and train/eval state are kept. Modules are replaced in place inside ``model``; the
-    (possibly new) root is returned, so ``model = convert(model)`` also works when ``model`` itself
-    is a dropout module.
+    the library rules (timm ``DropPath`` and ``DropBlock2d``, torchvision ``StochasticDepth`` in ``row``
+    and ``batch`` mode, transformers' ``StableDropout``), recognized by class name without importing the
+    library; a configuration a rule cannot express is left as it is (:func:`sites` says why). Rates and
+    train/eval state are kept. A module registered at several places becomes one droplab module at all
+    of them (and back). Modules are replaced in place inside ``model``; the (possibly new) root is
+    returned, so ``model = convert(model)`` also works when ``model`` itself is a dropout module.
 
     With ``example_input`` (or, for a Hugging Face model, its ``dummy_inputs``), the functional
-    dropout calls a probe forward finds (see :func:`sites`) are drawn by droplab too: each issuing
-    module gets a forward pre-hook that routes its calls, in training, to a droplab module attached
-    to it: the dropout child it reads ``.p`` from (Hugging Face's ``self.dropout``, converted above),
-    or a new child ``dropout_call<i>``. That module's rate and counters are the site's. Backward
-    regenerates the masks, as for any droplab site.
+    dropout calls a probe forward finds (see :func:`sites`) are drawn by droplab too
+    (:mod:`droplab.graph.routing`): each call goes, in training, to a droplab module attached to its
+    issuing module: the dropout child it reads ``.p`` from (Hugging Face's ``self.dropout``, converted
+    above), or a new child ``dropout_call<i>``. The call's own ``p`` and training flag decide at each
+    call, unless the site's rate was set through droplab (:func:`set_rate`, a scheduler), which then wins.
+    The module's counters draw the mask; backward regenerates it, as for any droplab site.
 
     Seeds: without ``seed`` every converted module is unseeded (as torch's: the ``state_dict`` is
-    unchanged, masks follow ``torch.manual_seed``); with ``seed`` the i-th converted or attached site
-    gets its own seed ``seed + i`` (kept in its ``state_dict``).
+    unchanged, masks follow ``torch.manual_seed``); with ``seed`` every site is seeded: the i-th site to
+    seed in module order (a converted module, or a droplab module already in the model without a seed)
+    gets ``seed + i``, then attached modules the next seeds (kept in their ``state_dict``). A droplab
+    module that already has a seed raises ``ValueError``, since its seed would be overwritten, unless
+    ``keep_seeds=True``, which keeps it.
 
     Converting back raises ``ValueError`` for a droplab module torch cannot express (classic
     scaling, a custom noise shape, or a variant without a torch.nn counterpart) and removes routing.
     """
     if to not in ("droplab", "torch"):
         raise ValueError(f"to must be one of ('droplab', 'torch'), but got {to!r}")
-    if to == "droplab" and example_input is None:
-        example_input = getattr(model, "dummy_inputs", None) if _is_hugging_face(model) else None
-    calls, ran = probe(model, example_input) if to == "droplab" and example_input is not None else ([], set())
-    targets = []
-    for name, module in model.named_modules():
-        if to == "droplab" and conversion_for(module) is not None:
-            targets.append((name, module))
-        elif to == "torch" and isinstance(module, dnn.StochasticModule):
-            targets.append((name, module))
-    reverse: dict = {}
-    for torch_cls, entry in CONVERSIONS.items():
-        # the first class registered for a droplab class converts it back: a user's own class mapped onto
-        # dl.nn.Dropout must not turn every converted torch.nn.Dropout into that class
-        reverse.setdefault(entry[0], (torch_cls, entry[2]))
     if to == "torch":
-        detach_routers(model)
-    for index, (name, module) in enumerate(targets):
-        if to == "droplab":
-            new = conversion_for(module)(module, None if seed is None else seed + index)
-            if new is None:  # a rule that declines this configuration (see droplab.library_rules)
-                continue
-        else:
-            if type(module) not in reverse:
-                raise ValueError(f"cannot convert {name or '<model>'} ({type(module).__name__}) to torch.nn: "
-                                 "torch.nn has no equivalent module")
-            if module.scaling != "inverted" or getattr(module, "noise_shape", None) is not None:
-                raise ValueError(f"cannot convert {name or '<model>'} to torch.nn: torch.nn dropout only "
-                                 "supports inverted scaling with an element-wise mask, but it has "
-                                 f"scaling={module.scaling!r}, noise_shape={getattr(module, 'noise_shape', None)}")
-            new = reverse[type(module)][1](module)
-        new.train(module.training)
-        model = replace_module(model, name, new)
-    if calls:
-        attach_routers(model, calls, ran, None if seed is None else seed + len(targets))
+        return _to_torch(model)
+    if example_input is None:
+        example_input = getattr(model, "dummy_inputs", None) if _is_hugging_face(model) else None
+    result = probe(model, example_input) if example_input is not None else None
+    model, used = _to_droplab(model, seed, keep_seeds)
+    if result is not None and result.calls:
+        attach_routers(model, result, example_input, None if seed is None else seed + used)
     return model
 
 
@@ -253,12 +183,6 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or re.fullmatch(pattern, name) is not None
 
 
-def _rate_targets(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    for name, module in model.named_modules():
-        if isinstance(module, (dnn.StochasticModule, nn.modules.dropout._DropoutNd)):
-            yield name, module
-
-
 def match_sites(model: nn.Module, rules: list[tuple[str, object]], *,
                 what: str = "rate") -> list[tuple[str, nn.Module, object]]:
     """``(name, module, value)`` for every rate-bearing site a rule's pattern matches (the last match wins).
@@ -268,7 +192,7 @@ def match_sites(model: nn.Module, rules: list[tuple[str, object]], *,
     reaches. A pattern that matches no site raises ``ValueError``. Shared by :func:`set_rate` and
     :class:`droplab.DropoutScheduler`.
     """
-    targets = list(_rate_targets(model))
+    targets = list(rate_modules(model))
     if not targets:
         raise ValueError(f"{what} found no dropout module in the model")
     assignments, used = [], set()
@@ -300,8 +224,9 @@ def set_rate(model: nn.Module, rate: float | Mapping[str, float]) -> list[str]:
     of one (``"encoder"`` covers ``"encoder.drop"``), a glob (``"blocks.*.drop"``) or a regular
     expression; the last matching pattern wins. A pattern that matches no site is an error, since
     a typo would otherwise silently leave the rate unchanged. The change takes effect at the next
-    forward, compiled or not. Learned rates (:class:`droplab.nn.ConcreteDropout`) are left alone by
-    a plain float or ``"*"``; a pattern naming such a site re-initializes its rate.
+    forward, compiled or not; for a functional call routed after :func:`convert`, the rate set here
+    wins over the ``p`` the call passes from then on. Learned rates (:class:`droplab.nn.ConcreteDropout`)
+    are left alone by a plain float or ``"*"``; a pattern naming such a site re-initializes its rate.
 
     Example (the sites of :class:`droplab.nn.TransformerBlock` by name)::
 
@@ -318,4 +243,5 @@ def set_rate(model: nn.Module, rate: float | Mapping[str, float]) -> list[str]:
         getattr(module, "check_rate", check_probability)(p)
     for _, module, p in assignments:
         module.p = p
+        mark_rate_set(module)  # a routed call's own p no longer decides
     return [name for name, _, _ in assignments]

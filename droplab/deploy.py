@@ -34,8 +34,8 @@ from torch import fx, nn
 
 from ._fx import LeafTracer
 from ._modes import training_flags_restored
-from .conversion import _replace, sites
-from .nn._base import StochasticModule
+from .graph.walker import module_sites, places, replace_module
+from .nn import StochasticModule
 
 __all__ = ["fold", "strip", "FOLD_TARGETS"]
 
@@ -61,7 +61,15 @@ def _is_noop_at_inference(module: nn.Module, scaling: str) -> bool:
 
 
 def _noop_sites(model: nn.Module) -> list[str]:
-    return [s.name for s in sites(model) if _is_noop_at_inference(s.module, s.scaling)]
+    return [s.name for s in module_sites(model) if _is_noop_at_inference(s.module, s.scaling)]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """``new`` at every place the module at ``name`` is registered (a shared module is replaced everywhere)."""
+    module = model.get_submodule(name) if name else model
+    for path in places(model).get(id(module), [name]):
+        model = replace_module(model, path, new)
+    return model
 
 
 def _check_model(model: nn.Module) -> None:
@@ -148,7 +156,7 @@ def fold(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Modu
     """
     _check_model(model)
     result = copy.deepcopy(model)
-    found = sites(result)
+    found = module_sites(result)
     classic = [s for s in found if s.scaling == "classic"]
     noop_names = set(_noop_sites(result))
     if classic:

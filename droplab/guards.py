@@ -35,10 +35,11 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as TF
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ._modes import training_flags_restored
 from .conversion import sites
+from .graph.model_io import call_model
+from .graph.recorder import CallRecorder, ModuleStack, module_stack
 
 __all__ = ["InferenceModeError", "inference_mode", "assert_inference"]
 
@@ -67,49 +68,25 @@ def _p_arg(args: tuple, kwargs: dict) -> float:
     return float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))
 
 
-class _ModuleStack:
-    """The dotted name of the module whose forward is running (hooks on every submodule)."""
+class _Deterministic:
+    """torch dropout calls forced off; a droplab mask draw is an error (or, recording, an entry).
 
-    def __init__(self, model: nn.Module) -> None:
-        self.stack: list[str] = []
-        self.handles = []
-        for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name)))
-            self.handles.append(module.register_forward_hook(self._leave))
+    The ``on_call`` handler of a :class:`~droplab.graph.recorder.CallRecorder` over the model.
+    """
 
-    def _enter(self, name: str):
-        def hook(module, args):
-            self.stack.append(name or "<model>")
-        return hook
-
-    def _leave(self, module, args, output):
-        self.stack.pop()
-
-    @property
-    def current(self) -> str:
-        return self.stack[-1] if self.stack else "<model>"
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-class _Deterministic(TorchFunctionMode):
-    """torch dropout calls forced off; a droplab mask draw is an error (or, recording, an entry)."""
-
-    def __init__(self, where: _ModuleStack | None = None, record: list[str] | None = None) -> None:
-        super().__init__()
-        self.where = where
+    def __init__(self, stack: ModuleStack, record: list[str] | None = None) -> None:
+        self.stack = stack
         self.record = record
 
     def _offend(self, message: str) -> None:
-        place = self.where.current if self.where is not None else "the model"
+        frame = self.stack.current
+        place = (frame.path or "<model>") if frame is not None else "<model>"
         if self.record is None:
             raise InferenceModeError(f"stochastic dropout inside inference_mode: {message} in {place}")
         self.record.append(f"{place}: {message}")
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
+    def __call__(self, func, args, kwargs):
+        kwargs = dict(kwargs)
         if func in _TORCH_DROPOUTS and _training_arg(args, kwargs) and _p_arg(args, kwargs) > 0:
             if self.record is not None:  # recording: report it and let it run as it would
                 self._offend(f"torch.nn.functional.{func.__name__}(training=True)")
@@ -121,6 +98,10 @@ class _Deterministic(TorchFunctionMode):
             self._offend("a droplab dropout mask was drawn (droplab.functional call with training=True, "
                          "a module forced stochastic, or MC sampling)")
         return func(*args, **kwargs)
+
+
+def _recorder(stack: ModuleStack, record: list[str] | None = None) -> CallRecorder:
+    return CallRecorder(stack, on_call=_Deterministic(stack, record), unwrap_attention=False)
 
 
 @contextlib.contextmanager
@@ -138,23 +119,20 @@ def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-    where = _ModuleStack(model)
-    with training_flags_restored(model.modules()):
-        try:
-            model.eval()
-            with _Deterministic(where):
-                yield model
-        finally:
-            where.remove()
+    with training_flags_restored(model.modules()), module_stack(model) as stack:
+        model.eval()
+        with _recorder(stack):
+            yield model
 
 
 def assert_inference(model: nn.Module, example_input=None) -> None:
     """Raise :class:`InferenceModeError` if any dropout site of ``model`` would be stochastic.
 
     Checks every site reported by :func:`droplab.sites` (modules in train mode, ``dropout=`` of RNNs
-    and attention in train mode); with ``example_input`` (a tensor or a tuple of arguments) it also
-    runs the model twice, recording every stochastic dropout call by the module that made it
-    (``torch.nn.functional.dropout(training=True)``, a droplab mask draw) and comparing the outputs.
+    and attention in train mode); with ``example_input`` (a tensor, a tuple of arguments or a mapping of
+    keyword arguments) it also runs the model twice, recording every stochastic dropout call by the module
+    that made it (``torch.nn.functional.dropout(training=True)``, a droplab mask draw) and comparing the
+    outputs.
     Buffers and torch's generator are restored afterwards.
 
     Example::
@@ -170,8 +148,7 @@ def assert_inference(model: nn.Module, example_input=None) -> None:
     offenders = [f"{s.name or '<model>'} ({s.kind}, p={s.p:g}) is in train mode" for s in sites(model) if s.training]
     places = {s.name or "<model>" for s in sites(model) if s.training}
     if example_input is not None:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        found = _run_twice(model, args)
+        found = _run_twice(model, example_input)
         offenders += found
         # one site is often seen twice (in train mode, and drawing a mask): count sites, not messages
         places |= {entry.partition(": ")[0] for entry in found if entry != _OUTPUT_DIFFERS}
@@ -179,21 +156,19 @@ def assert_inference(model: nn.Module, example_input=None) -> None:
         raise InferenceModeError(f"{len(places)} dropout site(s) would be stochastic:\n  " + "\n  ".join(offenders))
 
 
-def _run_twice(model: nn.Module, args: tuple) -> list[str]:
+def _run_twice(model: nn.Module, example_input) -> list[str]:
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     issued = {m: list(m._issued) for m in model.modules() if hasattr(m, "_issued")}
     record: list[str] = []
-    where = _ModuleStack(model)
     outputs = []
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), module_stack(model) as stack:
             for _ in range(2):
                 calls: list[str] = []
-                with _Deterministic(where, calls):
-                    outputs.append(model(*args))
+                with _recorder(stack, calls):
+                    outputs.append(call_model(model, example_input))
                 record = record or calls
     finally:
-        where.remove()
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])

@@ -106,7 +106,7 @@ def test_dropout_before_batchnorm_found_by_capture_when_fx_fails():
 
 
 def test_hooks_when_the_capture_fails_too(monkeypatch):
-    import droplab.diagnostics._graph as graph
+    import droplab.graph.dataflow as graph
 
     def broken(model, example_input):
         raise RuntimeError("no capture")

@@ -1,27 +1,17 @@
-"""Batches from a loader: ``x``, ``(x, y)``, ``[x, y]`` or ``{"x": ..., "y": ...}``, moved to the model's device."""
+"""Batches from a loader: ``x``, ``(x, y)``, ``[x, y]`` or ``{"x": ..., "y": ...}``, moved to the model's device.
+
+What a model takes and how to call it on a batch's inputs is :mod:`droplab.graph.model_io`'s
+(``call_model``, ``model_device``); this module only reads a loader's batches, which only the
+diagnostics do.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch import nn
 
-__all__ = ["split_batch", "batches", "model_device", "call_on_batch"]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        if tensor.is_floating_point():
-            return tensor.device
-    return torch.device("cpu")
-
-
-def call_on_batch(model: nn.Module, x: object) -> object:
-    """Run ``model`` on a batch's inputs: a tuple is spread as positional arguments."""
-    return model(*x) if isinstance(x, tuple) else model(x)
+__all__ = ["split_batch", "batches"]
 
 
 def split_batch(batch: object) -> tuple[object, torch.Tensor | None]:

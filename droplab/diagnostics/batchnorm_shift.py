@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from .._modes import training_flags_restored
-from ._data import batches, call_on_batch, model_device
-from ._graph import model_graph
+from ..graph.dataflow import model_graph
+from ..graph.model_io import call_model, model_device
+from ._data import batches
 from .lint_rules import RULES, batchnorms_fed_by_dropout
 
 __all__ = ["VarianceShift", "variance_shift", "recalibrate_bn"]
@@ -78,7 +79,7 @@ def _measure(model: nn.Module, loader: Iterable, names: list[str], max_batches: 
     try:
         with torch.no_grad():
             for x, _ in batches(loader, model_device(model), max_batches):
-                call_on_batch(model, x)
+                call_model(model, x)
     finally:
         for handle in handles:
             handle.remove()
@@ -191,7 +192,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, *, max_batches: int | Non
                 m.train()
             with torch.no_grad():
                 for x, _ in batches(loader, model_device(model), max_batches):
-                    call_on_batch(model, x)
+                    call_model(model, x)
                     seen = True
             if not seen:
                 raise ValueError("loader is empty: no batch to recompute the BatchNorm statistics from")

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from .._modes import training_flags_restored
+from ..graph.model_io import call_model, model_device
 from ..rng import random_words
-from ._data import batches, call_on_batch, model_device
+from ._data import batches
 
 __all__ = ["capture_activations", "hidden_layers", "pairwise_correlation", "effective_rank", "sparsity",
            "ablation_sensitivity", "Ablation", "LayerCoadaptation", "coadaptation", "coadaptation_summary"]
@@ -89,7 +90,7 @@ def capture_activations(model: nn.Module, loader: Iterable, layers: Sequence[str
             model.eval()
             with torch.no_grad():
                 for x, _ in batches(loader, model_device(model), max_batches):
-                    call_on_batch(model, x)
+                    call_model(model, x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -173,7 +174,7 @@ def _accuracy(model: nn.Module, xs: list, ys: list) -> float:
     correct = total = 0
     with torch.no_grad():
         for x, y in zip(xs, ys):
-            out = call_on_batch(model, x)
+            out = call_model(model, x)
             correct += int((out.argmax(dim=-1) == y).sum())
             total += y.numel()
     return correct / total
@@ -234,7 +235,7 @@ def ablation_sensitivity(model: nn.Module, loader: Iterable, layer: str, *, max_
                 captured = []
                 probe = module.register_forward_hook(lambda m, a, o: captured.append(o))
                 try:
-                    call_on_batch(model, first)
+                    call_model(model, first)
                 finally:
                     probe.remove()
             width = captured[0].shape[1] if captured[0].dim() > 1 else captured[0].shape[0]

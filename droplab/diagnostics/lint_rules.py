@@ -48,7 +48,7 @@ attention dropout that ignores the mode is found in the eval-mode trace of a cus
 ``scaled_dot_product_attention`` or ``multi_head_attention_forward`` itself.
 
 The graph rules use a torch.fx trace when the model traces, else a capture of one forward pass on
-``example_input`` at torch's function level (every rule runs: see :mod:`droplab.diagnostics._graph`),
+``example_input`` at torch's function level (every rule runs: see :mod:`droplab.graph.dataflow`),
 else forward hooks on ``example_input`` (direct module-to-module hand-offs only), else the order of
 ``nn.Sequential`` children; the returned :class:`Findings` says which (``traced_with``) and which rules
 could not run and why (``skipped``; ``droplab inspect`` prints them).
@@ -66,16 +66,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..conversion import sites
-from ..nn import StochasticModule
-from ._graph import (
+from ..graph.dataflow import (
     GraphNode,
     ModelGraph,
     call_argument,
-    call_model,
     is_droplab_function,
     is_dropout_function,
     model_graph,
 )
+from ..graph.model_io import call_model
+from ..nn import StochasticModule
 
 __all__ = ["Finding", "Findings", "RULES", "SEVERITIES", "lint"]
 

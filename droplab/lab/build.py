@@ -129,7 +129,7 @@ def build_model(config, input_shape: Sequence[int], n_outputs: int) -> nn.Module
     if config.input_site:
         model = nn.Sequential(OrderedDict(input_drop=dnn.InputDropout(INPUT_RATE, seed=seed), model=model))
     try:
-        model = convert(model, seed=seed + 1)
+        model = convert(model, seed=seed + 1, keep_seeds=True)  # the seeds the factory chose stay
     except ValueError as error:
         raise UserCodeError(f"droplab.convert of {config.model}", error, code_files(factory)) from error
     _seed_unseeded(model, seed + 100_003)

@@ -14,11 +14,20 @@ The site's training step counter does **not** advance, so MC prediction in the m
 changes nothing. A ``torch.nn`` dropout module (or a library class with a conversion rule: timm's
 ``DropPath``, torchvision's ``StochasticDepth``) is swapped for droplab's counterpart for the duration
 of the call (seed: CRC-32 of its module path), so it follows the same rule. A functional dropout call
-(``F.dropout*``, ``torch.dropout``, ``scaled_dot_product_attention(dropout_p > 0)``, see
-:mod:`droplab._calls`) is routed to droplab's generator with ``σ = site_key("<module path>#<i>")``
-for the ``i``-th such call its issuing module makes in a pass; the issuing modules (found by one
-probe forward) are put in training mode for the call, since libraries pass ``p if self.training
-else 0``, and nothing else is. Sites that cannot be sampled by droplab (``dropout=`` of multi-layer
+(``F.dropout*``, ``torch.dropout``, ``scaled_dot_product_attention(dropout_p > 0)``, a keep-mask
+``bernoulli_``, see :mod:`droplab.graph.forms`) is drawn by droplab's generator with
+``σ = site_key("<module path>#<i>")`` for the ``i``-th such call its issuing module makes in a pass; after
+:func:`droplab.convert` routed it, the call *is* the droplab module that draws it in training (Hugging
+Face's ``self.dropout``, or ``dropout_call<i>``), and ``σ`` is that module's key as above (its seed, or
+``site_key`` of its path), at the rate the call passes unless the rate was set through droplab. The
+issuing modules (found by one probe forward) are put in training mode for the call, since libraries
+pass ``p if self.training else 0``, and nothing else is.
+
+A site used several times in one pass (a module registered at two places, a layer run twice) draws an
+independent mask at each use: its ``u``-th use in the pass (``u = 0, 1, ...``) draws with
+``mc_seed(σ, s, k, u)``, which is ``mc_seed(σ, s, k)`` for the first use.
+
+Sites that cannot be sampled by droplab (``dropout=`` of multi-layer
 ``torch.nn`` RNNs, torch modules without a conversion rule) make the whole prediction fall back to
 the loop below, with torch's generator seeded by ``mc_seed(t, s, k)`` inside
 ``torch.random.fork_rng`` (the caller's generator is left as it was). So does a droplab site that
@@ -63,8 +72,11 @@ Everything that does not depend on a dropout output is computed once per input b
   batch instead (checked on sample 0 and 1 of the first rows).
 * ``"loop"``: T passes, one sample each (a site droplab cannot sample, or ``method="loop"``).
 
-Inputs: a tensor, a tuple (positional arguments) or a mapping (keyword arguments); every tensor in
-them whose first axis has the batch's ``N`` rows is batched, everything else is passed as is.
+Inputs: a tensor, a tuple (positional arguments) or a mapping (keyword arguments). The batch's ``N`` is
+the first axis of the first tensor with more than one row (1 if none has); every tensor whose first
+axis has ``N`` rows is batched (repeated per sample, split by ``max_batch``), everything else (0-dim
+tensors, non-tensors, tensors with one row where ``N > 1``, such as a mask broadcast over the batch)
+is passed unchanged. ``batch_keys=`` names the batched entries instead (mapping keys or tuple positions).
 Outputs: a tensor, a tuple, a mapping or a Hugging Face ``ModelOutput``; ``output=`` picks what is
 sampled. The model treats rows independently (no mixing of rows), as MC dropout itself assumes. Inside the
 model a site may see the batch on another axis: :func:`droplab.mc.sampling.batch_axis` (1 for
@@ -74,21 +86,39 @@ model a site may see the batch on another axis: :func:`droplab.mc.sampling.batch
 from __future__ import annotations
 
 import contextlib
+import numbers
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from .. import functional as DF
-from .._calls import CallMode, attention_math, issuing_modules, routing_suspended
-from .._fx import LeafTracer
 from .._modes import training_flags_restored
-from ..conversion import Site, conversion_for, probe_sites, replace_module, sites
+from ..graph.conversions import conversion_for
+from ..graph.forms import attention_math
+from ..graph.model_io import BatchLayout, call_model, first_tensor, select_output, tensors
+from ..graph.probe import CallSite, probe
+from ..graph.recorder import CallRecorder, DropoutCall, ModuleStack, module_stack, routing_suspended
+from ..graph.routing import rate_is_set, routed_site
+from ..graph.walker import Site, module_sites, places, replace_module
 from ..nn import StochasticModule
-from .sampling import MCBatchingError, MCSampling, counters, mc_activate, mc_sampling, mc_seed, run_sliced, site_key
+from .plans import WholePlan, choose_plan, replicate_rows
+from .sampling import (
+    MCBatchingError,
+    MCSampling,
+    active,
+    counters,
+    key_of,
+    mc_activate,
+    mc_sampling,
+    mc_seed,
+    next_use,
+    run_sliced,
+    site_key,
+)
 
 __all__ = ["MCResult", "predict", "sample_loop", "METHODS"]
 
@@ -115,77 +145,6 @@ class MCResult:
         return self.samples.var(0, unbiased=False)
 
 
-# ---------------------------------------------------------------------------------------- inputs
-
-def _first_tensor(value) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (tuple, list)) else ()
-    return next((t for t in map(_first_tensor, items) if t is not None), None)
-
-
-def _batch_map(value, rows: int, fn: Callable[[torch.Tensor], torch.Tensor]):
-    """``fn`` applied to every tensor of ``value`` whose first axis has ``rows`` rows."""
-    if isinstance(value, torch.Tensor):
-        return fn(value) if value.dim() > 0 and value.shape[0] == rows else value
-    if isinstance(value, Mapping):
-        return {k: _batch_map(v, rows, fn) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_batch_map(v, rows, fn) for v in value)
-    return value
-
-
-def _call(model: nn.Module, inputs):
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _replicate(value: torch.Tensor, count: int) -> torch.Tensor:
-    if count == 1:
-        return value
-    return value.unsqueeze(0).expand(count, *value.shape).reshape(count * value.shape[0], *value.shape[1:])
-
-
-def _is_batch(value, rows: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows
-
-
-def _rows(inputs) -> int:
-    return _first_tensor(inputs).shape[0]
-
-
-# --------------------------------------------------------------------------------------- outputs
-
-def _select(out, output):
-    """The tensor ``output`` names in the model's output (default: ``logits`` where present)."""
-    if callable(output):
-        chosen = output(out)
-    elif output is not None:
-        try:
-            chosen = out[output]
-        except (KeyError, IndexError, TypeError) as error:
-            raise ValueError(f"output={output!r} does not name a part of the model's output "
-                             f"({type(out).__name__})") from error
-    elif isinstance(out, torch.Tensor):
-        chosen = out
-    elif isinstance(out, Mapping):
-        if "logits" not in out:
-            raise ValueError(f"the model returns a mapping without 'logits' (keys: {list(out.keys())}); pass "
-                             "output= with the key, index or a callable that picks the tensor to sample")
-        chosen = out["logits"]
-    elif isinstance(out, (tuple, list)) and out:
-        chosen = out[0]
-    else:
-        chosen = out
-    if not isinstance(chosen, torch.Tensor):
-        raise TypeError(f"MC prediction samples a tensor, but the selected output is {type(chosen).__name__}; "
-                        "pass output= (a key, an index or a callable)")
-    return chosen
-
-
 # ----------------------------------------------------------------------------------------- sites
 
 def _seed_of(name: str) -> int:
@@ -198,36 +157,44 @@ class _Prepared:
     droplab_sites: list[StochasticModule]
     torch_sites: list[nn.Module]
     issuers: list[nn.Module]
-    functional: list[Site]
+    functional: list[CallSite]
     keys: dict[int, int]
 
 
-def _check_sites(module_sites: list[Site], functional: list[Site]) -> None:
-    found = module_sites + functional
-    if not found:
+def _check_sites(found: list[Site], functional: list[CallSite]) -> None:
+    rates = [site.p for site in found] + [call.p for call in functional]
+    if not rates:
         raise ValueError("the model has no dropout site (no dropout module, no functional dropout call in a probe "
                          "forward), so every MC sample would be the same; add dropout or convert the model's "
                          "library modules (see droplab.convert)")
-    if all(site.p == 0 for site in found):
+    if all(p == 0 for p in rates):
         warnings.warn("every dropout site of the model has p = 0, so all MC samples are identical", stacklevel=4)
+
+
+def _swap(model: nn.Module) -> tuple[nn.Module, list[tuple[list[str], nn.Module]]]:
+    """Convertible modules swapped for droplab's (at every place), seeded by their first path's CRC-32."""
+    swapped, root, paths = [], model, places(model)
+    for site in module_sites(model):
+        rule = conversion_for(site.module) if site.library != "droplab" else None
+        new = None if rule is None else rule(site.module, _seed_of("torch:" + site.name))
+        if new is not None:
+            for path in paths[id(site.module)]:
+                root = replace_module(root, path, new)
+            swapped.append((paths[id(site.module)], site.module))
+    return root, swapped
 
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, probe_inputs) -> Iterator[_Prepared]:
     """Eval mode everywhere, convertible modules swapped for droplab's, issuers of functional dropout
     in training mode; all undone on exit."""
-    functional = probe_sites(model, probe_inputs)
+    functional = probe(model, probe_inputs).calls
     with training_flags_restored(model.modules()):
         swapped, root = [], model
         try:
             model.eval()
-            for site in sites(model):
-                rule = conversion_for(site.module) if site.library != "droplab" else None
-                new = None if rule is None else rule(site.module, _seed_of("torch:" + site.name))
-                if new is not None:
-                    root = replace_module(root, site.name, new)
-                    swapped.append((site.name, site.module))
-            found = sites(root)
+            root, swapped = _swap(model)
+            found = module_sites(root)
             _check_sites(found, functional)
             # a site at p = 0 is the identity: left inactive, it does not replicate the batch (the prefix
             # before the first *active* site runs once)
@@ -242,210 +209,83 @@ def _prepared(model: nn.Module, probe_inputs) -> Iterator[_Prepared]:
             keys = {id(s.module): site_key(s.name) for s in found}
             yield _Prepared(root, droplab_sites, torch_sites, issuers, functional, keys)
         finally:
-            for name, original in swapped:
-                root = replace_module(root, name, original)
+            for paths, original in swapped:
+                for path in paths:
+                    root = replace_module(root, path, original)
 
 
-class _FunctionalSites(CallMode):
-    """Routes functional dropout calls to droplab's generator, sampled like a site.
+class _FunctionalSites:
+    """Draws functional dropout calls with droplab's generator, sampled like a site (a recorder's handler).
 
-    Each call is named by its issuing module and its index there (``"<path>#<i>"``), whose
-    :func:`~droplab.mc.sampling.site_key` keys its masks.
+    A call is keyed by ``site_key("<issuer>#<i>")``; a call routed after :func:`droplab.convert` by the
+    droplab module that draws it in training (:func:`~droplab.mc.sampling.key_of`).
     """
 
-    def __init__(self, stack: list[str], module_sites: set[str]) -> None:
-        super().__init__()
-        self.stack = stack
-        self.module_sites = module_sites
-        self.calls: dict[str, int] = {}
+    def __init__(self, stack: ModuleStack, keys: dict[int, int]) -> None:
+        self.stack, self.keys = stack, keys
 
-    def on_call(self, func, call, args, kwargs):
-        issuer = self.stack[-1] if self.stack else ""
-        if issuer in self.module_sites:  # a torch dropout module that could not be swapped: torch samples it
-            return func(*args, **kwargs)
-        index = self.calls.get(issuer, 0)
-        self.calls[issuer] = index + 1
-        if call.p == 0:  # the identity: run as is, so it does not replicate the batch
-            return func(*args, **kwargs)
-        key = site_key(f"{issuer}#{index}")
+    def __call__(self, event: DropoutCall):
+        call = event.call
+        site = routed_site(event.frame.module, event.position) if event.frame is not None else None
+        p = site.p if site is not None and rate_is_set(site) else call.p
+        if p == 0:  # the identity: run as is, so it does not replicate the batch
+            return event.run()
+        key = site_key(event.name) if site is None else key_of(site, self.keys)
+        use = next_use(("functional", key))
         if call.form.droplab is not None:
             def draw(x):
-                seed, step = counters(key)
-                return call.run_droplab(x, seed=seed, step=step)
+                seed, step = counters(key, use)
+                return call.run_droplab(x, seed=seed, step=step, p=p)
             # a mask filled in place (bernoulli_) is filled slice by slice; a masking call is affine in its input
-            return run_sliced(draw, (call.arguments[call.form.params[0]],), {}, affine=not call.fills,
-                              name=call.form.name)
-        return self._attention(call, key)
-
-    def _attention(self, call, key: int):
-        from .sampling import active
-        spec = active()
-        a = call.arguments
-        rows = a["query"].shape[0]
-        if spec.rows is not None and rows == spec.rows and spec.count > 1:
-            for name in ("query", "key", "value", "attn_mask"):
-                if _is_batch(a[name], rows):
-                    a[name] = _replicate(a[name], spec.count)
-        p = call.p
-
-        def drop(weights):
-            def draw(w):
-                seed, step = counters(key)
-                return DF.dropout(w, p, True, seed=seed, step=step)
-            return run_sliced(draw, (weights,), {}, affine=True, name=call.form.name)
-        return attention_math(call, drop)
+            return run_sliced(draw, (call.input,), {}, affine=not call.fills, name=call.form.name)
+        return _attention(call, key, use, p)
 
 
-@contextlib.contextmanager
-def _functional(model: nn.Module) -> Iterator[_FunctionalSites]:
-    module_sites = {name for name, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
-    with routing_suspended(), issuing_modules(model) as stack:
-        yield _FunctionalSites(stack, module_sites)
+def _attention(call, key: int, use: int, p: float):
+    spec = active()
+    a = call.arguments
+    rows = a["query"].shape[0]
+    if spec.rows is not None and rows == spec.rows and spec.count > 1:
+        for name in ("query", "key", "value", "attn_mask"):
+            if isinstance(a[name], torch.Tensor) and a[name].dim() > 0 and a[name].shape[0] == rows:
+                a[name] = replicate_rows(a[name], spec.count)
+
+    def drop(weights):
+        def draw(w):
+            seed, step = counters(key, use)
+            return DF.dropout(w, p, True, seed=seed, step=step)
+        return run_sliced(draw, (weights,), {}, affine=True, name=call.form.name)
+    return attention_math(call, drop)
+
+
+@dataclass
+class _Functional:
+    recorder: CallRecorder
+    stack: ModuleStack
 
 
 @contextlib.contextmanager
-def _fresh(mode: _FunctionalSites) -> Iterator[None]:
+def _functional(model: nn.Module, keys: dict[int, int]) -> Iterator[_Functional]:
+    with routing_suspended(), module_stack(model) as stack:
+        yield _Functional(CallRecorder(stack, on_dropout=_FunctionalSites(stack, keys)), stack)
+
+
+@contextlib.contextmanager
+def _fresh(functional: _Functional) -> Iterator[None]:
     """One pass: functional calls are numbered from 0 again."""
-    mode.calls = {}
-    with mode:
+    functional.stack.new_pass()
+    with functional.recorder:
         yield
-
-
-# ------------------------------------------------------------------------------------------ plans
-
-class _WholePlan:
-    """No prefix: the whole model runs on the replicated batch."""
-
-    lazy = False
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def prefix(self, xb):
-        return xb
-
-    def suffix(self, state, count: int):
-        rows = _rows(state)
-        return _call(self.model, _batch_map(state, rows, lambda t: _replicate(t, count)))
-
-
-class _LazyPlan(_WholePlan):
-    """The model runs on the unreplicated batch; the first site replicates its input (``spec.rows``)."""
-
-    lazy = True
-
-    def suffix(self, state, count: int):
-        return _call(self.model, state)
-
-
-class _SequentialPlan:
-    """An ``nn.Sequential`` split before its first child that holds a dropout site."""
-
-    lazy = False
-
-    def __init__(self, model: nn.Sequential, site_ids: set[int]) -> None:
-        children = list(model)
-        first = next(i for i, c in enumerate(children) if any(id(m) in site_ids for m in c.modules()))
-        self.head, self.tail = children[:first], children[first:]
-
-    def prefix(self, xb: torch.Tensor):
-        for child in self.head:
-            xb = child(xb)
-        if not isinstance(xb, torch.Tensor):
-            raise TypeError("the prefix of the Sequential must return a tensor")
-        return xb
-
-    def suffix(self, state, count: int):
-        out = _replicate(state, count)
-        for child in self.tail:
-            out = child(out)
-        return out
-
-
-class _FxPlan:
-    """The traced graph split into the prefix (run once per batch) and the suffix (run per chunk)."""
-
-    lazy = False
-
-    def __init__(self, model: nn.Module, site_ids: set[int]) -> None:
-        from .._calls import CALL_FORMS
-
-        graph = LeafTracer(site_ids).trace(model)
-        self.interp = fx.Interpreter(fx.GraphModule(model, graph))
-        self.nodes = [n for n in graph.nodes if n.op != "output"]
-        self.output = next(n for n in graph.nodes if n.op == "output")
-        placeholders = [n for n in self.nodes if n.op == "placeholder"]
-        if not placeholders or any(not n.args for n in placeholders[1:]):
-            raise TypeError("MC prediction traces models with one required tensor input")
-        self.input = placeholders[0]
-        roots = {n for n in self.nodes if (n.op == "call_module" and id(self.interp.fetch_attr(n.target)) in site_ids)
-                 or (n.op == "call_function" and n.target in CALL_FORMS)}
-        if not roots:
-            raise ValueError("the traced graph has no dropout site")
-        self.site_dependent = set()
-        for node in self.nodes:  # topological order
-            if node in roots or any(a in self.site_dependent for a in node.all_input_nodes):
-                self.site_dependent.add(node)
-
-    def _run(self, node: fx.Node, env: dict):
-        self.interp.env = env
-        return self.interp.run_node(node)
-
-    def prefix(self, xb: torch.Tensor):
-        rows = xb.shape[0]
-        env, suffix, from_input = {}, [], set()
-        moved = set()
-        for node in self.nodes:
-            if node in self.site_dependent or any(a in moved for a in node.all_input_nodes):
-                moved.add(node)
-                suffix.append(node)
-                continue
-            if node.op == "placeholder":
-                value = xb if node is self.input else node.args[0]
-            else:
-                value = self._run(node, env)
-            if node is self.input or any(a in from_input for a in node.all_input_nodes):
-                from_input.add(node)
-                if not _is_batch(value, rows):  # recomputed from replicated inputs in the suffix
-                    moved.add(node)
-                    suffix.append(node)
-                    continue
-            env[node] = value
-        needed = {a for n in suffix + [self.output] for a in n.all_input_nodes if a not in moved}
-        frontier = {n: env[n] for n in needed}
-        return frontier, suffix, from_input
-
-    def suffix(self, state, count: int):
-        frontier, suffix, from_input = state
-        env = {n: _replicate(v, count) if n in from_input else v for n, v in frontier.items()}
-        for node in suffix:
-            env[node] = self._run(node, env)
-        return fx.node.map_arg(self.output.args[0], lambda n: env[n])
-
-
-def _plan(model: nn.Module, site_ids: set[int], method: str, cache_prefix: bool, tensor_input: bool,
-          root_calls_only: bool):
-    if method in ("auto", "fx") and cache_prefix and tensor_input and root_calls_only:
-        try:
-            return _FxPlan(model, site_ids), "fx"
-        except Exception:
-            if method == "fx":
-                raise
-    elif method == "fx":
-        raise ValueError("method='fx' needs one tensor input and no functional dropout below the model's root")
-    if cache_prefix and tensor_input and isinstance(model, nn.Sequential) \
-            and any(id(m) in site_ids for m in model.modules()):
-        return _SequentialPlan(model, site_ids), "hooks"
-    return (_LazyPlan(model) if cache_prefix else _WholePlan(model)), "hooks"
 
 
 # --------------------------------------------------------------------------------------- predict
 
-def _check_args(model, x, samples, max_batch, method) -> None:
+def _check_args(model, x, samples, max_batch, method, seed) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
-    first = _first_tensor(x) if isinstance(x, (torch.Tensor, tuple, list, Mapping)) else None
-    if first is None or first.dim() < 1 or first.shape[0] < 1:
+    shaped = [t for t in tensors(x) if t.dim() > 0]
+    if not shaped or shaped[0].shape[0] < 1:
+        first = first_tensor(x)
         raise TypeError("x must be a tensor, a tuple of arguments or a mapping of keyword arguments holding a "
                         f"tensor with a non-empty batch axis first, but got {type(x).__name__}"
                         + (f" of shape {tuple(first.shape)}" if first is not None else ""))
@@ -455,17 +295,18 @@ def _check_args(model, x, samples, max_batch, method) -> None:
         raise ValueError(f"max_batch must be a positive int, but got {max_batch!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, but got {method!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, but got {seed!r} ({type(seed).__name__})")
 
 
-def _batches(x, max_batch: int) -> Iterator[tuple[int, int, object]]:
-    rows = _rows(x)
-    for k, n0 in enumerate(range(0, rows, max_batch)):
-        yield k, n0, _batch_map(x, rows, lambda t, n0=n0: t[n0:n0 + max_batch])
+def _batches(x, max_batch: int, layout: BatchLayout) -> Iterator[tuple[int, int, object]]:
+    for k, n0 in enumerate(range(0, layout.rows, max_batch)):
+        yield k, n0, layout.map(x, lambda t, n0=n0: t[n0:n0 + max_batch])
 
 
 def _store(samples: torch.Tensor | None, out, output, total: int, rows: int, t0: int, count: int, n0: int,
            n: int) -> torch.Tensor:
-    out = _select(out, output)
+    out = select_output(out, output)
     if out.dim() < 1 or out.shape[0] != count * n:
         raise ValueError(f"the sampled output must have the batch axis first ({count * n} rows), but has shape "
                          f"{tuple(out.shape)}")
@@ -476,9 +317,21 @@ def _store(samples: torch.Tensor | None, out, output, total: int, rows: int, t0:
     return samples
 
 
+@dataclass
+class _Run:
+    """What one call of :func:`predict` fixed: the inputs' layout, the seed and the options."""
+
+    layout: BatchLayout
+    seed: int
+    samples: int
+    max_batch: int
+    consistent: bool
+    output: str | int | Callable | None
+
+
 def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None, max_batch: int = 1024,
             cache_prefix: bool = True, consistent: bool = False, method: str = "auto",
-            output: str | int | Callable | None = None) -> MCResult:
+            output: str | int | Callable | None = None, batch_keys: Sequence | None = None) -> MCResult:
     r"""Monte-Carlo dropout: ``samples`` stochastic passes of ``model`` over ``x``, stacked.
 
     Every dropout site is active, everything else in eval mode; the model's train/eval flags, its
@@ -489,9 +342,11 @@ def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None,
         model: the network (a ``torch.nn.Module``, e.g. a Hugging Face ``PreTrainedModel``).
         x: the inputs, batched along dimension 0: a tensor ``(N, *)``, a tuple of positional
             arguments or a mapping of keyword arguments (``{"input_ids": ..., "attention_mask": ...}``).
+            In a tuple or mapping only tensors whose first axis is the batch are repeated per sample;
+            0-dim tensors, non-tensors and tensors with one row (where ``N > 1``) pass unchanged.
         samples: number of MC samples T. Default: 100.
-        seed: MC seed; the same seed gives the same samples. ``None`` draws one from torch's global
-            generator. Default: None.
+        seed: MC seed (an int); the same seed gives the same samples. ``None`` draws one from torch's
+            global generator. Default: None.
         max_batch: most rows in one pass (samples x inputs); bounds peak memory. Inputs beyond it are
             split into batches, which changes the (non-consistent) masks, so keep it fixed to reproduce
             a result. On a CPU about a thousand rows already keep matrix products efficient, and
@@ -502,6 +357,8 @@ def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None,
         output: what to sample from the model's output: a key (mapping, ``ModelOutput``), an index
             (tuple) or a callable; ``None`` takes the tensor itself, ``"logits"`` where present, or
             a tuple's first element. Default: None.
+        batch_keys: the entries of a mapping (keys) or tuple (positions) that carry the batch, instead
+            of the rule above; the others pass unchanged. Default: None.
 
     Returns:
         :class:`MCResult` with ``samples`` ``(T, N, *out)``, ``mean``, ``variance`` and ``path``.
@@ -509,6 +366,7 @@ def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None,
     Raises:
         ValueError: the model has no dropout site (every sample would be the same). A model whose
             sites all have ``p = 0`` only warns.
+        TypeError: ``seed`` is not an int or None, or ``x`` holds no tensor with a batch axis.
 
     Example::
 
@@ -523,44 +381,44 @@ def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None,
         MC prediction ignores ``eval()`` for dropout on purpose, including ``torch.nn.functional``
         dropout calls made with ``training=False``: every site samples.
     """
-    _check_args(model, x, samples, max_batch, method)
-    seed = DF.new_seed() if seed is None else int(seed) % 2**64
-    probe = _batch_map(x, _rows(x), lambda t: t[:_PROBE_ROWS])
-    with torch.no_grad(), _prepared(model, probe) as prep:
+    _check_args(model, x, samples, max_batch, method, seed)
+    layout = BatchLayout(x, batch_keys)
+    run = _Run(layout, DF.new_seed() if seed is None else int(seed) % 2**64, samples, max_batch, consistent, output)
+    probe_inputs = layout.map(x, lambda t: t[:_PROBE_ROWS])
+    with torch.no_grad(), _prepared(model, probe_inputs) as prep:
         loop = method == "loop" or bool(prep.torch_sites)
         if method in ("fx", "hooks") and loop:
             raise ValueError(f"method={method!r} cannot sample the torch sites {prep.torch_sites}; use 'loop' or "
                              "'auto'")
         with mc_activate(prep.droplab_sites, prep.keys), _torch_train(prep.torch_sites), \
-                _functional(prep.root) as functional:
+                _functional(prep.root, prep.keys) as functional:
             if not loop:
-                plan, path = _choose_plan(prep, x, method, cache_prefix, seed, consistent, output, functional)
+                plan, path = _choose_plan(prep, x, method, cache_prefix, run, functional)
                 try:
-                    return MCResult(_batched(plan, x, samples, seed, max_batch, consistent, output, functional),
-                                    path, seed)
+                    return MCResult(_batched(plan, x, run, functional), path, run.seed)
                 except MCBatchingError:
                     if method != "auto":
                         raise
             try:
-                return MCResult(_looped(prep.root, x, samples, seed, max_batch, consistent, output, functional),
-                                "loop", seed)
+                return MCResult(_looped(prep.root, x, run, functional), "loop", run.seed)
             except MCBatchingError as error:
                 raise ValueError(f"consistent=True is not supported for this model: {error}") from error
 
 
-def _choose_plan(prep: _Prepared, x, method: str, cache_prefix: bool, seed: int, consistent: bool, output,
-                 functional: _FunctionalSites):
+def _choose_plan(prep: _Prepared, x, method: str, cache_prefix: bool, run: _Run, functional: _Functional):
     site_ids = {id(m) for m in prep.droplab_sites} | {id(m) for m in prep.issuers}
     root_calls_only = all(s.module is prep.root for s in prep.functional)
-    plan, path = _plan(prep.root, site_ids, method, cache_prefix, isinstance(x, torch.Tensor), root_calls_only)
-    rows = _batch_map(x, _rows(x), lambda t: t[:8])
-    if path == "fx" and not _agrees(plan, _WholePlan(prep.root), rows, seed, consistent, output, functional, 1):
+    plan, path = choose_plan(prep.root, site_ids, method, cache_prefix, isinstance(x, torch.Tensor), root_calls_only,
+                             run.layout)
+    rows = run.layout.map(x, lambda t: t[:8])
+    whole = WholePlan(prep.root, run.layout)
+    if path == "fx" and not _agrees(plan, whole, rows, run, functional, 1):
         if method == "fx":
             raise ValueError("the torch.fx trace of the model computes something else than its "
                              "forward (Python control flow on traced values); use method='hooks'")
-        plan, path = _plan(prep.root, set(), "hooks", cache_prefix, False, False)
-    if plan.lazy and not _agrees(plan, _WholePlan(prep.root), rows, seed, consistent, output, functional, 2):
-        plan = _WholePlan(prep.root)
+        plan, path = choose_plan(prep.root, set(), "hooks", cache_prefix, False, False, run.layout)
+    if plan.lazy and not _agrees(plan, whole, rows, run, functional, 2):
+        plan = whole
     return plan, path
 
 
@@ -569,53 +427,54 @@ def _same(a, b) -> bool:
         return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
         return all(_same(u, v) for u, v in zip(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
+    if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return type(a) is type(b) and not isinstance(a, torch.Tensor) and a == b
 
 
-def _agrees(plan, reference, rows, seed: int, consistent: bool, output, functional, count: int) -> bool:
+def _agrees(plan, reference, rows, run: _Run, functional: _Functional, count: int) -> bool:
     """The first ``count`` samples of a few rows through ``plan`` and through ``reference`` must agree.
 
     symbolic tracing bakes in Python decisions taken on proxies (``isinstance(y, tuple)`` on a module's
     output, say), and lazy replication breaks where a value from before the first site is reused
     after it, so a plan that runs can still compute something else; this catches it cheaply.
     """
-    n = _rows(rows)
+    n = run.layout.rows_of(rows)
     try:
-        with mc_sampling(MCSampling(seed, 0, count, 0, consistent, rows=n if plan.lazy else None)), \
+        with mc_sampling(MCSampling(run.seed, 0, count, 0, run.consistent, rows=n if plan.lazy else None)), \
                 _fresh(functional):
-            mine = _select(plan.suffix(plan.prefix(rows), count), output)
+            mine = select_output(plan.suffix(plan.prefix(rows), count), run.output)
     except Exception:  # the baked-in branch may not even run; lazy shapes may not broadcast
         return False
-    with mc_sampling(MCSampling(seed, 0, count, 0, consistent)), _fresh(functional):
-        theirs = _select(reference.suffix(reference.prefix(rows), count), output)
+    with mc_sampling(MCSampling(run.seed, 0, count, 0, run.consistent)), _fresh(functional):
+        theirs = select_output(reference.suffix(reference.prefix(rows), count), run.output)
     return _same(mine, theirs)
 
 
-def _batched(plan, x, samples: int, seed: int, max_batch: int, consistent: bool, output,
-             functional: _FunctionalSites) -> torch.Tensor:
-    out, rows = None, _rows(x)
-    for k, n0, xb in _batches(x, max_batch):
-        n = _rows(xb)
+def _batched(plan, x, run: _Run, functional: _Functional) -> torch.Tensor:
+    out = None
+    for k, n0, xb in _batches(x, run.max_batch, run.layout):
+        n = run.layout.rows_of(xb)
         state = plan.prefix(xb)
-        chunk = max(1, max_batch // n)
-        for t0 in range(0, samples, chunk):
-            count = min(chunk, samples - t0)
-            spec = MCSampling(seed, t0, count, k, consistent, rows=n if plan.lazy else None)
+        chunk = max(1, run.max_batch // n)
+        for t0 in range(0, run.samples, chunk):
+            count = min(chunk, run.samples - t0)
+            spec = MCSampling(run.seed, t0, count, k, run.consistent, rows=n if plan.lazy else None)
             with mc_sampling(spec), _fresh(functional):
-                out = _store(out, plan.suffix(state, count), output, samples, rows, t0, count, n0, n)
+                out = _store(out, plan.suffix(state, count), run.output, run.samples, run.layout.rows, t0, count,
+                             n0, n)
     return out
 
 
-def _looped(model: nn.Module, x, samples: int, seed: int, max_batch: int, consistent: bool, output,
-            functional: _FunctionalSites) -> torch.Tensor:
-    out, rows = None, _rows(x)
-    for k, n0, xb in _batches(x, max_batch):
-        for t in range(samples):
-            with mc_sampling(MCSampling(seed, t, 1, k, consistent)), _torch_rng(seed, t, k, _first_tensor(x).device), \
+def _looped(model: nn.Module, x, run: _Run, functional: _Functional) -> torch.Tensor:
+    out = None
+    device = first_tensor(x).device
+    for k, n0, xb in _batches(x, run.max_batch, run.layout):
+        for t in range(run.samples):
+            with mc_sampling(MCSampling(run.seed, t, 1, k, run.consistent)), _torch_rng(run.seed, t, k, device), \
                     _fresh(functional):
-                out = _store(out, _call(model, xb), output, samples, rows, t, 1, n0, _rows(xb))
+                out = _store(out, call_model(model, xb), run.output, run.samples, run.layout.rows, t, 1, n0,
+                             run.layout.rows_of(xb))
     return out
 
 
@@ -637,7 +496,8 @@ def _torch_rng(seed: int, t: int, k: int, device: torch.device) -> Iterator[None
 
 
 def sample_loop(model: nn.Module, x, samples: int, *, seed: int, consistent: bool = False,
-                output: str | int | Callable | None = None) -> torch.Tensor:
+                output: str | int | Callable | None = None, batch_keys: Sequence | None = None) -> torch.Tensor:
     """The definition :func:`predict` implements, as the plain loop over samples (one batch, k = 0)."""
-    return predict(model, x, samples, seed=seed, max_batch=max(_rows(x), 1), consistent=consistent,
-                   method="loop", output=output).samples
+    rows = BatchLayout(x, batch_keys).rows
+    return predict(model, x, samples, seed=seed, max_batch=max(rows, 1), consistent=consistent,
+                   method="loop", output=output, batch_keys=batch_keys).samples

@@ -15,6 +15,10 @@ is the input batch (0 with consistent masks) and ``key`` is
   ``"encoder.attn#0"`` for a functional call): unseeded modules keep no counters, and the name makes
   the samples reproducible for a given MC seed and independent across sites.
 
+A functional call that :func:`droplab.convert` routed is keyed as the droplab module that draws it
+(:func:`key_of`). A site used several times in one pass draws with ``mc_seed(key, s, k, u)`` at its
+``u``-th use (:func:`next_use`): independent masks at each use, as in training.
+
 Stacked samples. A pass stacks ``count`` samples along the batch axis, sample-major. A site whose
 input has exactly ``rows`` rows (the input batch, not yet replicated: the deterministic prefix ran
 once) replicates it ``count`` times first; then it runs once per sample slice with that sample's
@@ -40,8 +44,9 @@ from .._modes import training_flags_restored
 from ..nn import StochasticModule
 from ..rng import philox4x32_scalar, split_seed
 
-__all__ = ["MCSampling", "MCBatchingError", "mc_seed", "site_key", "mc_sampling", "mc_activate", "sliced_forward",
-           "run_sliced", "active", "current_sample", "batch_axis", "replicate", "AFFINE_SITES"]
+__all__ = ["MCSampling", "MCBatchingError", "mc_seed", "site_key", "key_of", "mc_sampling", "mc_activate",
+           "sliced_forward", "run_sliced", "active", "current_sample", "next_use", "counters", "batch_axis",
+           "replicate", "AFFINE_SITES"]
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,18 @@ _MC = threading.local()  # .spec: the active MCSampling; .sample: the sample ind
 _MC_WORD = 0x4D43  # "MC": keeps MC seeds apart from any other use of the fold
 
 
-def mc_seed(site_seed: int, seed: int, batch: int = 0) -> int:
-    """The seed a site with key ``site_seed`` uses in MC pass ``seed`` on input batch ``batch``.
+def mc_seed(site_seed: int, seed: int, batch: int = 0, use: int = 0) -> int:
+    """The seed a site with key ``site_seed`` uses in MC pass ``seed`` on input batch ``batch``, at its
+    ``use``-th use in the pass (0 for a site used once).
 
-    One Philox4x32-10 block keyed by the site's key, counter ``(seed lo, seed hi, batch, 0x4D43)``;
+    One Philox4x32-10 block keyed by the site's key, counter ``(seed lo, seed hi, batch, 0x4D43 + use * 2**16)``;
     the first two output words form the 64-bit result (low word first).
     """
+    if not 0 <= use < 2**16:
+        raise ValueError(f"use must be an int in [0, 65536), but got {use!r}")
     s = int(seed) % 2**64
-    w = philox4x32_scalar((s & 0xFFFFFFFF, s >> 32, int(batch), _MC_WORD), split_seed(int(site_seed)))
+    w = philox4x32_scalar((s & 0xFFFFFFFF, s >> 32, int(batch), _MC_WORD + (int(use) << 16)),
+                          split_seed(int(site_seed)))
     return w[0] | (w[1] << 32)
 
 
@@ -97,15 +106,39 @@ def current_sample() -> int | None:
     return getattr(_MC, "sample", None)
 
 
+def next_use(site: object) -> int:
+    """How many times ``site`` (any hashable name for it) was used before in the current pass; counts this use.
+
+    Inside a site drawing one slice (a sample, or a row of a consistent pass), uses are counted within
+    that slice's call, so every slice of a nested site draws as its first use does.
+    """
+    uses = _MC.__dict__.get("nested") if current_sample() is not None else None
+    if uses is None:
+        uses = _MC.__dict__.setdefault("uses", {})
+    use = uses.get(site, 0)
+    uses[site] = use + 1
+    return use
+
+
+def _slice_call(call: Callable, *args, **kwargs):
+    """One call of a site on one slice: nested sites count their uses from 0 again."""
+    previous, _MC.nested = _MC.__dict__.get("nested"), {}
+    try:
+        return call(*args, **kwargs)
+    finally:
+        _MC.nested = previous
+
+
 @contextlib.contextmanager
 def mc_sampling(spec: MCSampling) -> Iterator[None]:
-    """Inside the block, activated sites (:func:`mc_activate`) draw the samples ``spec`` names."""
-    previous = getattr(_MC, "spec", None)
-    _MC.spec = spec
+    """Inside the block, activated sites (:func:`mc_activate`) draw the samples ``spec`` names (one pass:
+    every site's use count starts from 0)."""
+    previous = getattr(_MC, "spec", None), _MC.__dict__.get("uses"), _MC.__dict__.get("using")
+    _MC.spec, _MC.uses, _MC.using = spec, {}, {}
     try:
         yield
     finally:
-        _MC.spec = previous
+        _MC.spec, _MC.uses, _MC.using = previous
 
 
 def _signed(value: int) -> torch.Tensor:
@@ -113,14 +146,16 @@ def _signed(value: int) -> torch.Tensor:
     return torch.tensor(value - 2**64 if value >= 2**63 else value, dtype=torch.int64)
 
 
-def _module_key(module: nn.Module, spec: MCSampling) -> int:
+def key_of(module: nn.Module, keys: Mapping[int, int] | None = None) -> int:
+    """The MC key of a droplab module: its ``seed`` when seeded, else its site key (set by :func:`mc_activate`,
+    or found in ``keys``, ``id(module)`` to key)."""
     seed = module._buffers.get("seed")
     if seed is not None:
         return int(seed)
     if "_mc_key" in module.__dict__:  # set by mc_activate
         return module.__dict__["_mc_key"]
-    if id(module) in spec.keys:
-        return spec.keys[id(module)]
+    if keys is not None and id(module) in keys:
+        return keys[id(module)]
     raise ValueError(f"{type(module).__name__} has no seed and no site key: unseeded sites are sampled through "
                      "droplab.mc.predict, which names them")
 
@@ -136,15 +171,15 @@ def _sample_counter(module: StochasticModule) -> tuple[torch.Tensor, torch.Tenso
             raise MCBatchingError(f"{type(module).__name__} draws a mask outside its forward, so MC "
                                   "sampling cannot split stacked samples or rows for it")
         sample = spec.first
-    seed = mc_seed(_module_key(module, spec), spec.seed, 0 if spec.consistent else spec.batch)
+    use = _MC.__dict__.get("using", {}).get(id(module), 0)
+    seed = mc_seed(key_of(module, spec.keys), spec.seed, 0 if spec.consistent else spec.batch, use)
     return _signed(seed), torch.tensor(sample, dtype=torch.int64)
 
 
-
-def counters(key: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(seed, step)`` of the current sample for a functional site with ``key``."""
+def counters(key: int, use: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(seed, step)`` of the current sample for a functional site with ``key``, at its ``use``-th use."""
     spec = active()
-    seed = mc_seed(key, spec.seed, 0 if spec.consistent else spec.batch)
+    seed = mc_seed(key, spec.seed, 0 if spec.consistent else spec.batch, use)
     return _signed(seed), torch.tensor(current_sample(), dtype=torch.int64)
 
 
@@ -225,8 +260,8 @@ def _consistent_affine(call: Callable, x: torch.Tensor, dim: int, per_sample: in
     parts = []
     for j in range(spec.count):
         _MC.sample = spec.first + j
-        offset = call(x.new_zeros(probe_shape))  # fresh probes: an in-place site writes into them
-        scale = call(x.new_ones(probe_shape)) - offset
+        offset = _slice_call(call, x.new_zeros(probe_shape))  # fresh probes: an in-place site writes into them
+        scale = _slice_call(call, x.new_ones(probe_shape)) - offset
         block = x.narrow(dim, j * per_sample, per_sample) * scale
         parts.append(block if not bool(offset.any()) else block + offset)
     return torch.cat(parts, dim) if len(parts) > 1 else parts[0]
@@ -260,8 +295,8 @@ def run_sliced(call: Callable, args: tuple, kwargs: dict, *, dim: int = 0, affin
             _MC.sample = spec.first + j
             starts = range(j * per_sample, (j + 1) * per_sample) if spec.consistent else [j * per_sample]
             length = 1 if spec.consistent else per_sample
-            outputs += [call(*_narrow(args, dim, rows, start, length),
-                             **{k: _narrow(v, dim, rows, start, length) for k, v in kwargs.items()})
+            outputs += [_slice_call(call, *_narrow(args, dim, rows, start, length),
+                                    **{k: _narrow(v, dim, rows, start, length) for k, v in kwargs.items()})
                         for start in starts]
     finally:
         _MC.sample = None
@@ -284,6 +319,8 @@ def sliced_forward(module: StochasticModule, *args, **kwargs):
     """A droplab module's forward under MC sampling (installed by :func:`mc_activate`)."""
     if not AFFINE_SITES:
         AFFINE_SITES.extend(_affine_classes())
+    if active() is not None:  # one use of the site in this pass (or slice), whatever slices it runs on
+        _MC.using[id(module)] = next_use(("module", id(module)))
     forward = type(module).forward
     affine = isinstance(module, tuple(AFFINE_SITES))
     return run_sliced(lambda *a, **k: forward(module, *a, **k), args, kwargs, dim=batch_axis(module),

@@ -1,4 +1,4 @@
-r"""Functional dropout call sites: which torch calls apply dropout, which module issued them, and their droplab form.
+r"""The torch calls that apply dropout (the call forms), how to read their arguments, and the random ops that may not.
 
 A functional site is a dropout call made inside a module's forward rather than a dropout module. The
 covered call forms (:data:`CALL_FORMS`):
@@ -9,18 +9,22 @@ covered call forms (:data:`CALL_FORMS`):
   underneath, which some libraries call directly);
 * ``torch.nn.functional.scaled_dot_product_attention(..., dropout_p > 0)``, including the one
   ``nn.MultiheadAttention`` issues inside ``F.multi_head_attention_forward``;
-* ``Tensor.bernoulli_(p)`` with a float keep probability ``p < 1``: the draw of hand-written
-  dropout masks, among them timm's ``drop_path`` and torchvision's ``stochastic_depth`` *functions*
-  (``x.new_empty(shape).bernoulli_(keep_prob)``). droplab fills the tensor with its keep mask
-  (1 with probability ``p``), so the rest of the hand-written code runs unchanged.
+* ``Tensor.bernoulli_(p)`` with a float keep probability ``p < 1``, *when it is a keep mask*: the draw
+  of hand-written dropout masks, among them timm's ``drop_path`` and torchvision's
+  ``stochastic_depth`` *functions* (``x.new_empty(shape).bernoulli_(keep_prob)``). A probe forward
+  (:mod:`droplab.graph.probe`) follows the filled tensor: it is a keep mask when it ends up
+  multiplying the activations (after an optional division by a number, the inverted scaling); a
+  ``bernoulli_`` whose result feeds anything else (DropBlock's block centres, expanded by a
+  max-pool) is a random op droplab leaves alone. droplab fills a keep mask with its own (1 with
+  probability ``p``), so the rest of the hand-written code runs unchanged.
 
-Not covered: the in-place ``torch.dropout_`` family, ``torch.bernoulli(probs)`` / ``bernoulli_`` with a
-tensor of probabilities or an explicit ``generator``, and calls inside ``torch.jit.script``'ed code
+Random ops (:data:`RANDOM_OPS`: ``torch.rand``, ``rand_like``, ``bernoulli``, ``Tensor.uniform_``, and
+``bernoulli_`` with a tensor of probabilities, an explicit ``generator`` or a result that is no keep
+mask) are never converted; :func:`droplab.sites` lists them, given an example input, as ``"random op,
+not converted"`` with the reason.
+
+Not covered: the in-place ``torch.dropout_`` family and calls inside ``torch.jit.script``'ed code
 (TorchScript bypasses Python dispatch).
-
-Calls are seen through a :class:`~torch.overrides.TorchFunctionMode` and attributed to the innermost
-module whose forward is running (per-module forward hooks keep the stack); the ``i``-th dropout call
-a module issues in one forward is its call site ``i``, named ``"<module path>#<i>"``.
 
 Why droplab's attention dropout does not use a fused kernel: torch's fused attention kernels (flash,
 memory-efficient, cuDNN) draw their dropout mask inside the kernel from their own Philox state and
@@ -35,22 +39,17 @@ and keep torch's fused kernels.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as TF
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from . import functional as DF
+from .. import functional as DF
 
-__all__ = ["CallForm", "CALL_FORMS", "Call", "bind", "attention_math", "issuing_modules", "routing_suspended",
-           "routing_is_suspended", "unwrapped_multi_head_attention"]
+__all__ = ["CallForm", "CALL_FORMS", "Call", "bind", "attention_math", "keep_mask_fill", "RANDOM_OPS",
+           "random_op_name"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,13 @@ class Call:
 
     @property
     def p(self) -> float:
+        """The drop probability the call passes (``1 - keep`` for ``bernoulli_(keep)``)."""
         return float(self.arguments[self.form.rate])
+
+    @property
+    def input(self) -> torch.Tensor:
+        """The tensor the call masks (the query for attention, the tensor filled for ``bernoulli_``)."""
+        return self.arguments[self.form.params[0]]
 
     @property
     def active(self) -> bool:
@@ -125,10 +130,12 @@ class Call:
         """Element-wise dropout calls are sites at any p; attention only with ``dropout_p > 0``."""
         return self.form.droplab is not None or self.p > 0
 
-    def run_droplab(self, input: torch.Tensor, *, seed, step, replica: int = 0) -> torch.Tensor:
-        """The element-wise form on droplab's generator (always in training mode: the caller decided)."""
+    def run_droplab(self, input: torch.Tensor, *, seed, step, replica: int = 0, p: float | None = None) -> torch.Tensor:
+        """The element-wise form on droplab's generator at rate ``p`` (default: the call's), in training mode
+        (the caller decided that the call is active)."""
         inplace = bool(self.arguments.get("inplace", False))
-        return self.form.droplab(input, self.p, True, inplace, seed=seed, step=step, replica=replica)
+        return self.form.droplab(input, self.p if p is None else p, True, inplace, seed=seed, step=step,
+                                 replica=replica)
 
     @property
     def fills(self) -> bool:
@@ -184,95 +191,18 @@ def attention_math(call: Call, drop: Callable[[torch.Tensor], torch.Tensor]) -> 
     return drop(weights) @ v
 
 
-# ------------------------------------------------------------------------- who issued the call
-
-class _Stack(list):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ran: set[str] = set()
-
-
-@contextlib.contextmanager
-def issuing_modules(model: nn.Module) -> Iterator[list[str]]:
-    """Keep the stack of running modules' paths: ``stack[-1]`` is the innermost (``""`` for the root).
-
-    Per-module forward hooks (``always_call=True``, so an exception pops too), removed on exit.
-    ``stack.ran`` collects the paths of every module that ran.
-    """
-    stack = _Stack()
-    handles = []
-
-    def push(name):
-        def hook(module, args):
-            stack.append(name)
-            stack.ran.add(name)
-        return hook
-
-    def pop(module, args, output):
-        if stack:
-            stack.pop()
-
-    try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(push(name)))
-            handles.append(module.register_forward_hook(pop, always_call=True))
-        yield stack
-    finally:
-        for handle in handles:
-            handle.remove()
+#: random ops droplab never converts; listed (with the reason) when a probe forward meets them outside a
+#: dropout module. ``Tensor.bernoulli_`` is here for the calls that are no keep mask.
+RANDOM_OPS: dict[Callable, str] = {
+    torch.rand: "torch.rand",
+    torch.rand_like: "torch.rand_like",
+    torch.bernoulli: "torch.bernoulli",
+    torch.Tensor.bernoulli: "Tensor.bernoulli",
+    torch.Tensor.bernoulli_: "Tensor.bernoulli_",
+    torch.Tensor.uniform_: "Tensor.uniform_",
+}
 
 
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def routing_suspended() -> Iterator[None]:
-    """Converted modules leave their calls to torch (or to an outer mode) inside the block."""
-    previous = getattr(_STATE, "suspended", False)
-    _STATE.suspended = True
-    try:
-        yield
-    finally:
-        _STATE.suspended = previous
-
-
-def routing_is_suspended() -> bool:
-    return getattr(_STATE, "suspended", False)
-
-
-_MHA_CLONE: list[Callable] = []
-
-
-def unwrapped_multi_head_attention() -> Callable:
-    """``F.multi_head_attention_forward`` without its own ``__torch_function__`` check.
-
-    A mode that wants to see the dropout ``nn.MultiheadAttention`` issues inside this function calls
-    the clone: it runs the same code, and the ``scaled_dot_product_attention``/``dropout`` calls in it
-    still dispatch to the mode (the clone only skips the outer re-dispatch, which would recurse).
-    """
-    if not _MHA_CLONE:
-        original = TF.multi_head_attention_forward
-        scope = dict(original.__globals__)
-        scope["has_torch_function"] = lambda *args: False
-        clone = types.FunctionType(original.__code__, scope, original.__name__, original.__defaults__,
-                                   original.__closure__)
-        clone.__kwdefaults__ = original.__kwdefaults__
-        _MHA_CLONE.append(clone)
-    return _MHA_CLONE[0]
-
-
-class CallMode(TorchFunctionMode):
-    """Base of the modes that watch dropout calls: subclasses implement :meth:`on_call`."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is TF.multi_head_attention_forward:
-            with self:
-                return unwrapped_multi_head_attention()(*args, **kwargs)
-        call = bind(func, args, kwargs)
-        if call is None or not call.is_site:
-            return func(*args, **kwargs)
-        return self.on_call(func, call, args, kwargs)
-
-    def on_call(self, func, call: Call, args, kwargs):  # pragma: no cover - every subclass overrides it
-        return func(*args, **kwargs)
+def random_op_name(func: Callable) -> str | None:
+    """The printed name of a random op (:data:`RANDOM_OPS`), or None when ``func`` is not one."""
+    return RANDOM_OPS.get(func)

@@ -1,4 +1,4 @@
-"""A model's dataflow, as far as it can be seen: torch.fx, forward hooks, or ``nn.Sequential`` order.
+"""A model's dataflow, as far as it can be seen: torch.fx, a recorded forward, forward hooks, or Sequential order.
 
 The structural lint rules (dropout before BatchNorm, on a residual path, after the first convolution)
 and :func:`~droplab.diagnostics.variance_shift` ask the same questions of a model: which layer feeds
@@ -9,12 +9,13 @@ which. :func:`model_graph` answers with the most precise view available:
   droplab's dropout modules are leaves; droplab's functional ops are recorded as single calls.
 * ``"capture"``: when the model does not trace (data-dependent control flow, ``co_varnames`` errors
   on Hugging Face models) but ``example_input`` is given: one real forward pass recorded at torch's
-  function level (a ``TorchFunctionMode``, as dynamo sees it, but following the branches actually
-  taken). Leaf modules (torch.nn layers, dropout modules) are single nodes; every torch function and
-  tensor method called outside them (additions, ``F.dropout``, ``scaled_dot_product_attention``) is a
-  node, its inputs found by tensor identity, and named by the module whose forward called it. So the
-  residual and functional rules run on such models too. (``torch.export`` and dynamo's export were
-  tried first and dropped: both refuse data-dependent branches, which is why fx failed.)
+  function level (droplab's :class:`~droplab.graph.recorder.CallRecorder`, as dynamo sees it, but
+  following the branches actually taken). Leaf modules (torch.nn layers, dropout modules) are single
+  nodes; every torch function and tensor method called outside them (additions, ``F.dropout``,
+  ``scaled_dot_product_attention``) is a node, its inputs found by tensor identity, and named by the
+  module whose forward called it. So the residual and functional rules run on such models too.
+  (``torch.export`` and dynamo's export were tried first and dropped: both refuse data-dependent
+  branches, which is why fx failed.)
 * ``"hooks"``: when the capture fails too, one forward pass of
   ``example_input`` with forward hooks on every leaf module. An edge exists where a module receives
   the very tensor object another module returned, so only direct module-to-module hand-offs are seen;
@@ -30,20 +31,21 @@ import math
 import operator
 import re
 import types as types_
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .. import functional as dlf
 from ..nn import StochasticModule
+from .model_io import call_model, tensors
+from .recorder import CallRecorder, ModuleStack
+from .walker import is_dropout_module
 
 __all__ = ["GraphNode", "ModelGraph", "model_graph", "trace_fx", "is_dropout_module", "is_dropout_function",
-           "is_droplab_function", "call_argument", "call_model"]
+           "is_droplab_function", "call_argument"]
 
 # torch's functional dropout family; droplab's functional ops are recognized by their module
 TORCH_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
@@ -64,11 +66,6 @@ _SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contigu
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
 
-def is_dropout_module(module: nn.Module | None) -> bool:
-    """A droplab dropout module or one of torch.nn's ``Dropout*`` / ``AlphaDropout`` modules."""
-    return isinstance(module, (StochasticModule, nn.modules.dropout._DropoutNd))
-
-
 def _parameters(target: object) -> dict[str, inspect.Parameter]:
     try:
         return dict(inspect.signature(target).parameters)
@@ -77,6 +74,7 @@ def _parameters(target: object) -> dict[str, inspect.Parameter]:
 
 
 def is_droplab_function(target: object) -> bool:
+    """A function of :mod:`droplab.functional`."""
     module = getattr(target, "__module__", "") or ""
     return module.startswith("droplab.functional") and callable(target)
 
@@ -113,6 +111,7 @@ class GraphNode:
 
     @property
     def module(self) -> nn.Module | None:
+        """The module of a module node, else None."""
         return self.target if self.kind == "module" else None
 
     @property
@@ -122,23 +121,28 @@ class GraphNode:
 
     @property
     def is_dropout(self) -> bool:
+        """A dropout module or a dropout function call."""
         return (self.kind == "module" and is_dropout_module(self.module)) or \
             (self.kind == "function" and is_dropout_function(self.target))
 
     @property
     def is_batchnorm(self) -> bool:
+        """A BatchNorm module."""
         return isinstance(self.module, nn.modules.batchnorm._BatchNorm)
 
     @property
     def is_conv(self) -> bool:
+        """A convolution, module or function."""
         return isinstance(self.module, nn.modules.conv._ConvNd) or self.target in (F.conv1d, F.conv2d, F.conv3d)
 
     @property
     def is_weight_layer(self) -> bool:
+        """A Linear or convolution, module or function."""
         return isinstance(self.module, _WEIGHT_LAYERS) or self.target in (F.linear, F.conv1d, F.conv2d, F.conv3d)
 
     @property
     def is_add(self) -> bool:
+        """An addition (a residual path joins here)."""
         return (self.kind == "function" and self.target in _ADD_FUNCTIONS) or \
             (self.kind == "method" and self.target in ("add", "add_"))
 
@@ -164,6 +168,7 @@ class GraphNode:
         return False
 
     def describe(self) -> str:
+        """How a finding names the node."""
         if self.kind == "module":
             return f"{self.name or '<model>'} ({type(self.target).__name__})"
         name = getattr(self.target, "__name__", str(self.target))
@@ -180,9 +185,11 @@ class ModelGraph:
     note: str = ""  #: why a more precise method was not used
 
     def users(self, index: int) -> list[GraphNode]:
+        """The nodes that consume node ``index``'s output."""
         return [node for node in self.nodes if index in node.inputs]
 
     def ancestors(self, index: int) -> set[int]:
+        """Every node node ``index`` depends on."""
         seen: set[int] = set()
         stack = list(self.nodes[index].inputs)
         while stack:
@@ -279,26 +286,6 @@ def _from_fx(graph: fx.Graph, model: nn.Module) -> ModelGraph:
     return ModelGraph(nodes, "fx")
 
 
-def _tensors(value: object) -> Iterable[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-
-
-def call_model(model: nn.Module, example_input: object) -> object:
-    """Call ``model`` on an example: a tensor, a tuple of positional arguments, or a dict of keywords."""
-    if isinstance(example_input, dict):
-        return model(**example_input)
-    if isinstance(example_input, tuple):
-        return model(*example_input)
-    return model(example_input)
-
-
 class _Dataflow:
     """The nodes of one recorded forward pass, linked by tensor identity: which node produced each tensor."""
 
@@ -310,10 +297,10 @@ class _Dataflow:
 
     def inputs_of(self, values: object) -> tuple[int, ...]:
         """The nodes that produced the tensors in ``values``, in first-use order."""
-        return tuple(dict.fromkeys(self.producer[id(t)] for t in _tensors(values) if id(t) in self.producer))
+        return tuple(dict.fromkeys(self.producer[id(t)] for t in tensors(values) if id(t) in self.producer))
 
     def produced(self, values: object, index: int) -> None:
-        for tensor in _tensors(values):
+        for tensor in tensors(values):
             self.producer[id(tensor)] = index
             self.keep_alive.append(tensor)
 
@@ -362,17 +349,17 @@ def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None or isinstance(module, StochasticModule)
 
 
-class _Capture(TorchFunctionMode):
-    """Records torch-level calls made outside leaf modules, linking them by the tensors they pass."""
+class _Capture:
+    """Records torch-level calls made outside leaf modules, linking them by the tensors they pass
+    (the ``on_call`` handler of a :class:`~droplab.graph.recorder.CallRecorder`)."""
 
-    def __init__(self, flow: _Dataflow, stack: list[str], leaves: set[str]) -> None:
-        super().__init__()
+    def __init__(self, flow: _Dataflow, stack: ModuleStack, leaves: set[str]) -> None:
         self.flow, self.stack, self.leaves = flow, stack, leaves
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def __call__(self, func, args, kwargs):
         out = func(*args, **kwargs)
-        if self.stack and self.stack[-1] in self.leaves:  # inside a leaf module: its hook records it
+        frame = self.stack.current
+        if frame is not None and frame.path in self.leaves:  # inside a leaf module: its hook records it
             return out
         name = getattr(func, "__name__", str(func))
         if name in ("__get__", "__set__") or name.startswith("_") and not name.startswith("__"):
@@ -388,19 +375,19 @@ class _Capture(TorchFunctionMode):
             target = name[3:-2] + "_" if name.startswith("__i") else name.strip("_")
         index = len(self.flow.nodes)
         self.flow.add(GraphNode(index, "method" if method else "function", f"{name}_{index}", target, inputs,
-                                self.stack[-1] if self.stack else "", "", args, dict(kwargs)), out)
+                                frame.path if frame is not None else "", "", args, dict(kwargs)), out)
         return out
 
 
 def _from_capture(model: nn.Module, example_input: object) -> ModelGraph:
     flow = _Dataflow(example_input)
     leaves = {name for name, module in model.named_modules() if name and _is_leaf(module)}
-    stack: list[str] = []
+    stack = ModuleStack()  # kept by hooks that also see keyword arguments, which a leaf's node records
     handles = []
 
     def enter(name: str):
         def hook(module, args, kwargs):
-            stack.append(name)
+            stack.push(name, module)
         return hook
 
     def leave(name: str):
@@ -409,14 +396,14 @@ def _from_capture(model: nn.Module, example_input: object) -> ModelGraph:
             if name not in leaves:
                 return
             flow.add(GraphNode(len(flow.nodes), "module", name, module, flow.inputs_of((args, kwargs)),
-                               stack[-1] if stack else ""), output)
+                               stack.current.path if stack.current else ""), output)
         return hook
 
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name), with_kwargs=True))
         handles.append(module.register_forward_hook(leave(name), with_kwargs=True, always_call=True))
     try:
-        with torch.no_grad(), _Capture(flow, stack, leaves):
+        with torch.no_grad(), CallRecorder(stack, on_call=_Capture(flow, stack, leaves), unwrap_attention=False):
             output = call_model(model, example_input)
     finally:
         for handle in handles:
