@@ -234,3 +234,71 @@ def test_transformers_stable_dropout_converts():
         kept = y != 0
         torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
         assert binomtest(int(kept.sum()), x.numel(), 0.75).pvalue > 1e-3
+
+
+def _timm_dropped(module: nn.Module, size: int, maps: int = 600) -> tuple[int, int]:
+    """Positions dropped by ``module`` over ``maps`` one-channel maps of ones (``size`` x ``size``)."""
+    y = module.train()(torch.ones(maps, 1, size, size))
+    return int((y == 0).sum()), y.numel()
+
+
+def test_timm_drop_block_rate_is_timms_at_every_map_size(timm_drop):
+    """timm's DropBlock drops a map-size-dependent fraction; droplab's rule computes it, checked against timm's code."""
+    from droplab.graph.library_rules import timm_dropblock_rate
+
+    torch.manual_seed(0)
+    for size in (16, 32):
+        rates = [_timm_dropped(timm_drop.DropBlock2d(0.1, 5), size) for _ in range(20)]
+        fractions = torch.tensor([d / n for d, n in rates], dtype=torch.float64)
+        expected = timm_dropblock_rate(0.1, 5, 1.0, size, size)
+        z = (fractions.mean() - expected) / (fractions.std() / len(rates) ** 0.5)
+        assert abs(float(z)) < 4, (size, float(fractions.mean()), expected)
+    assert timm_dropblock_rate(0.1, 5, 1.0, 16, 16) > timm_dropblock_rate(0.1, 5, 1.0, 32, 32) + 0.02
+
+
+def test_timm_drop_block_converts_and_drops_timms_fraction_at_two_map_sizes(timm_drop):
+    from droplab.graph.library_rules import TimmDropBlock2d, timm_dropblock_rate
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), timm_drop.DropBlock2d(0.1, 5))
+    assert [(s.name, s.kind, s.p, s.library) for s in dl.sites(model, torch.ones(2, 1, 16, 16))] == [
+        ("1", "timm.DropBlock2d", 0.1, "timm")]  # the module, not its bernoulli_ block centres
+    converted = dl.convert(model, seed=1, example_input=torch.ones(2, 1, 16, 16))
+    block = converted[1]
+    assert type(block) is TimmDropBlock2d and isinstance(block, dl.nn.DropBlock2d) and block.p == 0.1
+    assert not block.per_channel  # timm couples the channels by default
+    for size in (16, 32):  # probed at 16x16, right at 32x32 too
+        dropped, n = _timm_dropped(block, size, maps=2000)
+        mean, sd = n * timm_dropblock_rate(0.1, 5, 1.0, size, size), (n * 0.25 * 25) ** 0.5  # blocks of 25
+        assert abs(dropped - mean) < 5 * sd, (size, dropped / n)
+    x = torch.randn(3, 1, 9, 9)
+    torch.testing.assert_close(block.eval()(x), x)
+    dl.set_rate(converted, 0.0)
+    assert torch.equal(block.train()(x), x)
+
+
+def test_timm_drop_block_configurations_droplab_cannot_express_are_listed_and_left(timm_drop):
+    noisy = timm_drop.DropBlock2d(0.1, 3, with_noise=True)
+    model = nn.Sequential(noisy)
+    (site,) = dl.sites(model)
+    assert site.kind == "timm.DropBlock2d" and site.note.startswith("not converted: with_noise=True")
+    assert dl.convert(model, seed=0)[0] is noisy
+
+
+def test_inspect_lists_timms_drop_block(timm_drop):
+    from droplab.lab.inspect import inspect_model
+
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), timm_drop.DropBlock2d(0.15, 3), nn.Flatten(),
+                          nn.Linear(2 * 8 * 8, 2))
+    report = inspect_model(model, torch.randn(4, 2, 8, 8))
+    assert [(s["name"], s["kind"], s["p"], s["library"]) for s in report["sites"]] == [
+        ("1", "timm.DropBlock2d", 0.15, "timm")]
+
+
+def test_timm_drop_block_function_in_a_forward_is_a_random_op(timm_drop):
+    class Block(nn.Module):
+        def forward(self, x):
+            return timm_drop.drop_block_2d(x, 0.1, 3) if self.training else x
+
+    found = dl.sites(nn.Sequential(Block()), torch.ones(2, 1, 8, 8))
+    assert [(s.name, s.kind) for s in found] == [("0#0", "random op, not converted")]
+    assert "max_pool2d" in found[0].note
