@@ -333,3 +333,17 @@ def test_bert_training_step_is_routed_without_interception():
         model(**x, labels=torch.zeros(3, dtype=torch.long)).loss.backward()
         after = dl.graph.routing_counts()
         assert (after.intercepted - before.intercepted, after.routed - before.routed) == (0, 2), impl
+
+
+def test_inspect_lists_random_ops_apart_from_the_dropout_sites():
+    import io
+
+    from droplab.lab.inspect import _print_plain, inspect_model
+
+    report = inspect_model(BlockNet(), torch.randn(2, 2, 12, 12))
+    assert [s["name"] for s in report["sites"]] == ["drop"]
+    assert [op["name"] for op in report["random_ops"]] == ["block#0"]
+    out = io.StringIO()
+    _print_plain(report, "a test", out)
+    text = out.getvalue()
+    assert "dropout sites (1)" in text and "random ops, not converted (1):" in text and "max_pool2d" in text

@@ -149,9 +149,11 @@ def inspect_model(model: nn.Module, example_input: object = None, *, for_inferen
     from ..diagnostics import lint
 
     findings = lint(model, example_input, for_inference=for_inference, probe_samples=probe_samples)
+    found = sites(model, example_input)
     return {"model": type(model).__name__, "training": model.training,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "sites": [site.as_row() for site in sites(model, example_input)],
+            "sites": [site.as_row() for site in found if site.is_dropout],
+            "random_ops": [{"name": site.name, "note": site.note} for site in found if not site.is_dropout],
             "findings": [f.as_row() for f in findings],
             "errors": len(findings.errors), "traced_with": findings.traced_with, "note": findings.note,
             "skipped": findings.skipped, "example_input": example_input is not None}
@@ -170,6 +172,7 @@ def _print_plain(report: dict, source: str, out) -> None:
             print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)), file=out)
     else:
         print("  none", file=out)
+    _print_site_notes(report, out)
     print(f"\nfindings ({len(report['findings'])}):", file=out)
     for f in report["findings"]:
         print(f"  [{f['severity']}] {f['rule']} at {f['path']}: {f['message']}", file=out)
@@ -178,6 +181,17 @@ def _print_plain(report: dict, source: str, out) -> None:
     if not report["findings"]:
         print("  none", file=out)
     _print_notes(report, out)
+
+
+def _print_site_notes(report: dict, out) -> None:
+    """Why a library site is left unconverted, and the random ops that are not dropout."""
+    for site in report["sites"]:
+        if site.get("note"):
+            print(f"  {site['name']}: {site['note']}", file=out)
+    if report["random_ops"]:
+        print(f"\nrandom ops, not converted ({len(report['random_ops'])}):", file=out)
+        for op in report["random_ops"]:
+            print(f"  {op['name']}: {op['note']}", file=out)
 
 
 def _print_notes(report: dict, out) -> None:
@@ -200,6 +214,7 @@ def _print_rich(report: dict, source: str, out) -> None:
     for site in report["sites"]:
         sites_table.add_row(*(str(site[c]) for c in ("name", "kind", "p", "scaling", "library", "training")))
     console.print(sites_table)
+    _print_site_notes(report, out)
     colours = {"error": "red", "warning": "yellow", "info": "cyan"}
     findings = Table(title=f"findings ({len(report['findings'])})", title_justify="left", show_lines=True)
     for column in ("severity", "rule", "path"):
