@@ -1,7 +1,8 @@
 """droplab: dropout regularization for PyTorch, complete, reproducible and fast.
 
 Core (always imported): :mod:`droplab.rng` (the mask generator), :mod:`droplab.functional`,
-:mod:`droplab.nn`, and the site tools :func:`convert`, :func:`sites`, :func:`set_rate`.
+:mod:`droplab.nn`, :mod:`droplab.graph` (what droplab sees in a model), and the site tools :func:`convert`,
+:func:`sites`, :func:`set_rate`.
 Other subpackages are imported on first use so ``import droplab`` stays light.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import functional, nn, rng
+from . import functional, graph, nn, rng
 from .conversion import Site, convert, set_rate, sites
 
 __version__ = "0.2.0"
@@ -18,7 +19,7 @@ _LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "guards", "diagnostics"
 _LAZY_ATTRS: dict[str, str] = {"inference_mode": "guards", "assert_inference": "guards",
                                "DropoutScheduler": "schedules"}
 
-__all__ = ["__version__", "functional", "nn", "rng", "Site", "convert", "set_rate", "sites", "DropoutScheduler",
+__all__ = ["__version__", "functional", "nn", "rng", "graph", "Site", "convert", "set_rate", "sites", "DropoutScheduler",
            "inference_mode", "assert_inference",
            *_LAZY_MODULES]
 

@@ -21,7 +21,15 @@ Following a change in torch or Hugging Face means editing this package only.
 from .conversions import CONVERSIONS, conversion_for, declined, register_conversion, torch_counterpart
 from .dataflow import GraphNode, ModelGraph, model_graph
 from .forms import CALL_FORMS, RANDOM_OPS, Call, CallForm, attention_math, bind
-from .library_rules import LIBRARY_RULES, LibraryRule, WholeBatchDropPath, library_rule, qualified_name
+from .library_rules import (
+    LIBRARY_RULES,
+    LibraryRule,
+    TimmDropBlock2d,
+    WholeBatchDropPath,
+    library_rule,
+    qualified_name,
+    timm_dropblock_rate,
+)
 from .model_io import (
     BatchLayout,
     batch_rows,
@@ -60,7 +68,8 @@ __all__ = [
     # the walker and the rules
     "Site", "RANDOM_OP", "is_dropout_module", "module_site", "module_sites", "places", "replace_module",
     "CONVERSIONS", "register_conversion", "conversion_for", "declined", "torch_counterpart",
-    "LibraryRule", "LIBRARY_RULES", "library_rule", "qualified_name", "WholeBatchDropPath",
+    "LibraryRule", "LIBRARY_RULES", "library_rule", "qualified_name", "WholeBatchDropPath", "TimmDropBlock2d",
+    "timm_dropblock_rate",
     # functional sites: probe and routing
     "CallSite", "RandomOp", "ProbeResult", "probe", "probe_sites",
     "Routes", "attach_routers", "detach_routers", "routed_site", "mark_rate_set", "rate_is_set", "rewired",

@@ -31,10 +31,9 @@ droplab after ``convert``, sampled by MC.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import functools
 
 import torch
 from torch import nn
