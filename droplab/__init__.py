@@ -19,8 +19,8 @@ _LAZY_MODULES = ("kernels", "schedules", "mc", "deploy", "guards", "diagnostics"
 _LAZY_ATTRS: dict[str, str] = {"inference_mode": "guards", "assert_inference": "guards",
                                "DropoutScheduler": "schedules"}
 
-__all__ = ["__version__", "functional", "nn", "rng", "graph", "Site", "convert", "set_rate", "sites", "DropoutScheduler",
-           "inference_mode", "assert_inference",
+__all__ = ["__version__", "functional", "nn", "rng", "graph", "Site", "convert", "set_rate", "sites",
+           "DropoutScheduler", "inference_mode", "assert_inference",
            *_LAZY_MODULES]
 
 
