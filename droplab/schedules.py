@@ -27,6 +27,7 @@ from torch import nn
 
 from .conversion import match_sites
 from .functional import check_probability
+from .graph.routing import mark_rate_set
 
 __all__ = [
     "Schedule",
@@ -297,6 +298,7 @@ class DropoutScheduler:
     def _apply(self, rates: dict[str, float]) -> None:
         for name, module, _ in self._targets:
             module.p = rates[name]
+            mark_rate_set(module)  # a routed functional call's own p no longer decides
 
     def step(self) -> dict[str, float]:
         """Advance the count by one (a step or an epoch) and apply the rates there; returns them."""

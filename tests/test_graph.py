@@ -55,6 +55,14 @@ def test_rate_set_through_droplab_wins_over_the_call():
     assert torch.equal(model(torch.ones(1000)), torch.ones(1000))  # set_rate(0) turns the site off
 
 
+def test_a_scheduler_owns_the_rate_of_a_routed_call():
+    model = dl.convert(Rated(0.9), seed=3, example_input=torch.ones(2, 8)).train()
+    scheduler = dl.DropoutScheduler(model, dl.schedules.constant(0.2))
+    dropped, n = _drop_fraction(model(torch.ones(40_000)))  # the call passes 0.9; the schedule says 0.2
+    assert binomtest(dropped, n, 0.2).pvalue > 1e-3
+    assert scheduler.rates() == {"dropout_call0": 0.2}
+
+
 def test_routed_call_honours_its_training_flag():
     class Mixed(nn.Module):
         def forward(self, x):

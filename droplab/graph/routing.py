@@ -26,9 +26,9 @@ what the attached modules hold (nothing when unseeded).
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +78,7 @@ def routed_site(module: nn.Module, position: int) -> nn.Module | None:
     routes = module.__dict__.get(_ROUTES)
     if routes is None or position >= len(routes.names) or routes.names[position] is None:
         return None
-    return module.get_submodule(routes.names[position])
+    return getattr(module, routes.names[position])  # a child of the issuing module
 
 
 # ------------------------------------------------------------------------------------------- drawing
@@ -109,27 +109,23 @@ def _draw(module: nn.Module, position: int, call: Call, original: Callable, args
     p = site.p if rate_is_set(site) else call.p
     if site.p != p:
         site.p = p  # the site shows the rate the call passes
-    with _stochastic(site):
-        if call.form.droplab is None:
-            return attention_math(call, site)
-        input = call.input
-        if call.fills:  # bernoulli_(keep): 1 where the droplab module keeps
-            return input.copy_(site(torch.ones_like(input)) != 0)
-        out = site(input)
-        return input.copy_(out) if call.arguments.get("inplace", False) else out
-
-
-@contextlib.contextmanager
-def _stochastic(site: nn.Module) -> Iterator[None]:
-    """The call is active (it said so), whatever the attached module's own mode."""
     if site.training:
-        yield
-        return
-    site.training = True
+        return _run(site, call)
+    site.training = True  # the call is active (it said so), whatever the attached module's own mode
     try:
-        yield
+        return _run(site, call)
     finally:
         site.training = False
+
+
+def _run(site: nn.Module, call: Call):
+    if call.form.droplab is None:
+        return attention_math(call, site)
+    input = call.input
+    if call.fills:  # bernoulli_(keep): 1 where the droplab module keeps
+        return input.copy_(site(torch.ones_like(input)) != 0)
+    out = site(input)
+    return input.copy_(out) if call.arguments.get("inplace", False) else out
 
 
 def _decide(original: Callable, args: tuple, kwargs: dict):
@@ -156,6 +152,11 @@ class RoutedForward:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The module's own forward signature (libraries inspect ``module.forward``)."""
+        return inspect.signature(type(self.module).forward.__get__(self.module))
 
     def __call__(self, *args, **kwargs):
         module = self.module
