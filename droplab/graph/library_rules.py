@@ -51,6 +51,7 @@ def qualified_name(cls: type) -> str:
 
 
 def _never(module: nn.Module) -> str | None:
+    """A rule that converts every configuration of its class."""
     return None
 
 
@@ -94,6 +95,7 @@ class WholeBatchDropPath(dnn.DropPath):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Keep or drop the whole batch (identity in eval mode or at ``p = 0``)."""
         if not self.training or self.p == 0.0:
             return input
         seed, step = self._next_counter()
@@ -199,6 +201,7 @@ class TimmDropBlock2d(dnn.DropBlock2d):
         return [*super()._extra_fields(), ("gamma_scale", self.gamma_scale), ("api", self.api)]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """DropBlock at the fraction timm drops at this map size (identity in eval mode or at ``p = 0``)."""
         if not self.training or self.p == 0.0:
             return input
         rate = timm_dropblock_rate(self.p, self.block_size, self.gamma_scale, input.shape[-2], input.shape[-1],

@@ -67,12 +67,14 @@ class ModuleStack:
         return self.frames[-1] if self.frames else None
 
     def push(self, path: str, module: nn.Module) -> None:
+        """A forward of ``module`` (at ``path``) starts."""
         invocation = self.invocations.get(path, 0)
         self.invocations[path] = invocation + 1
         self.frames.append(Frame(path, module, invocation))
         self.ran.add(path)
 
     def pop(self) -> None:
+        """The innermost forward ends."""
         if self.frames:
             self.frames.pop()
 
