@@ -277,11 +277,13 @@ def test_timm_drop_block_converts_and_drops_timms_fraction_at_two_map_sizes(timm
 
 
 def test_timm_drop_block_configurations_droplab_cannot_express_are_listed_and_left(timm_drop):
-    noisy = timm_drop.DropBlock2d(0.1, 3, with_noise=True)
-    model = nn.Sequential(noisy)
+    unscaled = timm_drop.DropBlock2d(0.1, 3, scale_by_keep=False)
+    model = nn.Sequential(unscaled)
     (site,) = dl.sites(model)
-    assert site.kind == "timm.DropBlock2d" and site.note.startswith("not converted: with_noise=True")
-    assert dl.convert(model, seed=0)[0] is noisy
+    assert site.kind == "timm.DropBlock2d" and site.note.startswith("not converted: scale_by_keep=False")
+    assert dl.convert(model, seed=0)[0] is unscaled
+    noisy = dl.convert(nn.Sequential(timm_drop.DropBlock2d(0.1, 3, with_noise=True, inplace=True)), seed=0)[0]
+    assert noisy.with_noise and noisy.inplace and dl.sites(nn.Sequential(noisy))[0].note == ""
 
 
 def test_inspect_lists_timms_drop_block(timm_drop):

@@ -18,10 +18,10 @@ says why, the module stays as it is (and is sampled by torch's generator in MC).
 * timm ``DropBlock2d`` (``timm.layers.drop``, and the older ``timm.models.layers.drop``) ->
   :class:`TimmDropBlock2d`, droplab's :class:`~droplab.nn.DropBlock2d` drawing the fraction timm's
   drops at each map size (:func:`timm_dropblock_rate`), with timm's ``drop_prob`` as ``p``,
-  ``couple_channels`` as ``per_channel=False`` and the same normalization by the kept fraction.
-  Declined (left as timm's, listed with the reason): ``with_noise=True``, ``scale_by_keep=False``, the
-  old ``batchwise=True`` with ``fast=False`` (one mask for the whole batch), and even block sizes in the
-  old API (whose masks do not even fit the map).
+  ``couple_channels`` as ``per_channel=False``, ``with_noise`` and ``inplace`` carried over, and the same
+  normalization by the kept fraction. Declined (left as timm's, listed with the reason):
+  ``scale_by_keep=False``, the old ``batchwise=True`` with ``fast=False`` (one mask for the whole batch),
+  and even block sizes in the old API (whose masks do not even fit the map).
 
 The function forms (timm's ``drop_path``, torchvision's ``stochastic_depth`` called directly in a
 forward) draw with ``Tensor.bernoulli_(keep_prob)``, a keep mask that multiplies the activations:
@@ -168,11 +168,12 @@ def timm_dropblock_rate(drop_prob: float, block_size: int, gamma_scale: float, h
 class TimmDropBlock2d(dnn.DropBlock2d):
     r"""timm's ``DropBlock2d`` on droplab's generator: the rate timm drops at each map size, as droplab blocks.
 
-    ``p`` is timm's ``drop_prob``; at each forward the map's expected dropped fraction is the one timm's
-    DropBlock has at that size (:func:`timm_dropblock_rate`), drawn as droplab's
-    :class:`~droplab.nn.DropBlock2d` draws a rate (block origins where a whole block fits, kept
-    activations scaled by ``numel / kept``). Where the blocks sit differs from timm's (timm also clips
-    blocks at the border), the dropped fraction and the scaling do not. Inference is the identity.
+    :class:`droplab.nn.DropBlock2d` with timm's arguments (``p`` is timm's ``drop_prob``), and one
+    difference: at each forward the map's expected dropped fraction is the one timm's DropBlock has at
+    that map size (:func:`timm_dropblock_rate`, which folds in ``gamma_scale``), not ``p`` itself. The
+    blocks are drawn as droplab's (origins where a whole block fits); kept activations are scaled by
+    ``numel / kept``, or, ``with_noise``, dropped blocks hold noise and kept ones are unscaled, as timm's.
+    Inference is the identity. :func:`droplab.convert` builds it from a timm module.
 
     Args:
         p: timm's ``drop_prob``. Default: 0.1.
@@ -180,35 +181,33 @@ class TimmDropBlock2d(dnn.DropBlock2d):
         gamma_scale: timm's ``gamma_scale``. Default: 1.0.
         api: which timm DropBlock law: ``"current"`` (timm >= 1.0.23), ``"fast"`` or ``"valid"`` (older
             ``fast=True``/``False``). Default: ``"current"``.
-        per_channel, seed, share_across_ranks: as :class:`droplab.nn.DropBlock2d`.
+        **kwargs: as :class:`droplab.nn.DropBlock2d` (``with_noise``, ``inplace``, ``per_channel``, ``seed``, ...).
 
     Example::
 
-        >>> m = TimmDropBlock2d(0.1, block_size=5, seed=0)
+        >>> m = TimmDropBlock2d(0.1, block_size=5, per_channel=False, seed=0)
         >>> y = m(torch.ones(2, 4, 32, 32))
         >>> bool(((y == 0) | (y > 1)).all())
         True
     """
 
     def __init__(self, p: float = 0.1, block_size: int = 7, gamma_scale: float = 1.0, *, api: str = "current",
-                 per_channel: bool = True, seed: int | None = None, share_across_ranks: bool = False) -> None:
+                 **kwargs) -> None:
         if api not in ("current", "fast", "valid"):
             raise ValueError(f"api must be one of ('current', 'fast', 'valid'), but got {api!r}")
-        super().__init__(p, block_size, per_channel=per_channel, seed=seed, share_across_ranks=share_across_ranks)
-        self.gamma_scale, self.api = float(gamma_scale), api
+        super().__init__(p, block_size, **kwargs)
+        self.gamma_scale, self.api = float(gamma_scale), api  # folded into the rate, not into p
 
     def _extra_fields(self) -> list[tuple[str, object]]:
-        return [*super()._extra_fields(), ("gamma_scale", self.gamma_scale), ("api", self.api)]
+        fields = [*super()._extra_fields()]
+        if self.gamma_scale != 1.0:
+            fields.append(("gamma_scale", self.gamma_scale))
+        return fields + ([("api", self.api)] if self.api != "current" else [])
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """DropBlock at the fraction timm drops at this map size (identity in eval mode or at ``p = 0``)."""
-        if not self.training or self.p == 0.0:
-            return input
-        rate = timm_dropblock_rate(self.p, self.block_size, self.gamma_scale, input.shape[-2], input.shape[-1],
+    def _dropblock(self, input: torch.Tensor, p: float, training: bool, *args, **kwargs) -> torch.Tensor:
+        rate = timm_dropblock_rate(p, self.block_size, self.gamma_scale, input.shape[-2], input.shape[-1],
                                    self.api)
-        seed, step = self._next_counter()
-        return F.dropblock2d(input, rate, self.block_size, True, seed=seed, step=step, replica=self.replica,
-                             per_channel=self.per_channel, scaling=self.scaling)
+        return F.dropblock2d(input, rate, self.block_size, training, *args, **kwargs)
 
 
 def _timm_api(module: nn.Module) -> str:
@@ -218,10 +217,9 @@ def _timm_api(module: nn.Module) -> str:
 
 
 def _timm_drop_block_declines(module: nn.Module) -> str | None:
-    if getattr(module, "with_noise", False):
-        return "with_noise=True fills dropped blocks with Gaussian noise, which droplab's DropBlock2d does not"
     if not getattr(module, "scale_by_keep", True):
-        return "scale_by_keep=False leaves kept activations unscaled, which droplab's DropBlock2d does not"
+        return ("scale_by_keep=False leaves training unscaled and inference unchanged, which no droplab scaling "
+                "reproduces (classic scaling multiplies inference by 1 - p)")
     api = _timm_api(module)
     if api == "valid" and getattr(module, "batchwise", False):
         return "batchwise=True draws one mask for the whole batch, which droplab's DropBlock2d does not"
@@ -231,9 +229,10 @@ def _timm_drop_block_declines(module: nn.Module) -> str | None:
 
 
 def _timm_drop_block(module: nn.Module, seed: int | None) -> nn.Module:
-    per_channel = not getattr(module, "couple_channels", False)
+    per_channel = not getattr(module, "couple_channels", False)  # timm before 1.0.23: independent per channel
     return TimmDropBlock2d(float(module.drop_prob), int(module.block_size), float(module.gamma_scale),
-                           api=_timm_api(module), per_channel=per_channel, seed=seed)
+                           api=_timm_api(module), per_channel=per_channel, with_noise=bool(module.with_noise),
+                           inplace=bool(module.inplace), seed=seed)
 
 
 for _name in ("timm.layers.drop.DropBlock2d", "timm.models.layers.drop.DropBlock2d"):
