@@ -287,7 +287,7 @@ def test_timm_drop_block_configurations_droplab_cannot_express_are_listed_and_le
 
 
 def test_inspect_lists_timms_drop_block(timm_drop):
-    from droplab.lab.inspect import inspect_model
+    from droplab.lab.inspection import inspect_model
 
     model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), timm_drop.DropBlock2d(0.15, 3), nn.Flatten(),
                           nn.Linear(2 * 8 * 8, 2))

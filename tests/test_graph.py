@@ -346,12 +346,12 @@ def test_bert_training_step_is_routed_without_interception():
 def test_inspect_lists_random_ops_apart_from_the_dropout_sites():
     import io
 
-    from droplab.lab.inspect import _print_plain, inspect_model
+    from droplab.lab.inspection import inspect_model, print_report
 
     report = inspect_model(BlockNet(), torch.randn(2, 2, 12, 12))
     assert [s["name"] for s in report["sites"]] == ["drop"]
     assert [op["name"] for op in report["random_ops"]] == ["block#0"]
     out = io.StringIO()
-    _print_plain(report, "a test", out)
+    print_report(report, "a test", out, plain=True)
     text = out.getvalue()
     assert "dropout sites (1)" in text and "random ops, not converted (1):" in text and "max_pool2d" in text
