@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import variant_ops
+from ..kernels.bounds import check_index_dtype
 from ..rng import drop_threshold
 from .inference import inference_rule
 from .standard import (
@@ -128,6 +129,7 @@ def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1,
     if not training or p == 0.0:
         out = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
         return inference_rule(out, p, scaling)
+    check_index_dtype(input)  # what F.embedding raises; the kernels raise torch's IndexError for bad indices
     scale = 1.0 if scaling == "classic" else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
     counters = (seed_tensor(seed), _step_tensor(step), _check_counter_int("replica", replica),
                 _check_counter_int("stream", stream), drop_threshold(p), scale)

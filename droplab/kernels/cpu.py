@@ -30,7 +30,9 @@ import time
 import numpy as np
 import torch
 
+from ..rng import MAX_INDEX
 from . import reference
+from .bounds import check_indices, check_rows
 
 try:  # numba is a core dependency, but a missing one only makes this backend unavailable
     import numba
@@ -890,6 +892,7 @@ def _rows(src: torch.Tensor, indices: torch.Tensor, out_rows: int, gather: bool,
 def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
                       stream: int, threshold: int, scale: float) -> torch.Tensor:
     """``weight[indices] * scale`` for rows whose vocabulary entry is kept, 0 for dropped ones."""
+    check_indices(indices, weight.shape[0])  # before the kernel reads weight[indices]
     y = _rows(weight, indices, indices.numel(), True, key, step, replica, stream, threshold, scale)
     return y.reshape(tuple(indices.shape) + (weight.shape[1],))
 
@@ -897,6 +900,8 @@ def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[in
 def rows_masked_scale(src: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
                       stream: int, threshold: int, scale: float) -> torch.Tensor:
     """``src`` (shape ``(*indices.shape, D)``) with row ``r`` kept iff vocabulary entry ``indices[r]`` is."""
+    check_rows(src, indices, "src")
+    check_indices(indices, MAX_INDEX)
     y = _rows(src, indices, indices.numel(), False, key, step, replica, stream, threshold, scale)
     return y.reshape(src.shape)
 
@@ -905,6 +910,8 @@ def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: i
                        key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
                        scale: float) -> torch.Tensor:
     """Dense weight gradient: row ``v`` sums ``grad[r] * scale`` over the kept positions ``r`` reading ``v``."""
+    check_rows(grad, indices, "grad")
+    check_indices(indices, num_weights)  # before the kernel writes out[indices]
     dim = grad.shape[-1]
     out = torch.zeros(num_weights, dim, dtype=grad.dtype)
     if grad.dtype not in (torch.float32, torch.float64):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..rng import block_words, logistic_from_words, normal_from_words, words_at
+from ..rng import MAX_INDEX, block_words, logistic_from_words, normal_from_words, words_at
+from .bounds import check_indices, check_rows
 
 __all__ = ["keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale", "gaussian_from_noise",
            "dropblock_keep", "grow_blocks", "row_keep", "embedding_forward", "rows_masked_scale",
@@ -109,6 +110,7 @@ def row_keep(indices: torch.Tensor, key, step, replica, stream, threshold: int) 
 def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
                       stream: int, threshold: int, scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """``weight[indices] * scale`` for rows whose vocabulary entry is kept, 0 for dropped ones."""
+    check_indices(indices, weight.shape[0])
     keep = row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
     return apply_keep(F.embedding(indices, weight), keep, scale)
 
@@ -116,6 +118,8 @@ def embedding_forward(weight: torch.Tensor, indices: torch.Tensor, key: tuple[in
 def rows_masked_scale(src: torch.Tensor, indices: torch.Tensor, key: tuple[int, int], step: int, replica: int,
                       stream: int, threshold: int, scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """``src`` (shape ``(*indices.shape, D)``) with row ``r`` kept iff vocabulary entry ``indices[r]`` is."""
+    check_rows(src, indices, "src")
+    check_indices(indices, MAX_INDEX)
     keep = row_keep(indices, key, step, replica, stream, threshold).unsqueeze(-1)
     return apply_keep(src, keep, scale)
 
@@ -124,6 +128,8 @@ def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: i
                        key: tuple[int, int], step: int, replica: int, stream: int, threshold: int,
                        scale: float, *, row_keep=row_keep) -> torch.Tensor:
     """Dense weight gradient: row ``v`` sums ``grad[r] * scale`` over the kept positions ``r`` reading ``v``."""
+    check_rows(grad, indices, "grad")
+    check_indices(indices, num_weights)
     keep = row_keep(indices, key, step, replica, stream, threshold) & (indices != padding_idx)
     masked = apply_keep(grad, keep.unsqueeze(-1), scale)
     out = torch.zeros(num_weights, grad.shape[-1], dtype=grad.dtype, device=grad.device)
