@@ -527,9 +527,12 @@ if numba is not None:
         c = (_F1 - z * _FHALF) + (z * z) * pc
         d = (c - s) * _SQRT_HALF
         a = (c + s) * _SQRT_HALF
-        cos = d if q == 0 else (-a if q == 1 else (-d if q == 2 else a))
-        sin = a if q == 0 else (d if q == 1 else (-a if q == 2 else -d))
-        return cos, sin
+        # quadrant q: cos = (d, -a, -d, a)[q], sin = (a, d, -a, -d)[q], as one select and two sign flips
+        # (a chain of selects on q keeps LLVM from vectorizing the loop; negation is a flip of the sign bit)
+        odd = (q & np.int32(1)) != np.int32(0)
+        cos_bits = _bits_from_f32(a if odd else d) ^ (np.uint32((q + np.int32(1)) & np.int32(2)) << np.uint32(30))
+        sin_bits = _bits_from_f32(d if odd else a) ^ (np.uint32(q & np.int32(2)) << np.uint32(30))
+        return _f32_from_bits(cos_bits), _f32_from_bits(sin_bits)
 
     @njit(inline="always")
     def _normals(words, npairs, ra, ta, cos, sin, values):
