@@ -163,15 +163,15 @@ def mask_rows(config: Config) -> list[dict]:
     shapes = config.mask_shapes
     return [
         _pair_row("channel dropout (Dropout2d)", _randn(shapes["channel"]), dnn.Dropout2d(P, seed=0),
-                  torch.nn.Dropout2d(P), "torch.nn.Dropout2d", config, 3.0),
+                  torch.nn.Dropout2d(P), "torch.nn.Dropout2d", config, 2.0),
         _pair_row("locked dropout (T, N, F)", _randn(shapes["locked"]), dnn.LockedDropout(P, seed=0),
                   lambda x: torch_locked(x, P), "bernoulli (1, N, F) * x", config, 3.0, floor_target=1.2),
         _pair_row("noise shape (N, 1, H, W)", _randn(shapes["noise"]),
                   lambda x: F.dropout(x, P, seed=0, step=next(counter), noise_shape=(None, 1, None, None)),
-                  lambda x: torch_noise_shaped(x, P), "bernoulli (N, 1, H, W) * x", config, 3.0),
+                  lambda x: torch_noise_shaped(x, P), "bernoulli (N, 1, H, W) * x", config, 2.0),
         _pair_row(f"GaussianDropout p={config.gaussian_p}", _randn(shapes["gaussian"]),
                   dnn.GaussianDropout(config.gaussian_p, seed=0), lambda x: torch_gaussian(x, config.gaussian_p),
-                  "x * (1 + sigma * randn_like(x))", config, 3.0),
+                  "x * (1 + sigma * randn_like(x))", config, 1.5),
     ]
 
 
@@ -184,7 +184,7 @@ def embedding_row(config: Config) -> dict:
     counter = iter(range(10**9))
     return _pair_row(f"EmbeddingDropout p={p}, {batch}x{length} ids", _randn((vocab, dim)),
                      lambda w: F.embedding_dropout(words, w, p, seed=0, step=next(counter)),
-                     lambda w: fastai_embedding_dropout(w, words, p), "fastai (V, 1) mask * weight", config, 3.0)
+                     lambda w: fastai_embedding_dropout(w, words, p), "fastai (V, 1) mask * weight", config, 2.0)
 
 
 def dropblock_row(config: Config) -> dict:
