@@ -18,6 +18,7 @@ from ..kernels.bounds import check_index_dtype
 from ..rng import drop_threshold
 from .inference import inference_rule
 from .standard import (
+    InputDtypeError,
     _check_counter_int,
     _check_input,
     _step_tensor,
@@ -105,7 +106,9 @@ def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1,
         seed, step, replica, stream, scaling: as in :func:`droplab.functional.dropout`.
 
     Shape:
-        Input :math:`(*)` integers; output :math:`(*, D)`.
+        Input :math:`(*)` int64 or int32 indices in :math:`[0, V)`; output :math:`(*, D)`. An index outside
+        that range (negative ones included: they are not wrapped) raises ``IndexError: index out of range
+        in self``, as ``torch.nn.functional.embedding`` does, before any kernel reads the table.
 
     Example::
 
@@ -120,7 +123,8 @@ def embedding_dropout(input: torch.Tensor, weight: torch.Tensor, p: float = 0.1,
         raise TypeError("embedding_dropout expects a floating-point weight matrix, but got "
                         f"{getattr(weight, 'dtype', type(weight).__name__)}")
     if not isinstance(input, torch.Tensor) or input.is_floating_point() or input.is_complex():
-        raise TypeError("embedding_dropout expects integer indices as input, but got "
+        # a TypeError, and the RuntimeError F.embedding raises for such indices
+        raise InputDtypeError("embedding_dropout expects integer indices as input, but got "
                         f"{getattr(input, 'dtype', type(input).__name__)}")
     if weight.dim() != 2:
         raise ValueError(f"embedding_dropout expects a (V, D) weight matrix, but got shape {tuple(weight.shape)}")

@@ -29,7 +29,8 @@ class EmbeddingDropout(StochasticModule):
     Use :meth:`new` to build the embedding too: ``EmbeddingDropout.new(10_000, 256, p=0.1)``.
 
     Shape:
-        Input :math:`(*)` integer indices; output :math:`(*, D)`.
+        Input :math:`(*)` int64 or int32 indices in ``[0, num_embeddings)``; output :math:`(*, D)`. Other
+        indices raise ``nn.Embedding``'s ``IndexError`` in training as in eval mode.
 
     Example::
 
