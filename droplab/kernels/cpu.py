@@ -2,7 +2,9 @@
 
 Forward and backward are one pass over memory: Philox words for a chunk of a few thousand elements
 are generated into a per-thread scratch buffer that stays in L1, then the chunk is read, scaled,
-masked and written. Noise-shaped masks (an axis of size 1 in ``mask_shape``) generate the small
+masked and written. The generator runs on the vector units: one Philox block per SIMD lane, 16 lanes
+(two 512-bit registers per counter word) on AVX-512 CPUs and 8 on AVX2, written as explicit LLVM vector
+code because LLVM's loop vectorizer stops at 256-bit registers on AVX-512 CPUs. Noise-shaped masks (an axis of size 1 in ``mask_shape``) generate the small
 mask once and then make one fused pass ``y[i] = x[i] * scale if m[broadcast(i)] else 0`` over the
 input, with the broadcast index walked run by run rather than divided out per element.
 
