@@ -545,23 +545,15 @@ if numba is not None:
         return _f32_from_bits(cos_bits), _f32_from_bits(sin_bits)
 
     @njit(inline="always")
-    def _normals(words, npairs, ra, ta, cos, sin, values):
-        """values[2j], values[2j + 1] = r cos, r sin of word pair j, in simple loops LLVM vectorizes
-        (one fused loop over the pairs is not: scratch arrays ra/ta/cos/sin hold one chunk)."""
+    def _normals(words, npairs, values):
+        """values[2j], values[2j + 1] = r cos, r sin of word pair j: one loop, which LLVM vectorizes with
+        interleaved (stride-2) loads and stores."""
         for j in range(npairs):
-            ra[j] = words[2 * j]
-            ta[j] = words[2 * j + 1]
-        for j in range(npairs):
-            u1 = np.float32(np.int32(ra[j] >> np.uint32(8)) + np.int32(1)) * _TWO_M24
-            cos[j] = np.sqrt(_log32(u1) * _MINUS2)  # the radius, for now
-        for j in range(npairs):
-            c, s = _sincos(np.int32(ta[j] >> np.uint32(8)))
-            r = cos[j]
-            ra[j] = _bits_from_f32(r * c)
-            ta[j] = _bits_from_f32(r * s)
-        for j in range(npairs):
-            values[2 * j] = _f32_from_bits(ra[j])
-            values[2 * j + 1] = _f32_from_bits(ta[j])
+            u1 = np.float32(np.int32(words[2 * j] >> np.uint32(8)) + np.int32(1)) * _TWO_M24
+            r = np.sqrt(_log32(u1) * _MINUS2)
+            c, s = _sincos(np.int32(words[2 * j + 1] >> np.uint32(8)))
+            values[2 * j] = r * c
+            values[2 * j + 1] = r * s
 
     @njit(inline="always")
     def _logistic(w):
@@ -580,15 +572,11 @@ if numba is not None:
             words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
             words = words64.view(np.uint32)
             values = np.empty(4 * _CHUNK_BLOCKS, np.float32)
-            ra = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
-            ta = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
-            cos = np.empty(2 * _CHUNK_BLOCKS, np.float32)
-            sin = np.empty(2 * _CHUNK_BLOCKS, np.float32)
             for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
                 nb = min(_CHUNK_BLOCKS, b_hi - cb)
                 _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
                 if kind == 0:  # word pair j: element 2j (r cos), 2j + 1 (r sin)
-                    _normals(words, 2 * nb, ra, ta, cos, sin, values)
+                    _normals(words, 2 * nb, values)
                 else:  # element i from word i, in one simple loop over the uint32 view (it vectorizes)
                     for i in range(4 * nb):
                         values[i] = _logistic(words[i])
@@ -610,14 +598,10 @@ if numba is not None:
             words64 = np.empty(2 * _CHUNK_BLOCKS, np.uint64)
             words = words64.view(np.uint32)
             factors = np.empty(4 * _CHUNK_BLOCKS, np.float32)
-            ra = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
-            ta = np.empty(2 * _CHUNK_BLOCKS, np.uint32)
-            cos = np.empty(2 * _CHUNK_BLOCKS, np.float32)
-            sin = np.empty(2 * _CHUNK_BLOCKS, np.float32)
             for cb in range(b_lo, b_hi, _CHUNK_BLOCKS):
                 nb = min(_CHUNK_BLOCKS, b_hi - cb)
                 _fill_words(words64, cb, nb, k0, k1, c1, c2, c3)
-                _normals(words, 2 * nb, ra, ta, cos, sin, factors)
+                _normals(words, 2 * nb, factors)
                 e_lo = 4 * cb
                 e_n = min(4 * nb, n - e_lo)
                 xs = x[e_lo:e_lo + e_n]
