@@ -702,6 +702,10 @@ if numba is not None:
 
 _NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if numba is not None else 1
 _BITS_VIEW = {torch.float16: torch.uint16, torch.bfloat16: torch.int16}
+_NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
+# a row kernel copies and scales a row per Philox call, a small share of the elementwise kernel's work per
+# element: it takes threads only for this many times the elementwise kernel's elements per thread
+_ROW_COPY_SHARE = 16
 _NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -880,7 +884,7 @@ def _rows(src: torch.Tensor, indices: torch.Tensor, out_rows: int, gather: bool,
         s2, y2 = (s2.view(view), y.view(view)) if view is not None else (s2, y)
         _timed(f"rows[{_NAMES[src.dtype]}]", _rows_masked_scale, s2.numpy(), idx, y2.numpy(), gather,
                *_key_counters(key, step, replica, stream), int(threshold), _scale_for(src.dtype, scale),
-               _threads(y.numel()))
+               _threads(y.numel() // _ROW_COPY_SHARE))
     return y
 
 
@@ -907,16 +911,18 @@ def embedding_backward(grad: torch.Tensor, indices: torch.Tensor, num_weights: i
     """Dense weight gradient: row ``v`` sums ``grad[r] * scale`` over the kept positions ``r`` reading ``v``."""
     check_rows(grad, indices, "grad")
     check_indices(indices, num_weights)  # before the kernel writes out[indices]
-    dim = grad.shape[-1]
-    out = torch.zeros(num_weights, dim, dtype=grad.dtype)
-    if grad.dtype not in (torch.float32, torch.float64):
+    if grad.dtype not in _NUMPY_FLOATS:
         return reference.embedding_backward(grad, indices, num_weights, padding_idx, key, step, replica, stream,
                                             threshold, scale)
+    dim = grad.shape[-1]
+    # calloc's zeros: one serial memset (or fresh zero pages), where torch.zeros opens torch's thread pool
+    # right beside numba's, which on a busy machine cost several times the fill itself
+    out = torch.from_numpy(np.zeros((num_weights, dim), dtype=_NUMPY_FLOATS[grad.dtype]))
     if grad.numel():
         idx = indices.reshape(-1).to(torch.int64).contiguous().numpy()
         _timed(f"rows_scatter[{_NAMES[grad.dtype]}]", _rows_scatter_add, grad.contiguous().reshape(-1, dim).numpy(),
                idx, out.numpy(), padding_idx, *_key_counters(key, step, replica, stream), int(threshold),
-               _scale_for(grad.dtype, scale), _threads(grad.numel()))
+               _scale_for(grad.dtype, scale), _threads(grad.numel() // _ROW_COPY_SHARE))
     return out
 
 
