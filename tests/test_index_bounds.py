@@ -198,6 +198,7 @@ def _worker() -> None:
 # --- the test ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess running a hundred Hypothesis examples over every index-taking op
 def test_index_taking_ops_raise_torch_errors_in_a_subprocess():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=ROOT, capture_output=True,
