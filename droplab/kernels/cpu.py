@@ -63,7 +63,8 @@ def _in_forked_child() -> bool:
 
 
 __all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
-           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup"]
+           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup",
+           "dropout_eager"]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CHUNK_BLOCKS = 1024  # Philox blocks (4 elements each) per scratch chunk: 16 KiB of words, L1-resident
@@ -631,6 +632,59 @@ if numba is not None:
 _NUMBA_THREADS = numba.config.NUMBA_NUM_THREADS if numba is not None else 1
 _BITS_VIEW = {torch.float16: torch.uint16, torch.bfloat16: torch.int16}
 _NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+# ---------------------------------------------------------------------- the eager path's launch
+# A small call's cost is its Python and numpy plumbing, not its arithmetic: the eager launch passes the
+# tensors' addresses, and a jitted wrapper views them as arrays and runs the serial twin of the flat kernel.
+_PROTO = {torch.float32: np.float32(0), torch.float64: np.float64(0), torch.float16: np.uint16(0),
+          torch.bfloat16: np.int16(0)}  # the element type the kernels see (half types as their bits)
+
+if numba is not None:
+    @intrinsic
+    def _pointer_at(typingctx, address, proto):
+        """The integer ``address`` as a pointer to ``proto``'s type."""
+        if not isinstance(address, types.Integer) or not isinstance(proto, (types.Float, types.Integer)):
+            return None
+        pointer = types.CPointer(proto)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+        return pointer(address, proto), codegen
+
+    _masked_scale_flat_serial = _masked_scale_flat.serial
+
+    def _masked_scale_at(x_address, y_address, n, proto, k0, k1, c1, c2, c3, threshold, scale):
+        """The serial flat kernel over ``n`` contiguous elements at two addresses."""
+        x = numba.carray(_pointer_at(x_address, proto), n)
+        y = numba.carray(_pointer_at(y_address, proto), n)
+        _masked_scale_flat_serial(x, y, k0, k1, c1, c2, c3, threshold, scale, 1)
+
+    _masked_scale_at = _jit(_masked_scale_at, parallel=False)
+
+
+def dropout_eager(x: torch.Tensor, k0: int, k1: int, step: int, replica: int, threshold: int, scale: float,
+                  mask_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """The eager path's launch (see :mod:`droplab.kernels.ops`): ``x * scale`` where the mask keeps, 0 elsewhere.
+
+    ``x`` is a CPU tensor of a supported dtype; ``(k0, k1)`` the key's 32-bit words; ``mask_shape``
+    ``None`` for an element-wise mask, else the noise shape. One thread's worth of contiguous elements
+    goes straight to the serial kernel by address; everything else takes :func:`masked_scale` and gets
+    the input's dimension order back, as the registered op's output has.
+    """
+    n = x.numel()
+    if mask_shape is None and 0 < n <= _MIN_PER_THREAD and threshold <= _MASK32 and x.is_contiguous():
+        y = torch.empty_like(x)
+        _masked_scale_at(x.data_ptr(), y.data_ptr(), n, _PROTO[x.dtype], k0, k1, step & _MASK32,
+                         replica & _MASK32, 0, threshold,
+                         np.float64(scale) if x.dtype is torch.float64 else np.float32(scale))
+        return y
+    y = masked_scale(x, (k0, k1), step, replica, 0, threshold, scale,
+                     tuple(x.shape) if mask_shape is None else tuple(mask_shape))
+    if x.is_contiguous():
+        return y
+    from .ops import dense_like  # the layout the registered op gives
+
+    return dense_like(x).copy_(y)
 
 
 def _threads(n: int) -> int:
