@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from . import reference
+from . import in_forked_child, reference
 
 try:  # numba is a core dependency, but a missing one only makes this backend unavailable
     import numba
@@ -40,13 +40,14 @@ try:  # numba is a core dependency, but a missing one only makes this backend un
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
-# Fork safety. numba's default threading layer on Linux is GNU OpenMP, which kills a forked child (a
-# DataLoader worker) that opens a parallel region after its parent did; the workqueue layer survives a
-# fork but costs 2-4x more per launch. So each kernel is compiled twice: a parallel twin for the process
-# that imported droplab, and a serial twin (no thread pool at all) for one thread's worth of work and for
-# every forked child. Parallel launches from several Python threads are serialized by the lock below.
+# Fork safety. numba's default threading layer on Linux is GNU OpenMP, which kills or hangs a forked
+# child (a DataLoader worker) that opens a parallel region after its parent (numba or torch) did; the
+# workqueue layer survives a fork but costs 2-4x more per launch. So each kernel is compiled twice: a
+# parallel twin for the process that imported droplab, and a serial twin (no thread pool at all) for one
+# thread's worth of work and for every forked child (droplab.kernels notes the fork, from the moment
+# droplab is imported, whether or not this module was). Parallel launches from several Python threads
+# are serialized by the lock below.
 _LAUNCH = threading.Lock()
-_IMPORT_PID = os.getpid()
 
 
 def _new_launch_lock() -> None:
@@ -59,12 +60,33 @@ if hasattr(os, "register_at_fork"):
 
 
 def _in_forked_child() -> bool:
-    return os.getpid() != _IMPORT_PID
+    return in_forked_child()
 
 
-__all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
-           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup",
-           "dropout_eager"]
+def usable_after_fork() -> bool:
+    """False in a child forked while numba compiled in another thread of its parent.
+
+    numba's compiler lock is then held by a thread the child does not have (and LLVM may be mid-way through
+    a module): the child's first compilation would wait forever. Asked by :mod:`droplab.kernels` right
+    after a fork; the child then uses the reference backend.
+    """
+    if numba is None:
+        return True
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+
+        lock = global_compiler_lock._lock
+    except (ImportError, AttributeError):  # another numba: no way to tell, so take the safe side
+        return False
+    if lock.acquire(False):
+        lock.release()
+        return True
+    return False
+
+
+__all__ = ["available", "usable_after_fork", "supports", "keep_mask", "masked_scale", "apply_keep", "noise",
+           "gaussian_scale", "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward",
+           "jit_seconds", "warmup", "dropout_eager"]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CHUNK_BLOCKS = 1024  # Philox blocks (4 elements each) per scratch chunk: 16 KiB of words, L1-resident

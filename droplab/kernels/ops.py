@@ -19,6 +19,8 @@ the registered op, so the masks are the op's bit for bit, with none of the dispa
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..rng import seed_key
@@ -117,6 +119,15 @@ transform_rules.register_op_vmap(masked_scale_op, mask_arg=7)
 # ----------------------------------------------------------------------------- the eager path
 _EAGER_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 _launch = None  # droplab.kernels.cpu.dropout_eager once the CPU backend has loaded
+
+
+def _forget_launch() -> None:  # a forked child asks droplab.kernels again: the CPU backend may be unusable there
+    global _launch
+    _launch = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_launch)
 
 
 def eager_launcher(x):
