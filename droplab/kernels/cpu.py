@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -84,8 +86,8 @@ def usable_after_fork() -> bool:
     return False
 
 
-__all__ = ["available", "usable_after_fork", "supports", "keep_mask", "masked_scale", "apply_keep", "noise",
-           "gaussian_scale", "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward",
+__all__ = ["available", "usable_after_fork", "private_dir", "supports", "keep_mask", "masked_scale", "apply_keep",
+           "noise", "gaussian_scale", "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward",
            "jit_seconds", "warmup", "dropout_eager"]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -109,9 +111,51 @@ def jit_seconds() -> dict[str, float]:
     return dict(_jit_seconds)
 
 
-def _fallback_cache_dir() -> str:
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    return os.path.join(tempfile.gettempdir(), f"droplab-numba-cache-{uid}")
+# The fallback cache. numba's cache holds pickled indexes and machine code that it loads and runs: a cache
+# directory someone else can write is code they can run in this process (CWE-377). The per-user directory
+# under the shared temp dir is therefore created private (mode 0700) and used only while it still is: a
+# directory (not a link) owned by this user that nobody else may write. Anything else there, planted by
+# another user or loosened since, is never read; the kernels then compile without a disk cache.
+_PRIVATE_UNCHECKED = object()
+_private_cache: object = _PRIVATE_UNCHECKED
+
+
+def private_dir(path: str) -> bool:
+    """True when ``path`` is a directory, not a symlink, owned by this user and writable by no one else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
+
+
+def _fallback_cache_dir() -> str | None:
+    """The per-user cache directory under the temp dir, created 0700; ``None`` when it is not private."""
+    global _private_cache
+    if _private_cache is not _PRIVATE_UNCHECKED:
+        return _private_cache
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = os.path.join(tempfile.gettempdir(), "droplab-numba-cache" + ("" if uid is None else f"-{uid}"))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        path = None
+    if path is not None and not private_dir(path):
+        try:
+            info = os.lstat(path)
+            found = f"owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}"
+        except OSError:
+            found = "unreadable"
+        warnings.warn(f"droplab: the kernel cache directory {path} is not private to this user ({found}); it is "
+                      "not used, and the CPU kernels compile without a disk cache (set NUMBA_CACHE_DIR to a "
+                      "directory of your own to keep one)", RuntimeWarning, stacklevel=2)
+        path = None
+    _private_cache = path
+    return path
 
 
 class _Kernel:
@@ -139,14 +183,18 @@ def _jit(fn, parallel: bool):
 
     numba raises at decoration when neither the package tree nor its user-wide directory is writable
     (a root-installed package used by another user, ``NUMBA_CACHE_DIR`` unset): then the cache goes to
-    a per-user directory under the temp dir, and where even that fails the kernel compiles uncached.
+    a private per-user directory under the temp dir (:func:`_fallback_cache_dir`), and where that is not
+    private or fails the kernel compiles uncached.
     """
     try:
         return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         pass
+    fallback = _fallback_cache_dir()
+    if fallback is None:
+        return njit(parallel=parallel, nogil=True)(fn)
     previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = _fallback_cache_dir()  # read by numba's locator at decoration only
+    numba.config.CACHE_DIR = fallback  # read by numba's locator at decoration only
     try:
         return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except (RuntimeError, OSError):
