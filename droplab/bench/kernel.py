@@ -5,7 +5,9 @@ so no gradient accumulation is timed) and bytes saved for backward per element (
 ``torch.autograd.graph.saved_tensors_hooks``), for ``torch.nn.functional.dropout`` and
 ``droplab.functional.dropout``, beside the floor any element-wise op pays (``x.clone()`` forward,
 ``x * 2.0`` forward+backward). All candidates are timed round-robin in the same run, and every ratio
-is formed from medians of that run, so a busy machine slows them alike. Then the training overhead
+is formed from medians of that run, so a busy machine slows them alike. Then the per-call cost of the
+modules on small tensors (16 and 64x128 elements: torch's ``nn.Dropout`` against droplab's, both seed
+modes, where fixed costs dominate), the training overhead
 of dropout in a 40-512-512-10 ReLU MLP (epoch time with two dropout(0.5) layers over without), the
 warm ``import droplab`` time and the first-call JIT time of the CPU kernel.
 """
@@ -38,6 +40,7 @@ class Config:
     """What one run measures (``--quick`` shrinks everything to a smoke test of a few seconds)."""
 
     sizes: tuple[int, ...] = (2**16, 2**20, 2**24)  # fp32 elements per tensor: cache-, L2/L3- and DRAM-sized
+    module_shapes: tuple[tuple[int, ...], ...] = ((16,), (64, 128))  # per-call cost of the modules: fixed costs
     min_sample_s: float = 0.02  # each timing sample loops the op until this long: small sizes need many calls
     repeats: int = 11  # samples per candidate; the median is reported
     mlp_examples: int = 4000  # random examples per epoch (40 features, 10 classes)
@@ -49,8 +52,8 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(sizes=(2**10, 2**14), min_sample_s=0.002, repeats=3, mlp_examples=256, mlp_epochs=1,
-                   import_repeats=1, cold_jit=False)
+        return cls(sizes=(2**10, 2**14), module_shapes=((16,),), min_sample_s=0.002, repeats=3, mlp_examples=256,
+                   mlp_epochs=1, import_repeats=1, cold_jit=False)
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -149,6 +152,36 @@ def kernel_rows(config: Config) -> list[dict]:
     return [row for n in config.sizes for row in _rows_for_size(n, config, ops)]
 
 
+# --------------------------------------------------------------------------- per-call cost of the modules
+def module_rows(config: Config) -> list[dict]:
+    """``nn.Dropout`` modules per call, where fixed costs dominate: torch's against droplab's (both seed modes).
+
+    Forward in training mode (no gradient wanted) and forward+backward (``torch.autograd.grad``) per call,
+    for each shape in ``config.module_shapes``; the ratio is droplab's time over torch's, from one run.
+    """
+    import droplab.nn as dnn
+
+    rows = []
+    for shape in config.module_shapes:
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(shape, generator=gen)
+        xg = x.clone().requires_grad_()
+        g = torch.randn(shape, generator=gen)
+        modules = {"torch nn.Dropout": torch.nn.Dropout(P), "droplab Dropout, seed=None": dnn.Dropout(P),
+                   "droplab Dropout, seed=7": dnn.Dropout(P, seed=7)}
+        candidates = {}
+        for name, m in modules.items():
+            candidates[f"{name}/fwd"] = lambda m=m: m(x)
+            candidates[f"{name}/fwdbwd"] = lambda m=m: torch.autograd.grad(m(xg), xg, g)
+        times = time_round_robin(candidates, config.repeats, config.min_sample_s)
+        base_fwd, base_fb = times["torch nn.Dropout/fwd"], times["torch nn.Dropout/fwdbwd"]
+        for name in modules:
+            fwd_s, fb_s = times[f"{name}/fwd"], times[f"{name}/fwdbwd"]
+            rows.append(dict(shape="x".join(map(str, shape)), module=name, fwd_us=fwd_s * 1e6, fwdbwd_us=fb_s * 1e6,
+                             fwd_vs_torch=fwd_s / base_fwd, fwdbwd_vs_torch=fb_s / base_fb))
+    return rows
+
+
 # --------------------------------------------------------------------------- MLP overhead
 def _mlp(dropout: Callable[[], torch.nn.Module] | None) -> torch.nn.Module:
     layers: list[torch.nn.Module] = []
@@ -170,7 +203,8 @@ def mlp_rows(config: Config) -> list[dict]:
     variants = {
         "no dropout": None,
         "torch nn.Dropout(0.5) x2": lambda: torch.nn.Dropout(P),
-        "droplab Dropout(0.5) x2": lambda: dnn.Dropout(P, seed=7),
+        "droplab Dropout(0.5) x2, seed=None": lambda: dnn.Dropout(P),
+        "droplab Dropout(0.5) x2, seed=7": lambda: dnn.Dropout(P, seed=7),
     }
     setups = {}
     for name, make in variants.items():
@@ -298,6 +332,12 @@ def render(result: dict) -> str:
             f"| {_size(r['elements'])} | {r['op']} | {_fmt(r['fwd_ms'], '.3f')} | {_fmt(r['fwdbwd_ms'], '.3f')} | "
             f"{_fmt(r['saved_bytes_per_element'], '.2f')} | {_fmt(r.get('fwd_vs_clone'), '.2f')} | "
             f"{_fmt(r.get('fwdbwd_vs_mul'), '.2f')} | {_fmt(r.get('speedup_vs_torch'), '.1f')} |")
+    lines += ["", "Dropout modules per call (training mode, p = 0.5): microseconds and ratio to torch's nn.Dropout",
+              "", "| shape | module | forward us | fwd+bwd us | forward / torch | fwd+bwd / torch |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in result["modules"]:
+        lines.append(f"| {r['shape']} | {r['module']} | {r['fwd_us']:.1f} | {r['fwdbwd_us']:.1f} | "
+                     f"{r['fwd_vs_torch']:.2f} | {r['fwdbwd_vs_torch']:.2f} |")
     lines += ["", f"MLP 40-512-512-10 (ReLU), {result['mlp_config']}, Adam: epoch time", "",
               "| variant | epoch ms | vs no dropout |", "|---|---:|---:|"]
     for r in result["mlp"]:
@@ -323,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
         "conditions": conditions(config),
         "startup": import_and_jit(config),
         "kernel": kernel_rows(config),
+        "modules": module_rows(config),
         "mlp": mlp_rows(config),
         "mlp_config": f"{config.mlp_examples} random examples, batch {config.mlp_batch}, "
                       f"median of {config.mlp_epochs} epochs",

@@ -974,4 +974,5 @@ def warmup(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> dict[str, floa
         for x in (torch.ones(8, 2, dtype=dtype), torch.ones(rows, 2, dtype=dtype)):
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, tuple(x.shape))
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (x.shape[0], 1))
+        dropout_eager(torch.ones(8, dtype=dtype), 1, 2, 0, 0, 2**31, 2.0, None)  # the eager path's launch
     return jit_seconds()
