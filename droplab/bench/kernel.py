@@ -171,8 +171,8 @@ def module_rows(config: Config) -> list[dict]:
                    "droplab Dropout, seed=7": dnn.Dropout(P, seed=7)}
         candidates = {}
         for name, m in modules.items():
-            candidates[f"{name}/fwd"] = lambda m=m: m(x)
-            candidates[f"{name}/fwdbwd"] = lambda m=m: torch.autograd.grad(m(xg), xg, g)
+            candidates[f"{name}/fwd"] = lambda m=m, x=x: m(x)
+            candidates[f"{name}/fwdbwd"] = lambda m=m, xg=xg, g=g: torch.autograd.grad(m(xg), xg, g)
         times = time_round_robin(candidates, config.repeats, config.min_sample_s)
         base_fwd, base_fb = times["torch nn.Dropout/fwd"], times["torch nn.Dropout/fwdbwd"]
         for name in modules:
