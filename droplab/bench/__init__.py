@@ -12,6 +12,7 @@ SUITES = {
     "kernel": "droplab.bench.kernel",
     "variants": "droplab.bench.variants",
     "mc": "droplab.bench.mc",
+    "models": "droplab.bench.models",
 }
 
 
