@@ -732,15 +732,16 @@ if numba is not None:
     _masked_scale_at = _jit(_masked_scale_at, parallel=False)
 
 
-def dropout_eager(x: torch.Tensor, k0: int, k1: int, step: int, replica: int, threshold: int, scale: float,
-                  mask_shape: tuple[int, ...] | None) -> torch.Tensor:
+def dropout_eager(x: torch.Tensor, counters: tuple) -> torch.Tensor:
     """The eager path's launch (see :mod:`droplab.kernels.ops`): ``x * scale`` where the mask keeps, 0 elsewhere.
 
-    ``x`` is a CPU tensor of a supported dtype; ``(k0, k1)`` the key's 32-bit words; ``mask_shape``
-    ``None`` for an element-wise mask, else the noise shape. One thread's worth of contiguous elements
-    goes straight to the serial kernel by address; everything else takes :func:`masked_scale` and gets
-    the input's dimension order back, as the registered op's output has.
+    ``x`` is a CPU tensor of a supported dtype; ``counters = (k0, k1, step, replica, threshold, scale,
+    mask_shape)``, ``(k0, k1)`` the key's 32-bit words and ``mask_shape`` ``None`` for an element-wise mask,
+    else the noise shape. One thread's worth of contiguous elements goes straight to the serial kernel by
+    address; everything else takes :func:`masked_scale` and gets the input's dimension order back, as the
+    registered op's output has.
     """
+    k0, k1, step, replica, threshold, scale, mask_shape = counters
     n = x.numel()
     if mask_shape is None and 0 < n <= _MIN_PER_THREAD and threshold <= _MASK32 and x.is_contiguous():
         y = torch.empty_like(x)
@@ -974,5 +975,5 @@ def warmup(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> dict[str, floa
         for x in (torch.ones(8, 2, dtype=dtype), torch.ones(rows, 2, dtype=dtype)):
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, tuple(x.shape))
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (x.shape[0], 1))
-        dropout_eager(torch.ones(8, dtype=dtype), 1, 2, 0, 0, 2**31, 2.0, None)  # the eager path's launch
+        dropout_eager(torch.ones(8, dtype=dtype), (1, 2, 0, 0, 2**31, 2.0, None))  # the eager path's launch
     return jit_seconds()

@@ -133,10 +133,10 @@ if hasattr(os, "register_at_fork"):
 def eager_launcher(x):
     """``droplab.kernels.cpu.dropout_eager`` when ``x`` may take the eager path, else ``None``.
 
-    ``launch(x, k0, k1, step, replica, threshold, scale, mask_shape)`` is the forward (and, on the
-    gradient, the backward) of :data:`dropout_node`. ``None`` sends the caller to the registered op: under
-    ``torch.compile``/``torch.export`` (checked first, so dynamo folds the rest away), for tensor
-    subclasses and fx proxies, under functorch transforms or legacy vmap (batched gradients),
+    ``launch(x, counters)``, ``counters = (k0, k1, step, replica, threshold, scale, mask_shape)``, is the
+    forward (and, on the gradient, the backward) of :data:`dropout_node`. ``None`` sends the caller to the
+    registered op: under ``torch.compile``/``torch.export`` (checked first, so dynamo folds the rest away),
+    for tensor subclasses and fx proxies, under functorch transforms or legacy vmap (batched gradients),
     torch-function or dispatch modes, when a backend is forced, and for tensors the numba kernel does not
     take.
     """
@@ -160,16 +160,16 @@ class _EagerDropout(torch.autograd.Function):
     """One autograd node: the CPU launch forward, the same launch on the gradient backward (integers saved)."""
 
     @staticmethod
-    def forward(ctx, x, k0, k1, step, replica, threshold, scale, mask_shape):
-        ctx.counters = (k0, k1, step, replica, threshold, scale, mask_shape)
-        return _launch(x, k0, k1, step, replica, threshold, scale, mask_shape)
+    def forward(ctx, x, counters):
+        ctx.counters = counters
+        return _launch(x, counters)
 
     @staticmethod
     def backward(ctx, grad):
-        return (_launch(grad, *ctx.counters),) + (None,) * 7
+        return _launch(grad, ctx.counters), None
 
 
-#: ``dropout_node(x, k0, k1, step, replica, threshold, scale, mask_shape)``: :class:`_EagerDropout`'s
+#: ``dropout_node(x, counters)`` (see :func:`eager_launcher`): :class:`_EagerDropout`'s
 #: apply without ``Function.apply``'s Python wrapper (which binds defaults and unwraps dead functorch
 #: wrappers, neither needed where :func:`eager_launcher` allowed the call: plain tensors, no transform)
 dropout_node = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerDropout)

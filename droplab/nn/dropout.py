@@ -48,27 +48,25 @@ class _DropoutNd(StochasticModule):
             proxy = leaf_proxy(self, (input,), {})
             return proxy if proxy is not None else self._functional_forward(input)
         rank = self._channel_rank
-        if self.noise_shape is None and (rank is None or input.dim() == rank):
-            p = self._p
-            if not self.training or p == 0.0:
-                if (p == 0.0 or self.scaling == "inverted") and input.is_floating_point():
-                    return input
-            else:
-                launch = eager_launcher(input)
-                if launch is not None:
-                    return self._eager_forward(launch, input, p, rank)
-        return self._functional_forward(input)
-
-    def _eager_forward(self, launch, input: torch.Tensor, p: float, rank: int | None) -> torch.Tensor:
+        if self.noise_shape is not None or (rank is not None and input.dim() != rank):
+            return self._functional_forward(input)
+        p = self._p
+        if not self.training or p == 0.0:
+            if (p == 0.0 or self.scaling == "inverted") and input.is_floating_point():
+                return input
+            return self._functional_forward(input)
+        launch = eager_launcher(input)
+        if launch is None:
+            return self._functional_forward(input)
         seed, step = self._eager_counters()
         if p == 1.0:
             scale = 0.0
         else:
             scale = 1.0 / (1.0 - p) if self.scaling == "inverted" else 1.0
-        mask_shape = None if rank is None else input.shape[:2] + (1,) * (rank - 2)
-        args = (input, seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, step,
-                self.replica, int(p * _TWO_32), scale, mask_shape)
-        out = dropout_node(*args) if input.requires_grad and torch.is_grad_enabled() else launch(*args)
+        counters = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, step, self.replica, int(p * _TWO_32), scale,
+                    None if rank is None else input.shape[:2] + (1,) * (rank - 2))
+        out = dropout_node(input, counters) if input.requires_grad and torch.is_grad_enabled() else \
+            launch(input, counters)
         return input.copy_(out) if self.inplace else out
 
     def _functional_forward(self, input: torch.Tensor) -> torch.Tensor:
