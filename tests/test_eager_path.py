@@ -235,3 +235,26 @@ def test_checkpoint_recomputation_replays_the_eager_draw():
     torch.manual_seed(1)
     reference(x_ref).sum().backward()
     assert torch.equal(x.grad, x_ref.grad)
+
+
+def test_double_backward_and_forward_mode_on_the_eager_path():
+    """The node is the linear map ``x -> mask * scale * x``: its backward can be differentiated again
+    (create_graph), and forward-mode AD pushes a tangent through the same mask."""
+    module = dnn.Dropout(0.4, seed=8)
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    y = module(x)
+    assert type(y.grad_fn).__name__ == "_EagerDropoutBackward"
+    mask_scale = dnn.Dropout(0.4, seed=8)(torch.ones(5, 7, dtype=torch.float64))  # same seed and step
+    v = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, x, v, create_graph=True)
+    assert torch.equal(gx, v * mask_scale)
+    (gv,) = torch.autograd.grad(gx.sum(), v)  # d/dv of sum(mask * scale * v)
+    assert torch.equal(gv, mask_scale)
+    import torch.autograd.forward_ad as fwAD
+
+    tangent = torch.randn(5, 7, dtype=torch.float64)
+    again = dnn.Dropout(0.4, seed=8)
+    with fwAD.dual_level():
+        out = again(fwAD.make_dual(x.detach(), tangent))
+        primal, jvp = fwAD.unpack_dual(out)
+    assert torch.equal(primal, y.detach()) and torch.equal(jvp, tangent * mask_scale)

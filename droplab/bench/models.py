@@ -50,10 +50,11 @@ class Config:
     """What one run measures (``--quick``: tiny models, few repeats, a smoke test)."""
 
     models: tuple[str, ...] = MODELS
-    repeats: int = 7  # round-robin samples per candidate; the median is reported
-    min_sample_s: float = 0.1  # each sample repeats the step until this long
-    mc_samples: int = 20  # T of the MC rows
+    repeats: int = 5  # round-robin samples per candidate; the median is reported
+    min_sample_s: float = 0.05  # each sample repeats the step until this long
+    mc_samples: int = 10  # T of the MC rows
     mc_repeats: int = 3
+    clock: str = "wall"  # or "cpu": this process's CPU time (a loaded machine, one thread)
     quick: bool = False
     threads: int = field(default_factory=torch.get_num_threads)
 
@@ -180,7 +181,8 @@ def _gpt2_case(quick: bool) -> Case:
 
     def build():
         config = transformers.GPT2Config(vocab_size=1000, n_positions=128, n_embd=128, n_layer=2, n_head=4,
-                                         resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+                                         resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, bos_token_id=0,
+                                         eos_token_id=0, loss_type="ForCausalLM")
         torch.manual_seed(0)
         return transformers.GPT2LMHeadModel(config)
 
@@ -228,11 +230,33 @@ def variants(case: Case) -> dict[str, nn.Module]:
             "droplab, seed=0": convert(copy.deepcopy(model), 0)}
 
 
-def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int,
-                     min_sample_s: float) -> dict[str, float]:
-    from .kernel import time_round_robin as kernel_round_robin
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
-    return kernel_round_robin(candidates, repeats, min_sample_s)
+
+def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, min_sample_s: float,
+                     clock: str = "wall") -> dict[str, float]:
+    """Median seconds per call of each candidate, sampled in turn (after two warm-up calls each).
+
+    ``clock="cpu"`` measures this process's CPU time instead of the wall clock: on a machine shared with
+    other jobs (and one torch thread) it leaves out the time the process waited for a core.
+    """
+    now = CLOCKS[clock]
+    for fn in candidates.values():
+        fn()
+        fn()
+    loops = {}
+    for name, fn in candidates.items():
+        start = now()
+        fn()
+        loops[name] = max(1, int(min_sample_s / max(now() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = now()
+            for _ in range(loops[name]):
+                fn()
+            samples[name].append((now() - start) / loops[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def interceptions(fn: Callable[[], object]) -> int:
@@ -281,7 +305,7 @@ def step_rows(case: Case, models: dict[str, nn.Module], config: Config) -> list[
 
         steps[name] = step
         candidates[f"{name}/train"], candidates[f"{name}/infer"] = step, infer
-    times = time_round_robin(candidates, config.repeats, config.min_sample_s)
+    times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
     for name, step in steps.items():
         counts[name] = interceptions(step)
     base_train, base_infer = times["no dropout/train"], times["no dropout/infer"]
@@ -323,15 +347,7 @@ def mc_rows(case: Case, models: dict[str, nn.Module], config: Config) -> list[di
     approaches = {"torch loop": loop(models["torch"]), "droplab loop, seed=None": loop(models["droplab, seed=None"]),
                   "droplab mc.predict": predict, "batched floor": floor}
     counts = {"droplab mc.predict": interceptions(predict)}
-    samples_s: dict[str, list[float]] = {name: [] for name in approaches}
-    for fn in approaches.values():
-        fn()  # warm-up: tracing, kernels, allocator
-    for _ in range(config.mc_repeats):
-        for name, fn in approaches.items():
-            start = time.perf_counter()
-            fn()
-            samples_s[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in samples_s.items()}
+    medians = time_round_robin(approaches, config.mc_repeats, 0.0, config.clock)
     for model in models.values():
         model.train()
     return [dict(model=case.name, approach=name, samples=samples, ms=t * 1e3, vs_floor=t / medians["batched floor"],
@@ -357,8 +373,8 @@ def render(result: dict) -> str:
     c = result["conditions"]
     lines = [f"droplab bench models, {c['date']}: {c['cpu']}, {c['cores']} cores, {c['threads']} threads, torch "
              f"{c['torch']}, transformers {c['transformers']}, Python {c['python']}; medians of {c['repeats']} "
-             f"round-robin samples; 1-min load average {c['load_average_1min']:.1f} at start, "
-             f"{result['load_average_end']:.1f} at end", ""]
+             f"round-robin samples, {result['config']['clock']} clock; 1-min load average "
+             f"{c['load_average_1min']:.1f} at start, {result['load_average_end']:.1f} at end", ""]
     lines += ["| model | variant | train step ms | vs no dropout | vs torch | inference ms | vs no dropout "
               "| interceptions / step |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["steps"]:
@@ -380,10 +396,13 @@ def render(result: dict) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_options(parser, repeats=7, quick_repeats=2)
+    add_common_options(parser, repeats=5, quick_repeats=2)
     parser.add_argument("--models", nargs="+", choices=MODELS, metavar="MODEL",
                         help=f"models to run (default: all of {', '.join(MODELS)})")
-    parser.add_argument("--samples", type=int, help="MC samples T (default 20, quick 3)")
+    parser.add_argument("--samples", type=int, help="MC samples T (default 10, quick 3)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time (default), or this process's CPU time: steadier on a loaded machine with "
+                             "--threads 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -393,6 +412,7 @@ def run(args: argparse.Namespace) -> int:
         config.models = tuple(args.models)
     if args.samples is not None:
         config.mc_samples = args.samples
+    config.clock = args.clock
     result = {"config": asdict(config), "conditions": conditions(config), "steps": [], "mc": [], "models": {},
               "skipped": []}
     for name in config.models:

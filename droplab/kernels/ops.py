@@ -157,7 +157,11 @@ def eager_launcher(x):
 
 
 class _EagerDropout(torch.autograd.Function):
-    """One autograd node: the CPU launch forward, the same launch on the gradient backward (integers saved)."""
+    """One autograd node: the CPU launch forward, the same launch on the gradient backward (integers saved).
+
+    The map is linear, so its backward and its forward-mode derivative (``jvp``) are the map itself; a
+    backward that builds a graph (``create_graph=True``) goes through the node again, so it can be
+    differentiated once more."""
 
     @staticmethod
     def forward(ctx, x, counters):
@@ -166,7 +170,13 @@ class _EagerDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if grad.requires_grad and torch.is_grad_enabled():
+            return dropout_node(grad, ctx.counters), None
         return _launch(grad, ctx.counters), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, counters_tangent):
+        return _launch(x_tangent, ctx.counters)
 
 
 #: ``dropout_node(x, counters)`` (see :func:`eager_launcher`): :class:`_EagerDropout`'s

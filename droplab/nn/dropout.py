@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
 from .. import functional as F
@@ -65,8 +66,10 @@ class _DropoutNd(StochasticModule):
             scale = 1.0 / (1.0 - p) if self.scaling == "inverted" else 1.0
         counters = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, step, self.replica, int(p * _TWO_32), scale,
                     None if rank is None else input.shape[:2] + (1,) * (rank - 2))
-        out = dropout_node(input, counters) if input.requires_grad and torch.is_grad_enabled() else \
-            launch(input, counters)
+        if (input.requires_grad and torch.is_grad_enabled()) or _forward_ad._current_level >= 0:
+            out = dropout_node(input, counters)  # one autograd node (its jvp serves forward-mode AD)
+        else:
+            out = launch(input, counters)
         return input.copy_(out) if self.inplace else out
 
     def _functional_forward(self, input: torch.Tensor) -> torch.Tensor:
