@@ -18,17 +18,16 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import add_common_options, apply_common_options, emit
+from . import add_clock_option, add_common_options, apply_common_options, emit
+from . import time_round_robin as shared_round_robin
 
 SUITE_HELP = "forward/backward time and saved bytes of droplab's kernel vs torch's dropout, MLP overhead, JIT"
 
@@ -47,6 +46,7 @@ class Config:
     mlp_batch: int = 128
     mlp_epochs: int = 7  # timed epochs per variant (after one warm-up epoch), median reported
     import_repeats: int = 3  # fresh interpreters for the warm import time (the minimum is reported)
+    clock: str = "wall"  # or "cpu": this process's CPU time (steadier on a loaded machine, one thread)
     cold_jit: bool = True  # also compile once into an empty cache directory to report the cold JIT cost
     threads: int = field(default_factory=torch.get_num_threads)
 
@@ -57,28 +57,10 @@ class Config:
 
 
 # --------------------------------------------------------------------------- timing helpers
-def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, int(min_sample_s / once))
-
-
 def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int,
-                     min_sample_s: float) -> dict[str, float]:
-    """Median seconds per call of each candidate, sampling them in turn so that load hits all alike."""
-    for fn in candidates.values():  # warm-up: allocator, JIT, page cache
-        fn()
-        fn()
-    loops = {name: _calls_per_sample(fn, min_sample_s) for name, fn in candidates.items()}
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            for _ in range(loops[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / loops[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+                     min_sample_s: float, clock: str = "wall") -> dict[str, float]:
+    """Median seconds per call of each candidate, sampling them in turn (see :func:`droplab.bench.time_round_robin`)."""
+    return shared_round_robin(candidates, repeats, min_sample_s, clock)
 
 
 def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
@@ -131,7 +113,7 @@ def _rows_for_size(n: int, config: Config, ops: dict[str, Callable[[torch.Tensor
     for name, op in ops.items():
         candidates[f"{name}/fwd"] = fwd(op)
         candidates[f"{name}/fwdbwd"] = fwd_bwd(op)
-    times = time_round_robin(candidates, config.repeats, config.min_sample_s)
+    times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
     floor_fwd, floor_fb = times["clone/fwd"], times["mul/fwdbwd"]
     rows = [
         dict(elements=n, op="x.clone()", fwd_ms=floor_fwd * 1e3, fwdbwd_ms=None, saved_bytes_per_element=None),
@@ -173,7 +155,7 @@ def module_rows(config: Config) -> list[dict]:
         for name, m in modules.items():
             candidates[f"{name}/fwd"] = lambda m=m, x=x: m(x)
             candidates[f"{name}/fwdbwd"] = lambda m=m, xg=xg, g=g: torch.autograd.grad(m(xg), xg, g)
-        times = time_round_robin(candidates, config.repeats, config.min_sample_s)
+        times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
         base_fwd, base_fb = times["torch nn.Dropout/fwd"], times["torch nn.Dropout/fwdbwd"]
         for name in modules:
             fwd_s, fb_s = times[f"{name}/fwd"], times[f"{name}/fwdbwd"]
@@ -220,15 +202,8 @@ def mlp_rows(config: Config) -> list[dict]:
             loss.backward()
             optimizer.step()
 
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for model, optimizer in setups.values():
-        epoch(model, optimizer)  # warm-up
-    for _ in range(config.mlp_epochs):
-        for name, (model, optimizer) in setups.items():
-            start = time.perf_counter()
-            epoch(model, optimizer)
-            samples[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    medians = time_round_robin({name: lambda setup=setup: epoch(*setup) for name, setup in setups.items()},
+                               config.mlp_epochs, 0.0, config.clock)
     base = medians["no dropout"]
     return [dict(variant=name, epoch_ms=t * 1e3, vs_no_dropout=t / base) for name, t in medians.items()]
 
@@ -309,6 +284,7 @@ def conditions(config: Config) -> dict:
         "cores": os.cpu_count(),
         "threads": config.threads,
         "repeats": config.repeats,
+        "clock": getattr(config, "clock", "wall"),
         # other jobs on the machine move absolute times several-fold; the ratios are formed within one run
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -319,7 +295,7 @@ def render(result: dict) -> str:
     lines = [
         f"droplab bench kernel, {c['date']}: {c['cpu']}, {c['cores']} cores, {c['threads']} threads, "
         f"torch {c['torch']}, numba {c['numba']}, Python {c['python']}; fp32, p = {P}; "
-        f"median of {c['repeats']} round-robin samples"
+        f"median of {c['repeats']} round-robin samples, {c.get('clock', 'wall')} clock"
         + (f"; 1-min load average at start {c['load_average_1min']:.1f}" if c.get("load_average_1min") is not None
            else ""),
         "",
@@ -353,6 +329,7 @@ def render(result: dict) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_options(parser, repeats=11, quick_repeats=3)
+    add_clock_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

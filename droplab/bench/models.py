@@ -28,16 +28,14 @@ import copy
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from . import add_common_options, apply_common_options, emit
+from . import add_clock_option, add_common_options, apply_common_options, emit, time_round_robin
 
 SUITE_HELP = "training step, inference and MC dropout of real models: no dropout, torch's and droplab's dropout"
 
@@ -230,35 +228,6 @@ def variants(case: Case) -> dict[str, nn.Module]:
             "droplab, seed=0": convert(copy.deepcopy(model), 0)}
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int, min_sample_s: float,
-                     clock: str = "wall") -> dict[str, float]:
-    """Median seconds per call of each candidate, sampled in turn (after two warm-up calls each).
-
-    ``clock="cpu"`` measures this process's CPU time instead of the wall clock: on a machine shared with
-    other jobs (and one torch thread) it leaves out the time the process waited for a core.
-    """
-    now = CLOCKS[clock]
-    for fn in candidates.values():
-        fn()
-        fn()
-    loops = {}
-    for name, fn in candidates.items():
-        start = now()
-        fn()
-        loops[name] = max(1, int(min_sample_s / max(now() - start, 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start = now()
-            for _ in range(loops[name]):
-                fn()
-            samples[name].append((now() - start) / loops[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def interceptions(fn: Callable[[], object]) -> int:
     """Calls droplab's torch-function modes handled while ``fn`` ran (the routing of functional sites).
 
@@ -400,9 +369,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, metavar="MODEL",
                         help=f"models to run (default: all of {', '.join(MODELS)})")
     parser.add_argument("--samples", type=int, help="MC samples T (default 10, quick 3)")
-    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
-                        help="wall time (default), or this process's CPU time: steadier on a loaded machine with "
-                             "--threads 1")
+    add_clock_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,7 +379,6 @@ def run(args: argparse.Namespace) -> int:
         config.models = tuple(args.models)
     if args.samples is not None:
         config.mc_samples = args.samples
-    config.clock = args.clock
     result = {"config": asdict(config), "conditions": conditions(config), "steps": [], "mc": [], "models": {},
               "skipped": []}
     for name in config.models:
