@@ -76,7 +76,6 @@ class _DropoutNd(StochasticModule):
         raise NotImplementedError
 
 
-
 class Dropout(_DropoutNd, nn.Dropout):
     r"""During training, zero each element with probability ``p``; at inference use every element.
 
