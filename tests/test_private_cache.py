@@ -123,6 +123,7 @@ def _nobody() -> pwd.struct_passwd | None:
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None, reason="re-enacting needs root and a 'nobody' user")
 def test_a_cache_planted_by_another_user_is_never_read():
     """As ``nobody``, create the victim's cache directory first (mode 0777) and plant an index file for every
@@ -168,6 +169,7 @@ def test_a_cache_planted_by_another_user_is_never_read():
         shutil.rmtree(shared, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_the_victim_run_reads_the_fallback_it_created(tmp_path):
     """The re-enactment's victim script does use the fallback (so the test above exercises the rule): a
     second run in the same shared dir finds the cache it wrote there."""
