@@ -42,6 +42,8 @@ __all__ = ["StochasticModule", "CounterSource", "current_replica", "in_recomputa
 _COUNTERS = ("seed", "step")
 
 
+_UNKNOWN = object()  # another torch's c10d: ask its public API
+
 try:  # c10d's registry of the default process group: read directly, it is consulted at every forward
     from torch.distributed.distributed_c10d import _world as _c10d_world
 except ImportError:  # pragma: no cover - torch built without distributed
@@ -50,7 +52,7 @@ except ImportError:  # pragma: no cover - torch built without distributed
 
 def current_replica() -> int:
     """The data-parallel rank of this process (0 outside ``torch.distributed``)."""
-    if _c10d_world is not None and getattr(_c10d_world, "_default_pg", None) is None:
+    if _c10d_world is not None and getattr(_c10d_world, "_default_pg", _UNKNOWN) is None:
         return 0  # no default process group: the common case, answered without a call into c10d
     import torch.distributed as dist
 

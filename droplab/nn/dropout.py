@@ -66,7 +66,7 @@ class _DropoutNd(StochasticModule):
             scale = 1.0 / (1.0 - p) if self.scaling == "inverted" else 1.0
         counters = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, step, self.replica, int(p * _TWO_32), scale,
                     None if rank is None else input.shape[:2] + (1,) * (rank - 2))
-        if (input.requires_grad and torch.is_grad_enabled()) or _forward_ad._current_level >= 0:
+        if (input.requires_grad and torch.is_grad_enabled()) or getattr(_forward_ad, "_current_level", 0) >= 0:
             out = dropout_node(input, counters)  # one autograd node (its jvp serves forward-mode AD)
         else:
             out = launch(input, counters)
