@@ -23,9 +23,9 @@ def test_bench_models_quick_reports_every_variant_and_mc_approach(tmp_path, caps
         (m, a) for m in ("mlp", "cnn", "bert-32-eager")
         for a in ("torch loop", "droplab loop, seed=None", "droplab mc.predict", "batched floor")]
     assert all(r["train_ms"] > 0 and r["infer_ms"] > 0 for r in data["steps"])
-    counts = {(r["model"], r["variant"]): r["interceptions_per_step"] for r in data["steps"]}
-    assert counts["mlp", "droplab, seed=None"] == counts["mlp", "torch"] == 0  # modules only: nothing to route
-    assert counts["bert-32-eager", "torch"] == 0
+    counts = {(r["model"], r["variant"]): (r["interceptions_per_step"], r["routed_per_step"]) for r in data["steps"]}
+    assert counts["mlp", "droplab, seed=None"] == counts["mlp", "torch"] == (0, 0)  # modules only: nothing routed
+    assert counts["bert-32-eager", "torch"] == (0, 0) and counts["bert-32-eager", "droplab, seed=0"][1] > 0
 
 
 def test_variants_share_weights_and_differ_only_in_dropout():
@@ -44,7 +44,7 @@ def test_variants_share_weights_and_differ_only_in_dropout():
     assert all(torch.allclose(o, outputs[0]) for o in outputs)  # eval: every variant is the same function
 
 
-def test_interceptions_count_droplab_modes_only():
+def test_routing_counts_droplab_calls_only():
     from torch.overrides import TorchFunctionMode
 
     import droplab as dl
@@ -55,13 +55,14 @@ def test_interceptions_count_droplab_modes_only():
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
     x = torch.randn(2, 4)
-    assert bench.interceptions(lambda: model(x)) == 0
+    assert bench.routing(lambda: model(x)) == (0, 0)
     with Foreign():
-        assert bench.interceptions(lambda: model(x)) == 0  # a mode that is not droplab's does not count
+        assert bench.routing(lambda: model(x)) == (0, 0)  # a mode that is not droplab's does not count
 
     class Functional(torch.nn.Module):
         def forward(self, x):
             return torch.nn.functional.dropout(x, 0.5, self.training)
 
     converted = dl.convert(Functional(), example_input=x)
-    assert bench.interceptions(lambda: converted(x)) >= 1  # the routed functional call
+    intercepted, routed = bench.routing(lambda: converted(x))
+    assert routed == 1 and intercepted >= 0  # the functional call, drawn by droplab

@@ -9,8 +9,9 @@ machine slows them alike; read the ratios, not the milliseconds):
   swapped, functional sites such as Hugging Face attention dropout routed to droplab).
 
 Per variant: one training step (forward, loss, backward, AdamW step) and one inference forward (eval,
-``no_grad``), and for droplab the number of routing interceptions in a training step (calls a droplab
-torch-function mode handled: the price of routing functional dropout sites). Then Monte-Carlo dropout on
+``no_grad``), and the routing of one training step (:func:`droplab.graph.routing_counts`): the torch
+calls droplab's call recorders intercepted (the price of routing functional dropout sites where they
+cannot be replaced directly) and the dropout calls routed to droplab. Then Monte-Carlo dropout on
 each model: T stochastic forwards of the batch as a ``model.train()`` loop (torch's, droplab's converted
 model) and :func:`droplab.mc.predict`, against the batched-forward floor: the same T x batch rows in one
 eval-mode forward of the model without dropout.
@@ -28,7 +29,6 @@ import copy
 import datetime
 import os
 import platform
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -228,33 +228,19 @@ def variants(case: Case) -> dict[str, nn.Module]:
             "droplab, seed=0": convert(copy.deepcopy(model), 0)}
 
 
-def interceptions(fn: Callable[[], object]) -> int:
-    """Calls droplab's torch-function modes handled while ``fn`` ran (the routing of functional sites).
+def routing(fn: Callable[[], object]) -> tuple[int, int]:
+    """``(intercepted, routed)`` while ``fn`` ran: torch calls droplab's call recorders intercepted (each a
+    Python-level dispatch) and dropout calls routed to droplab (:func:`droplab.graph.routing_counts`)."""
+    from ..graph import routing_counts
 
-    Counted with ``sys.setprofile`` (``__torch_function__`` frames of droplab's code), so it needs nothing
-    from the routing layer and counts whichever modes it uses."""
-    import droplab
-
-    root = os.path.dirname(os.path.abspath(droplab.__file__))
-    count = 0
-
-    def profile(frame, event, arg):
-        nonlocal count
-        if event == "call" and frame.f_code.co_name == "__torch_function__" and \
-                frame.f_code.co_filename.startswith(root):
-            count += 1
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        fn()
-    finally:
-        sys.setprofile(previous)
-    return count
+    before = routing_counts()
+    fn()
+    after = routing_counts()
+    return after.intercepted - before.intercepted, after.routed - before.routed
 
 
 def step_rows(case: Case, models: dict[str, nn.Module], config: Config) -> list[dict]:
-    """Training-step and inference time of each variant, round-robin, with interceptions per step."""
+    """Training-step and inference time of each variant, round-robin, with the routing of one step."""
     data = case.train_inputs()
     mc_data = case.mc_inputs()
     candidates, steps, counts = {}, {}, {}
@@ -276,13 +262,13 @@ def step_rows(case: Case, models: dict[str, nn.Module], config: Config) -> list[
         candidates[f"{name}/train"], candidates[f"{name}/infer"] = step, infer
     times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
     for name, step in steps.items():
-        counts[name] = interceptions(step)
+        counts[name] = routing(step)
     base_train, base_infer = times["no dropout/train"], times["no dropout/infer"]
     torch_train = times["torch/train"]
     return [dict(model=case.name, variant=name, train_ms=times[f"{name}/train"] * 1e3,
                  train_vs_none=times[f"{name}/train"] / base_train, train_vs_torch=times[f"{name}/train"] / torch_train,
                  infer_ms=times[f"{name}/infer"] * 1e3, infer_vs_none=times[f"{name}/infer"] / base_infer,
-                 interceptions_per_step=counts[name]) for name in models]
+                 interceptions_per_step=counts[name][0], routed_per_step=counts[name][1]) for name in models]
 
 
 def _repeated(inputs, times: int):
@@ -315,7 +301,7 @@ def mc_rows(case: Case, models: dict[str, nn.Module], config: Config) -> list[di
 
     approaches = {"torch loop": loop(models["torch"]), "droplab loop, seed=None": loop(models["droplab, seed=None"]),
                   "droplab mc.predict": predict, "batched floor": floor}
-    counts = {"droplab mc.predict": interceptions(predict)}
+    counts = {"droplab mc.predict": routing(predict)[0]}
     medians = time_round_robin(approaches, config.mc_repeats, 0.0, config.clock)
     for model in models.values():
         model.train()
@@ -345,11 +331,11 @@ def render(result: dict) -> str:
              f"round-robin samples, {result['config']['clock']} clock; 1-min load average "
              f"{c['load_average_1min']:.1f} at start, {result['load_average_end']:.1f} at end", ""]
     lines += ["| model | variant | train step ms | vs no dropout | vs torch | inference ms | vs no dropout "
-              "| interceptions / step |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| interceptions / step | routed / step |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["steps"]:
         lines.append(f"| {r['model']} | {r['variant']} | {r['train_ms']:.2f} | {r['train_vs_none']:.2f} | "
                      f"{r['train_vs_torch']:.2f} | {r['infer_ms']:.2f} | {r['infer_vs_none']:.2f} | "
-                     f"{r['interceptions_per_step']} |")
+                     f"{r['interceptions_per_step']} | {r['routed_per_step']} |")
     lines += ["", f"MC dropout, T = {result['config']['mc_samples']} samples of the batch, median of "
               f"{result['config']['mc_repeats']}; the floor is one eval-mode forward of T x batch rows without "
               "dropout", "", "| model | approach | ms | vs floor | vs torch loop | interceptions |",
