@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-__all__ = ["LeafTracer", "fx_leaf_forward", "fx_traceable"]
+__all__ = ["LeafTracer", "fx_leaf_forward", "fx_traceable", "leaf_proxy", "checks_fx_itself"]
 
 
 class LeafTracer(fx.Tracer):
@@ -34,6 +34,27 @@ def _tracer_of(args: tuple, kwargs: dict) -> fx.Tracer | None:
     return None
 
 
+def leaf_proxy(module: nn.Module, args: tuple, kwargs: dict) -> fx.Proxy | None:
+    """The ``call_module`` proxy of ``module`` when an ``fx`` tracer is tracing its parent, else ``None``.
+
+    What a forward that checks for tracing itself (see :func:`checks_fx_itself`) calls when its input
+    is not a plain tensor. Traced as the root itself (no parent to hold it), ``None``: the body is traced.
+    """
+    tracer = _tracer_of(args, kwargs)
+    if tracer is not None:
+        path = tracer.path_of_module(module)
+        if path:
+            return tracer.create_proxy("call_module", path, args, kwargs)
+    return None
+
+
+def checks_fx_itself(forward: Callable) -> Callable:
+    """Mark a ``forward`` that calls :func:`leaf_proxy` itself for non-tensor inputs, so the module base
+    does not wrap it in :func:`fx_leaf_forward` (one Python frame less on the hot path)."""
+    forward.checks_fx_itself = True
+    return forward
+
+
 def fx_leaf_forward(forward: Callable) -> Callable:
     """Wrap a module's ``forward`` so that any ``torch.fx`` tracer records the module as one leaf.
 
@@ -47,12 +68,8 @@ def fx_leaf_forward(forward: Callable) -> Callable:
     def leaf_forward(self, *args, **kwargs):
         if args and type(args[0]) is torch.Tensor:  # the common case, checked first: no tracing
             return forward(self, *args, **kwargs)
-        tracer = _tracer_of(args, kwargs)
-        if tracer is not None:
-            path = tracer.path_of_module(self)
-            if path:
-                return tracer.create_proxy("call_module", path, args, kwargs)
-        return forward(self, *args, **kwargs)
+        proxy = leaf_proxy(self, args, kwargs)
+        return proxy if proxy is not None else forward(self, *args, **kwargs)
 
     return leaf_forward
 

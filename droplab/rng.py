@@ -69,7 +69,6 @@ __all__ = [
     "PHILOX_ROUNDS",
     "MAX_INDEX",
     "encode_seed",
-    "seed_tensor",
     "seed_key",
     "split_seed",
     "drop_threshold",
@@ -110,22 +109,14 @@ def split_seed(seed: int) -> tuple[int, int]:
 def encode_seed(seed: int) -> int:
     """The 64-bit seed as the signed value an int64 tensor holds (two's complement of ``seed mod 2**64``).
 
-    The one place that encodes a seed: modules' ``seed`` buffers and the ops' seed tensors use it,
-    and :func:`seed_key` reads it back, so any int (negative, or above 2**63) means its value mod 2**64.
+    The one place that encodes a seed: modules' ``seed`` buffers and the ops' seed tensors use it (through
+    :func:`droplab.functional.seed_tensor`), and :func:`seed_key` reads it back, so any int (negative, or
+    above 2**63) means its value mod 2**64.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, but got {type(seed).__name__}")
     s = seed % 2**64
     return s - 2**64 if s >= 2**63 else s
-
-
-def seed_tensor(seed: int | torch.Tensor) -> torch.Tensor:
-    """A 0-dim int64 tensor holding ``seed`` (:func:`encode_seed`); a 0-dim int64 tensor passes through."""
-    if isinstance(seed, torch.Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1:
-            raise TypeError(f"seed must be an int or a 0-dim int64 tensor, but got {seed.dtype} {tuple(seed.shape)}")
-        return seed.reshape(())
-    return torch.tensor(encode_seed(seed), dtype=torch.int64)
 
 
 def seed_key(seed: int | torch.Tensor) -> tuple[int, int]:

@@ -226,6 +226,9 @@ def test_bench_kernel_quick_smoke(tmp_path, capsys):
         assert rows[n, "torch F.dropout"]["saved_bytes_per_element"] >= 1.0
         assert rows[n, "droplab dropout"]["fwdbwd_ms"] > 0.0
     assert [r["variant"] for r in result["mlp"]][0] == "no dropout"
+    assert [(r["shape"], r["module"]) for r in result["modules"]] == [
+        ("16", "torch nn.Dropout"), ("16", "droplab Dropout, seed=None"), ("16", "droplab Dropout, seed=7")]
+    assert all(r["fwdbwd_us"] > 0.0 and r["fwd_vs_torch"] > 0.0 for r in result["modules"])
     assert result["startup"]["backend"] == "cpu" and result["startup"]["import_droplab_s"] > 0.0
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+import droplab.functional as F
 from droplab import rng
 from droplab.kernels import reference
 
@@ -128,12 +129,33 @@ def test_one_seed_encoding_round_trips():
     for seed in (0, 1, 2**63 - 1, 2**63, 2**64 - 1, -1, -(2**63), 2**70 + 5):
         encoded = rng.encode_seed(seed)
         assert -(2**63) <= encoded < 2**63 and encoded % 2**64 == seed % 2**64
-        tensor = rng.seed_tensor(seed)
+        tensor = F.seed_tensor(seed)
         assert tensor.dtype == torch.int64 and tensor.dim() == 0 and int(tensor) == encoded
         s = seed % 2**64
         assert rng.seed_key(seed) == rng.seed_key(tensor) == (s & 0xFFFFFFFF, s >> 32)
     with pytest.raises(TypeError):
         rng.encode_seed(True)
+
+
+def test_a_seed_is_encoded_in_one_place():
+    """One helper turns a seed into the ops' tensor (``droplab.functional.seed_tensor``, which draws a fresh
+    key for ``None``), over one encoding of the integer (``droplab.rng.encode_seed``)."""
+    import ast
+    import pathlib
+
+    import droplab
+
+    root = pathlib.Path(droplab.__file__).parent
+    defined = sorted((path.relative_to(root).as_posix(), node.name) for path in root.rglob("*.py")
+                     for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)
+                     and node.name in ("seed_tensor", "encode_seed", "fresh_key", "split_seed"))
+    assert defined == [("functional/standard.py", "fresh_key"), ("functional/standard.py", "seed_tensor"),
+                       ("rng.py", "encode_seed"), ("rng.py", "split_seed")]
+    assert not hasattr(rng, "seed_tensor")
+    torch.manual_seed(3)
+    first = F.seed_tensor(None)  # None draws a fresh key from torch's generator
+    torch.manual_seed(3)
+    assert first.dtype == torch.int64 and torch.equal(F.seed_tensor(None), first)
 
 
 def test_words_at_and_block_words_follow_the_scalar_spec():

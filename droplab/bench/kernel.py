@@ -5,7 +5,9 @@ so no gradient accumulation is timed) and bytes saved for backward per element (
 ``torch.autograd.graph.saved_tensors_hooks``), for ``torch.nn.functional.dropout`` and
 ``droplab.functional.dropout``, beside the floor any element-wise op pays (``x.clone()`` forward,
 ``x * 2.0`` forward+backward). All candidates are timed round-robin in the same run, and every ratio
-is formed from medians of that run, so a busy machine slows them alike. Then the training overhead
+is formed from medians of that run, so a busy machine slows them alike. Then the per-call cost of the
+modules on small tensors (16 and 64x128 elements: torch's ``nn.Dropout`` against droplab's, both seed
+modes, where fixed costs dominate), the training overhead
 of dropout in a 40-512-512-10 ReLU MLP (epoch time with two dropout(0.5) layers over without), the
 warm ``import droplab`` time and the first-call JIT time of the CPU kernel.
 """
@@ -16,17 +18,16 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import add_common_options, apply_common_options, emit
+from . import add_clock_option, add_common_options, apply_common_options, emit
+from . import time_round_robin as shared_round_robin
 
 SUITE_HELP = "forward/backward time and saved bytes of droplab's kernel vs torch's dropout, MLP overhead, JIT"
 
@@ -38,44 +39,28 @@ class Config:
     """What one run measures (``--quick`` shrinks everything to a smoke test of a few seconds)."""
 
     sizes: tuple[int, ...] = (2**16, 2**20, 2**24)  # fp32 elements per tensor: cache-, L2/L3- and DRAM-sized
+    module_shapes: tuple[tuple[int, ...], ...] = ((16,), (64, 128))  # per-call cost of the modules: fixed costs
     min_sample_s: float = 0.02  # each timing sample loops the op until this long: small sizes need many calls
     repeats: int = 11  # samples per candidate; the median is reported
     mlp_examples: int = 4000  # random examples per epoch (40 features, 10 classes)
     mlp_batch: int = 128
     mlp_epochs: int = 7  # timed epochs per variant (after one warm-up epoch), median reported
     import_repeats: int = 3  # fresh interpreters for the warm import time (the minimum is reported)
+    clock: str = "wall"  # or "cpu": this process's CPU time (steadier on a loaded machine, one thread)
     cold_jit: bool = True  # also compile once into an empty cache directory to report the cold JIT cost
     threads: int = field(default_factory=torch.get_num_threads)
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(sizes=(2**10, 2**14), min_sample_s=0.002, repeats=3, mlp_examples=256, mlp_epochs=1,
-                   import_repeats=1, cold_jit=False)
+        return cls(sizes=(2**10, 2**14), module_shapes=((16,),), min_sample_s=0.002, repeats=3, mlp_examples=256,
+                   mlp_epochs=1, import_repeats=1, cold_jit=False)
 
 
 # --------------------------------------------------------------------------- timing helpers
-def _calls_per_sample(fn: Callable[[], object], min_sample_s: float) -> int:
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, int(min_sample_s / once))
-
-
 def time_round_robin(candidates: dict[str, Callable[[], object]], repeats: int,
-                     min_sample_s: float) -> dict[str, float]:
-    """Median seconds per call of each candidate, sampling them in turn so that load hits all alike."""
-    for fn in candidates.values():  # warm-up: allocator, JIT, page cache
-        fn()
-        fn()
-    loops = {name: _calls_per_sample(fn, min_sample_s) for name, fn in candidates.items()}
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            for _ in range(loops[name]):
-                fn()
-            samples[name].append((time.perf_counter() - start) / loops[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+                     min_sample_s: float, clock: str = "wall") -> dict[str, float]:
+    """Median seconds per call of each candidate, sampling them in turn (see :func:`droplab.bench.time_round_robin`)."""
+    return shared_round_robin(candidates, repeats, min_sample_s, clock)
 
 
 def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
@@ -128,7 +113,7 @@ def _rows_for_size(n: int, config: Config, ops: dict[str, Callable[[torch.Tensor
     for name, op in ops.items():
         candidates[f"{name}/fwd"] = fwd(op)
         candidates[f"{name}/fwdbwd"] = fwd_bwd(op)
-    times = time_round_robin(candidates, config.repeats, config.min_sample_s)
+    times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
     floor_fwd, floor_fb = times["clone/fwd"], times["mul/fwdbwd"]
     rows = [
         dict(elements=n, op="x.clone()", fwd_ms=floor_fwd * 1e3, fwdbwd_ms=None, saved_bytes_per_element=None),
@@ -147,6 +132,36 @@ def _rows_for_size(n: int, config: Config, ops: dict[str, Callable[[torch.Tensor
 def kernel_rows(config: Config) -> list[dict]:
     ops = _dropout_ops()
     return [row for n in config.sizes for row in _rows_for_size(n, config, ops)]
+
+
+# --------------------------------------------------------------------------- per-call cost of the modules
+def module_rows(config: Config) -> list[dict]:
+    """``nn.Dropout`` modules per call, where fixed costs dominate: torch's against droplab's (both seed modes).
+
+    Forward in training mode (no gradient wanted) and forward+backward (``torch.autograd.grad``) per call,
+    for each shape in ``config.module_shapes``; the ratio is droplab's time over torch's, from one run.
+    """
+    import droplab.nn as dnn
+
+    rows = []
+    for shape in config.module_shapes:
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(shape, generator=gen)
+        xg = x.clone().requires_grad_()
+        g = torch.randn(shape, generator=gen)
+        modules = {"torch nn.Dropout": torch.nn.Dropout(P), "droplab Dropout, seed=None": dnn.Dropout(P),
+                   "droplab Dropout, seed=7": dnn.Dropout(P, seed=7)}
+        candidates = {}
+        for name, m in modules.items():
+            candidates[f"{name}/fwd"] = lambda m=m, x=x: m(x)
+            candidates[f"{name}/fwdbwd"] = lambda m=m, xg=xg, g=g: torch.autograd.grad(m(xg), xg, g)
+        times = time_round_robin(candidates, config.repeats, config.min_sample_s, config.clock)
+        base_fwd, base_fb = times["torch nn.Dropout/fwd"], times["torch nn.Dropout/fwdbwd"]
+        for name in modules:
+            fwd_s, fb_s = times[f"{name}/fwd"], times[f"{name}/fwdbwd"]
+            rows.append(dict(shape="x".join(map(str, shape)), module=name, fwd_us=fwd_s * 1e6, fwdbwd_us=fb_s * 1e6,
+                             fwd_vs_torch=fwd_s / base_fwd, fwdbwd_vs_torch=fb_s / base_fb))
+    return rows
 
 
 # --------------------------------------------------------------------------- MLP overhead
@@ -170,7 +185,8 @@ def mlp_rows(config: Config) -> list[dict]:
     variants = {
         "no dropout": None,
         "torch nn.Dropout(0.5) x2": lambda: torch.nn.Dropout(P),
-        "droplab Dropout(0.5) x2": lambda: dnn.Dropout(P, seed=7),
+        "droplab Dropout(0.5) x2, seed=None": lambda: dnn.Dropout(P),
+        "droplab Dropout(0.5) x2, seed=7": lambda: dnn.Dropout(P, seed=7),
     }
     setups = {}
     for name, make in variants.items():
@@ -186,15 +202,8 @@ def mlp_rows(config: Config) -> list[dict]:
             loss.backward()
             optimizer.step()
 
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for model, optimizer in setups.values():
-        epoch(model, optimizer)  # warm-up
-    for _ in range(config.mlp_epochs):
-        for name, (model, optimizer) in setups.items():
-            start = time.perf_counter()
-            epoch(model, optimizer)
-            samples[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+    medians = time_round_robin({name: lambda setup=setup: epoch(*setup) for name, setup in setups.items()},
+                               config.mlp_epochs, 0.0, config.clock)
     base = medians["no dropout"]
     return [dict(variant=name, epoch_ms=t * 1e3, vs_no_dropout=t / base) for name, t in medians.items()]
 
@@ -275,6 +284,7 @@ def conditions(config: Config) -> dict:
         "cores": os.cpu_count(),
         "threads": config.threads,
         "repeats": config.repeats,
+        "clock": getattr(config, "clock", "wall"),
         # other jobs on the machine move absolute times several-fold; the ratios are formed within one run
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -285,7 +295,7 @@ def render(result: dict) -> str:
     lines = [
         f"droplab bench kernel, {c['date']}: {c['cpu']}, {c['cores']} cores, {c['threads']} threads, "
         f"torch {c['torch']}, numba {c['numba']}, Python {c['python']}; fp32, p = {P}; "
-        f"median of {c['repeats']} round-robin samples"
+        f"median of {c['repeats']} round-robin samples, {c.get('clock', 'wall')} clock"
         + (f"; 1-min load average at start {c['load_average_1min']:.1f}" if c.get("load_average_1min") is not None
            else ""),
         "",
@@ -298,6 +308,12 @@ def render(result: dict) -> str:
             f"| {_size(r['elements'])} | {r['op']} | {_fmt(r['fwd_ms'], '.3f')} | {_fmt(r['fwdbwd_ms'], '.3f')} | "
             f"{_fmt(r['saved_bytes_per_element'], '.2f')} | {_fmt(r.get('fwd_vs_clone'), '.2f')} | "
             f"{_fmt(r.get('fwdbwd_vs_mul'), '.2f')} | {_fmt(r.get('speedup_vs_torch'), '.1f')} |")
+    lines += ["", "Dropout modules per call (training mode, p = 0.5): microseconds and ratio to torch's nn.Dropout",
+              "", "| shape | module | forward us | fwd+bwd us | forward / torch | fwd+bwd / torch |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in result["modules"]:
+        lines.append(f"| {r['shape']} | {r['module']} | {r['fwd_us']:.1f} | {r['fwdbwd_us']:.1f} | "
+                     f"{r['fwd_vs_torch']:.2f} | {r['fwdbwd_vs_torch']:.2f} |")
     lines += ["", f"MLP 40-512-512-10 (ReLU), {result['mlp_config']}, Adam: epoch time", "",
               "| variant | epoch ms | vs no dropout |", "|---|---:|---:|"]
     for r in result["mlp"]:
@@ -313,6 +329,7 @@ def render(result: dict) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_options(parser, repeats=11, quick_repeats=3)
+    add_clock_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -323,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
         "conditions": conditions(config),
         "startup": import_and_jit(config),
         "kernel": kernel_rows(config),
+        "modules": module_rows(config),
         "mlp": mlp_rows(config),
         "mlp_config": f"{config.mlp_examples} random examples, batch {config.mlp_batch}, "
                       f"median of {config.mlp_epochs} epochs",

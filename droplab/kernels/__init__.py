@@ -9,12 +9,20 @@ The registered ops over these functions live in :mod:`droplab.kernels.ops` and
 :mod:`droplab.kernels.variant_ops`. Selection: the numba CPU kernel for CPU tensors,
 the Triton kernel for CUDA tensors when Triton is importable, the pure-torch reference otherwise.
 :func:`use_backend` forces one (tests and benchmarks compare them).
+
+Fork at any moment. A process forked from one that imported droplab (a ``DataLoader`` worker) knows it
+is a child: the CPU backend then runs its serial kernels only (GNU OpenMP's pool does not survive a
+fork, whether numba's or torch's started it). A child forked while its parent was importing a backend,
+or while numba was compiling in another thread (the compiler lock is then held by a thread the child
+does not have), never waits on them: it draws with the pure-torch reference, bit for bit the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 from types import ModuleType
@@ -25,21 +33,54 @@ from . import reference
 
 __all__ = ["BACKENDS", "available_backends", "backend_for", "keep_mask", "masked_scale", "apply_keep", "noise",
            "gaussian_scale", "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward",
-           "use_backend"]
+           "use_backend", "in_forked_child"]
 
 BACKENDS = ("cpu", "triton", "reference")
 _state = threading.local()
 _loaded: dict[str, ModuleType | None] = {"reference": reference}
+_importing: set[str] = set()  # backends whose import is under way (in some thread)
+
+
+def _started_by_fork() -> bool:
+    """A ``multiprocessing`` child made by fork that imports droplab only now (its parent never did)."""
+    return (multiprocessing.parent_process() is not None
+            and multiprocessing.get_start_method(allow_none=True) in (None, "fork"))
+
+
+_forked = _started_by_fork()
+
+
+def in_forked_child() -> bool:
+    """True in a process forked after ``import droplab`` (or a ``multiprocessing`` fork child)."""
+    return _forked
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+    for name in _importing:  # the thread importing it is gone: the half-imported module is unusable here
+        _loaded[name] = None
+    _importing.clear()
+    for name, module in list(_loaded.items()):
+        if module is not None and not getattr(module, "usable_after_fork", lambda: True)():
+            _loaded[name] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _load(name: str) -> ModuleType | None:
     """Import a backend on first use; a backend whose dependency is missing is simply unavailable."""
     if name not in _loaded:
+        _importing.add(name)
         try:
             module = importlib.import_module(f"{__name__}.{name}")
             _loaded[name] = module if module.available() else None
         except ImportError:
             _loaded[name] = None
+        finally:
+            _importing.discard(name)
     return _loaded[name]
 
 
@@ -63,23 +104,57 @@ def use_backend(name: str | None) -> Iterator[None]:
         _state.forced = previous
 
 
+class _OneThreadReference:
+    """The reference backend as a forked child runs it: torch on one thread for the call.
+
+    torch's intra-op pool (GNU OpenMP) does not survive a fork either: a child whose parent used it waits
+    forever in its first parallel torch op. The child's own torch calls are its business (``DataLoader``
+    workers set one thread); droplab's never wait.
+    """
+
+    def __getattr__(self, name: str):
+        value = getattr(reference, name)
+        if not callable(value) or name in ("available", "supports"):
+            return value
+
+        def one_thread(*args, **kwargs):
+            threads = torch.get_num_threads()
+            if threads == 1:
+                return value(*args, **kwargs)
+            torch.set_num_threads(1)
+            try:
+                return value(*args, **kwargs)
+            finally:
+                torch.set_num_threads(threads)
+        return one_thread
+
+
+_child_reference = _OneThreadReference()
+
+
+def _fallback() -> ModuleType:
+    return _child_reference if _forked else reference
+
+
 def _select(x_device: torch.device, x: torch.Tensor | None) -> ModuleType:
     forced = getattr(_state, "forced", None)
     if forced is not None:
         module = _load(forced)
         if x is None or module.supports(x):
-            return module
-        return reference
+            return _fallback() if module is reference else module
+        return _fallback()
     name = "cpu" if x_device.type == "cpu" else "triton" if x_device.type == "cuda" else None
     module = _load(name) if name is not None else None
     if module is not None and (x is None or module.supports(x)):
         return module
-    return reference
+    return _fallback()
 
 
 def backend_for(x: torch.Tensor) -> str:
     """Name of the backend that would serve tensor ``x``."""
     module = _select(x.device, x)
+    if module is _child_reference:
+        return "reference"
     return next(name for name, m in _loaded.items() if m is module)
 
 

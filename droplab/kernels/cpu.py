@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from ..rng import MAX_INDEX
-from . import reference
+from . import in_forked_child, reference
 from .bounds import check_indices, check_rows
 
 try:  # numba is a core dependency, but a missing one only makes this backend unavailable
@@ -46,13 +48,14 @@ try:  # numba is a core dependency, but a missing one only makes this backend un
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
 
-# Fork safety. numba's default threading layer on Linux is GNU OpenMP, which kills a forked child (a
-# DataLoader worker) that opens a parallel region after its parent did; the workqueue layer survives a
-# fork but costs 2-4x more per launch. So each kernel is compiled twice: a parallel twin for the process
-# that imported droplab, and a serial twin (no thread pool at all) for one thread's worth of work and for
-# every forked child. Parallel launches from several Python threads are serialized by the lock below.
+# Fork safety. numba's default threading layer on Linux is GNU OpenMP, which kills or hangs a forked
+# child (a DataLoader worker) that opens a parallel region after its parent (numba or torch) did; the
+# workqueue layer survives a fork but costs 2-4x more per launch. So each kernel is compiled twice: a
+# parallel twin for the process that imported droplab, and a serial twin (no thread pool at all) for one
+# thread's worth of work and for every forked child (droplab.kernels notes the fork, from the moment
+# droplab is imported, whether or not this module was). Parallel launches from several Python threads
+# are serialized by the lock below.
 _LAUNCH = threading.Lock()
-_IMPORT_PID = os.getpid()
 
 
 def _new_launch_lock() -> None:
@@ -65,11 +68,33 @@ if hasattr(os, "register_at_fork"):
 
 
 def _in_forked_child() -> bool:
-    return os.getpid() != _IMPORT_PID
+    return in_forked_child()
 
 
-__all__ = ["available", "supports", "keep_mask", "masked_scale", "apply_keep", "noise", "gaussian_scale",
-           "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward", "jit_seconds", "warmup"]
+def usable_after_fork() -> bool:
+    """False in a child forked while numba compiled in another thread of its parent.
+
+    numba's compiler lock is then held by a thread the child does not have (and LLVM may be mid-way through
+    a module): the child's first compilation would wait forever. Asked by :mod:`droplab.kernels` right
+    after a fork; the child then uses the reference backend.
+    """
+    if numba is None:
+        return True
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+
+        lock = global_compiler_lock._lock
+    except (ImportError, AttributeError):  # another numba: no way to tell, so take the safe side
+        return False
+    if lock.acquire(False):
+        lock.release()
+        return True
+    return False
+
+
+__all__ = ["available", "usable_after_fork", "private_dir", "supports", "keep_mask", "masked_scale", "apply_keep",
+           "noise", "gaussian_scale", "dropblock_keep", "embedding_forward", "rows_masked_scale", "embedding_backward",
+           "jit_seconds", "warmup", "dropout_eager"]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _CHUNK_BLOCKS = 1024  # Philox blocks (4 elements each) per scratch chunk: 16 KiB of words, L1-resident
@@ -92,9 +117,51 @@ def jit_seconds() -> dict[str, float]:
     return dict(_jit_seconds)
 
 
-def _fallback_cache_dir() -> str:
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    return os.path.join(tempfile.gettempdir(), f"droplab-numba-cache-{uid}")
+# The fallback cache. numba's cache holds pickled indexes and machine code that it loads and runs: a cache
+# directory someone else can write is code they can run in this process (CWE-377). The per-user directory
+# under the shared temp dir is therefore created private (mode 0700) and used only while it still is: a
+# directory (not a link) owned by this user that nobody else may write. Anything else there, planted by
+# another user or loosened since, is never read; the kernels then compile without a disk cache.
+_PRIVATE_UNCHECKED = object()
+_private_cache: object = _PRIVATE_UNCHECKED
+
+
+def private_dir(path: str) -> bool:
+    """True when ``path`` is a directory, not a symlink, owned by this user and writable by no one else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
+
+
+def _fallback_cache_dir() -> str | None:
+    """The per-user cache directory under the temp dir, created 0700; ``None`` when it is not private."""
+    global _private_cache
+    if _private_cache is not _PRIVATE_UNCHECKED:
+        return _private_cache
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = os.path.join(tempfile.gettempdir(), "droplab-numba-cache" + ("" if uid is None else f"-{uid}"))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        path = None
+    if path is not None and not private_dir(path):
+        try:
+            info = os.lstat(path)
+            found = f"owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}"
+        except OSError:
+            found = "unreadable"
+        warnings.warn(f"droplab: the kernel cache directory {path} is not private to this user ({found}); it is "
+                      "not used, and the CPU kernels compile without a disk cache (set NUMBA_CACHE_DIR to a "
+                      "directory of your own to keep one)", RuntimeWarning, stacklevel=2)
+        path = None
+    _private_cache = path
+    return path
 
 
 class _Kernel:
@@ -122,14 +189,18 @@ def _jit(fn, parallel: bool):
 
     numba raises at decoration when neither the package tree nor its user-wide directory is writable
     (a root-installed package used by another user, ``NUMBA_CACHE_DIR`` unset): then the cache goes to
-    a per-user directory under the temp dir, and where even that fails the kernel compiles uncached.
+    a private per-user directory under the temp dir (:func:`_fallback_cache_dir`), and where that is not
+    private or fails the kernel compiles uncached.
     """
     try:
         return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         pass
+    fallback = _fallback_cache_dir()
+    if fallback is None:
+        return njit(parallel=parallel, nogil=True)(fn)
     previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = _fallback_cache_dir()  # read by numba's locator at decoration only
+    numba.config.CACHE_DIR = fallback  # read by numba's locator at decoration only
     try:
         return njit(parallel=parallel, cache=True, nogil=True)(fn)
     except (RuntimeError, OSError):
@@ -708,6 +779,60 @@ _NUMPY_FLOATS = {torch.float32: np.float32, torch.float64: np.float64}
 _ROW_COPY_SHARE = 16
 _NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
+# ---------------------------------------------------------------------- the eager path's launch
+# A small call's cost is its Python and numpy plumbing, not its arithmetic: the eager launch passes the
+# tensors' addresses, and a jitted wrapper views them as arrays and runs the serial twin of the flat kernel.
+_PROTO = {torch.float32: np.float32(0), torch.float64: np.float64(0), torch.float16: np.uint16(0),
+          torch.bfloat16: np.int16(0)}  # the element type the kernels see (half types as their bits)
+
+if numba is not None:
+    @intrinsic
+    def _pointer_at(typingctx, address, proto):
+        """The integer ``address`` as a pointer to ``proto``'s type."""
+        if not isinstance(address, types.Integer) or not isinstance(proto, (types.Float, types.Integer)):
+            return None
+        pointer = types.CPointer(proto)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+        return pointer(address, proto), codegen
+
+    _masked_scale_flat_serial = _masked_scale_flat.serial
+
+    def _masked_scale_at(x_address, y_address, n, proto, k0, k1, c1, c2, c3, threshold, scale):
+        """The serial flat kernel over ``n`` contiguous elements at two addresses."""
+        x = numba.carray(_pointer_at(x_address, proto), n)
+        y = numba.carray(_pointer_at(y_address, proto), n)
+        _masked_scale_flat_serial(x, y, k0, k1, c1, c2, c3, threshold, scale, 1)
+
+    _masked_scale_at = _jit(_masked_scale_at, parallel=False)
+
+
+def dropout_eager(x: torch.Tensor, counters: tuple) -> torch.Tensor:
+    """The eager path's launch (see :mod:`droplab.kernels.ops`): ``x * scale`` where the mask keeps, 0 elsewhere.
+
+    ``x`` is a CPU tensor of a supported dtype; ``counters = (k0, k1, step, replica, threshold, scale,
+    mask_shape)``, ``(k0, k1)`` the key's 32-bit words and ``mask_shape`` ``None`` for an element-wise mask,
+    else the noise shape. One thread's worth of contiguous elements goes straight to the serial kernel by
+    address; everything else takes :func:`masked_scale` and gets the input's dimension order back, as the
+    registered op's output has.
+    """
+    k0, k1, step, replica, threshold, scale, mask_shape = counters
+    n = x.numel()
+    if mask_shape is None and 0 < n <= _MIN_PER_THREAD and threshold <= _MASK32 and x.is_contiguous():
+        y = torch.empty_like(x)
+        _masked_scale_at(x.data_ptr(), y.data_ptr(), n, _PROTO[x.dtype], k0, k1, step & _MASK32,
+                         replica & _MASK32, 0, threshold,
+                         np.float64(scale) if x.dtype is torch.float64 else np.float32(scale))
+        return y
+    y = masked_scale(x, (k0, k1), step, replica, 0, threshold, scale,
+                     tuple(x.shape) if mask_shape is None else tuple(mask_shape))
+    if x.is_contiguous():
+        return y
+    from .ops import dense_like  # the layout the registered op gives
+
+    return dense_like(x).copy_(y)
+
 
 def _threads(n: int) -> int:
     """Threads for ``n`` elements: torch's count, clamped to numba's pool and to the work available."""
@@ -933,4 +1058,5 @@ def warmup(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> dict[str, floa
         for x in (torch.ones(8, 2, dtype=dtype), torch.ones(rows, 2, dtype=dtype)):
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, tuple(x.shape))
             masked_scale(x, (1, 2), 0, 0, 0, 2**31, 2.0, (x.shape[0], 1))
+        dropout_eager(torch.ones(8, dtype=dtype), (1, 2, 0, 0, 2**31, 2.0, None))  # the eager path's launch
     return jit_seconds()

@@ -8,17 +8,26 @@ compiled graph without recompiling; ``seed`` holds the 64-bit seed in two's comp
 is the same op applied to the incoming gradient: the mask is regenerated from the integers, so
 autograd saves nothing but those two integer scalars. The output keeps the input's dimension order
 (channels_last in, channels_last out), as torch's element-wise ops do.
+
+The eager path. Where nothing traces or compiles (no dynamo or ``torch.export``, no fx proxy or fake
+tensor, no functorch transform, no torch-function or dispatch mode, no backend forced by
+:func:`droplab.kernels.use_backend`) and the input is a plain CPU tensor the numba kernel takes, a
+module's forward asks :func:`eager_launcher` for the CPU launch and calls it through one autograd node,
+:data:`dropout_node` (or directly when no gradient is wanted): the same kernel with the same integers as
+the registered op, so the masks are the op's bit for bit, with none of the dispatch in between.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..rng import seed_key
+from . import _load, _state, transform_rules
 from . import masked_scale as _dispatch_masked_scale
-from . import transform_rules
 
-__all__ = ["dense_like", "masked_scale", "masked_scale_op"]
+__all__ = ["dense_like", "masked_scale", "masked_scale_op", "eager_launcher", "dropout_node"]
 
 _key_included, _LEGACY_VMAP = torch._C._dispatch_tls_is_dispatch_key_included, transform_rules.LEGACY_VMAP_KEY
 
@@ -105,3 +114,72 @@ masked_scale_op.register_autograd(_backward, setup_context=_setup_context)
 _TransformMaskedScale = transform_rules.linear_function("_TransformMaskedScale", masked_scale_op, masked_scale,
                                                         mask_arg=7)
 transform_rules.register_op_vmap(masked_scale_op, mask_arg=7)
+
+
+# ----------------------------------------------------------------------------- the eager path
+_EAGER_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+_launch = None  # droplab.kernels.cpu.dropout_eager once the CPU backend has loaded
+
+
+def _forget_launch() -> None:  # a forked child asks droplab.kernels again: the CPU backend may be unusable there
+    global _launch
+    _launch = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_launch)
+
+
+def eager_launcher(x):
+    """``droplab.kernels.cpu.dropout_eager`` when ``x`` may take the eager path, else ``None``.
+
+    ``launch(x, counters)``, ``counters = (k0, k1, step, replica, threshold, scale, mask_shape)``, is the
+    forward (and, on the gradient, the backward) of :data:`dropout_node`. ``None`` sends the caller to the
+    registered op: under ``torch.compile``/``torch.export`` (checked first, so dynamo folds the rest away),
+    for tensor subclasses and fx proxies, under functorch transforms or legacy vmap (batched gradients),
+    torch-function or dispatch modes, when a backend is forced, and for tensors the numba kernel does not
+    take.
+    """
+    global _launch
+    if torch.compiler.is_compiling():
+        return None
+    if (type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _EAGER_DTYPES
+            or x.layout != torch.strided or getattr(_state, "forced", None) is not None
+            or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled() or _key_included(_LEGACY_VMAP)):
+        return None
+    if _launch is None:
+        cpu = _load("cpu")
+        if cpu is None:
+            return None
+        _launch = cpu.dropout_eager
+    return _launch
+
+
+class _EagerDropout(torch.autograd.Function):
+    """One autograd node: the CPU launch forward, the same launch on the gradient backward (integers saved).
+
+    The map is linear, so its backward and its forward-mode derivative (``jvp``) are the map itself; a
+    backward that builds a graph (``create_graph=True``) goes through the node again, so it can be
+    differentiated once more."""
+
+    @staticmethod
+    def forward(ctx, x, counters):
+        ctx.counters = counters
+        return _launch(x, counters)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad.requires_grad and torch.is_grad_enabled():
+            return dropout_node(grad, ctx.counters), None
+        return _launch(grad, ctx.counters), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, counters_tangent):
+        return _launch(x_tangent, ctx.counters)
+
+
+#: ``dropout_node(x, counters)`` (see :func:`eager_launcher`): :class:`_EagerDropout`'s
+#: apply without ``Function.apply``'s Python wrapper (which binds defaults and unwraps dead functorch
+#: wrappers, neither needed where :func:`eager_launcher` allowed the call: plain tensors, no transform)
+dropout_node = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerDropout)

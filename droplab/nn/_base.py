@@ -42,8 +42,18 @@ __all__ = ["StochasticModule", "CounterSource", "current_replica", "in_recomputa
 _COUNTERS = ("seed", "step")
 
 
+_UNKNOWN = object()  # another torch's c10d: ask its public API
+
+try:  # c10d's registry of the default process group: read directly, it is consulted at every forward
+    from torch.distributed.distributed_c10d import _world as _c10d_world
+except ImportError:  # pragma: no cover - torch built without distributed
+    _c10d_world = None
+
+
 def current_replica() -> int:
     """The data-parallel rank of this process (0 outside ``torch.distributed``)."""
+    if _c10d_world is not None and getattr(_c10d_world, "_default_pg", _UNKNOWN) is None:
+        return 0  # no default process group: the common case, answered without a call into c10d
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -61,6 +71,16 @@ def in_recomputation() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _counter_views(seed: torch.Tensor, step: torch.Tensor) -> tuple:
+    """``(seed, its address, a numpy view of it, step, its address, a numpy view of it)``.
+
+    A numpy view reads a 0-dim CPU counter without a tensor op (``int(tensor)`` costs a dispatch) and sees
+    every write to its memory, ``.data`` writes included; a new storage (``.data = t``, a new buffer) has
+    a new address, and the views are made again.
+    """
+    return (seed, seed.data_ptr(), seed.detach().numpy(), step, step.data_ptr(), step.detach().numpy())
+
+
 class StochasticModule(nn.Module):
     """Base of droplab's dropout modules: validation, the seed mode, counters, replica folding and ``extra_repr``.
 
@@ -73,11 +93,14 @@ class StochasticModule(nn.Module):
     #: ``source(module) -> (seed, step) | None``: counters supplied from outside (Monte-Carlo sampling
     #: sets it on the modules it samples); while it returns counters, the module's own do not advance
     counter_source: CounterSource | None = None
+    _counter_views: tuple | None = None  # the eager path's reading glasses on the counters (see _counter_views)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__:  # a leaf for torch.fx: the mask is drawn at run time, not trace time
-            cls.forward = fx_leaf_forward(cls.__dict__["forward"])
+        forward = cls.__dict__.get("forward")
+        # a leaf for torch.fx: the mask is drawn at run time, not trace time (unless forward checks itself)
+        if forward is not None and not getattr(forward, "checks_fx_itself", False):
+            cls.forward = fx_leaf_forward(forward)
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None, scaling: str = "inverted",
                  share_across_ranks: bool = False) -> None:
@@ -159,6 +182,36 @@ class StochasticModule(nn.Module):
             self._issued.append(counters)
         return counters
 
+    def _eager_counters(self) -> tuple[int, int]:
+        """:meth:`_next_counter` for the eager path (never under compile): ``(seed, step)`` as Python ints.
+
+        The same rules, read without tensor round trips: a :attr:`counter_source`, then replay during
+        recomputation, then the module's own counters (seeded: the step, which advances; unseeded: a fresh
+        key from torch's default generator, step 0). What it issues is remembered for replay, the step as an int.
+        """
+        if self.counter_source is not None:
+            counters = self.counter_source(self)
+            if counters is not None:
+                return int(counters[0]), int(counters[1])
+        issued = self._issued
+        if issued and torch._C._current_graph_task_id() != -1:
+            seed, step = issued.pop()
+            return int(seed), int(step)
+        seed = self._buffers.get("seed")
+        if seed is not None:
+            step_buffer = self._buffers["step"]
+            views = self._counter_views
+            if (views is None or views[0] is not seed or views[1] != seed.data_ptr()
+                    or views[3] is not step_buffer or views[4] != step_buffer.data_ptr()):
+                views = self._counter_views = _counter_views(seed, step_buffer)
+            key, step = int(views[2]), int(views[5])
+            step_buffer.add_(1)
+            issued.append((seed, step))
+            return key, step
+        key = fresh_key()
+        issued.append((key, 0))
+        return int(key), 0
+
     def reseed(self, seed: int, step: int = 0) -> None:
         """Seed the module in place (an unseeded module becomes seeded), e.g. to make two modules draw
         the same masks."""
@@ -172,6 +225,11 @@ class StochasticModule(nn.Module):
             self._become_seeded(seed, step)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_counter_views", None)  # views of this object's memory: a copy makes its own
+        return state
 
     def _apply(self, fn, recurse=True):
         # the counters stay on the CPU as int64, whatever device or dtype the module moves to

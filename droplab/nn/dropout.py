@@ -9,15 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
 from .. import functional as F
+from .._fx import checks_fx_itself, leaf_proxy
+from ..kernels.ops import dropout_node, eager_launcher
 from ._base import StochasticModule
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d"]
 
+_TWO_32 = 4294967296.0
+
 
 class _DropoutNd(StochasticModule):
+    #: the input rank whose mask is one value per (example, channel) (channel dropout), ``None``: element-wise
+    _channel_rank: int | None = None
+
     def __init__(self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None,
                  noise_shape: Sequence[int | None] | None = None, scaling: str = "inverted",
                  share_across_ranks: bool = False) -> None:
@@ -29,6 +37,43 @@ class _DropoutNd(StochasticModule):
     def _extra_fields(self) -> list[tuple[str, object]]:
         return [("inplace", self.inplace), ("noise_shape", self.noise_shape)]
 
+    @checks_fx_itself
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The short eager path, else :meth:`_functional_forward` (the functional op, registered op inside).
+
+        Inference and ``p = 0`` return first; a training forward where nothing traces or compiles goes
+        from here to the CPU kernel through one autograd node (:mod:`droplab.kernels.ops`), with the
+        same counters and so the same mask as the functional path.
+        """
+        if type(input) is not torch.Tensor:  # an fx proxy (recorded as one call_module), a subclass, a fake
+            proxy = leaf_proxy(self, (input,), {})
+            return proxy if proxy is not None else self._functional_forward(input)
+        rank = self._channel_rank
+        if self.noise_shape is not None or (rank is not None and input.dim() != rank):
+            return self._functional_forward(input)
+        p = self._p
+        if not self.training or p == 0.0:
+            if (p == 0.0 or self.scaling == "inverted") and input.is_floating_point():
+                return input
+            return self._functional_forward(input)
+        launch = eager_launcher(input)
+        if launch is None:
+            return self._functional_forward(input)
+        seed, step = self._eager_counters()
+        if p == 1.0:
+            scale = 0.0
+        else:
+            scale = 1.0 / (1.0 - p) if self.scaling == "inverted" else 1.0
+        counters = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, step, self.replica, int(p * _TWO_32), scale,
+                    None if rank is None else input.shape[:2] + (1,) * (rank - 2))
+        if (input.requires_grad and torch.is_grad_enabled()) or getattr(_forward_ad, "_current_level", 0) >= 0:
+            out = dropout_node(input, counters)  # one autograd node (its jvp serves forward-mode AD)
+        else:
+            out = launch(input, counters)
+        return input.copy_(out) if self.inplace else out
+
+    def _functional_forward(self, input: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class Dropout(_DropoutNd, nn.Dropout):
@@ -72,7 +117,7 @@ class Dropout(_DropoutNd, nn.Dropout):
     Reference: Srivastava et al., JMLR 2014.
     """
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _functional_forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._call_functional(F.dropout, input, self.inplace, scaling=self.scaling,
                                      noise_shape=self.noise_shape)
 
@@ -87,7 +132,7 @@ class _ChannelDropout(_DropoutNd):
     def _extra_fields(self) -> list[tuple[str, object]]:
         return [("inplace", self.inplace)]
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _functional_forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._call_functional(type(self)._functional, input, self.inplace, scaling=self.scaling)
 
 
@@ -100,6 +145,7 @@ class Dropout1d(_ChannelDropout, nn.Dropout1d):
     """
 
     _functional = staticmethod(F.dropout1d)
+    _channel_rank = 3
 
 
 class Dropout2d(_ChannelDropout, nn.Dropout2d):
@@ -116,6 +162,7 @@ class Dropout2d(_ChannelDropout, nn.Dropout2d):
     """
 
     _functional = staticmethod(F.dropout2d)
+    _channel_rank = 4
 
 
 class Dropout3d(_ChannelDropout, nn.Dropout3d):
@@ -126,3 +173,4 @@ class Dropout3d(_ChannelDropout, nn.Dropout3d):
     """
 
     _functional = staticmethod(F.dropout3d)
+    _channel_rank = 5
