@@ -11,7 +11,8 @@ Parts: :class:`RateSchedule` (``--schedule`` through :class:`droplab.DropoutSche
 :class:`Health` (gradient norms and loss slope), :class:`EarlyStopping`, :class:`Store` (the run
 store), :class:`Checkpoint`, :class:`Progress` and :class:`EpochHook` (``on_epoch``: Optuna pruning);
 :class:`BestWeights` (keep and restore the best-validation weights, stop after a patience on any metric)
-and :class:`StopAtTarget` (the epoch a metric first reaches a target), which ``droplab study`` uses.
+and :class:`StopAtTarget` (the epoch a metric first reaches a target) and :class:`WeightAverage` (the
+average of the end-of-epoch weights), which ``droplab study`` uses.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from .. import schedules
 
 __all__ = ["Callback", "RateSchedule", "Health", "EarlyStopping", "Store", "Checkpoint", "Progress", "EpochHook",
-           "BestWeights", "StopAtTarget", "schedule_curve", "CHECKPOINT_FORMAT"]
+           "BestWeights", "StopAtTarget", "WeightAverage", "schedule_curve", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -346,3 +347,53 @@ class StopAtTarget(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state.get("epoch")
+
+
+class WeightAverage(Callback):
+    """Average the weights at the end of every epoch from ``start`` on; the run ends with the average.
+
+    Constant-step SGD leaves the weights fluctuating around the minimizer of the expected loss; the average of
+    the iterates (Polyak-Ruppert averaging, here over epochs) converges to it.
+
+    Example::
+
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> layer = torch.nn.Linear(1, 1, bias=False)
+        >>> run, average = SimpleNamespace(core=layer), WeightAverage(start=2)
+        >>> for epoch, w in enumerate([5.0, 1.0, 3.0], start=1):
+        ...     _ = layer.weight.data.fill_(w)
+        ...     average.on_epoch_end(run, epoch, {})
+        >>> average.restore(layer); layer.weight.item()
+        2.0
+    """
+
+    name = "weight_average"
+
+    def __init__(self, start: int = 1) -> None:
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise ValueError(f"start must be a positive int (an epoch), but got {start!r}")
+        self.start, self.count, self.average = start, 0, None
+
+    def on_epoch_end(self, run, epoch: int, metrics: dict) -> None:
+        if epoch < self.start:
+            return
+        state = {k: v.detach().clone() for k, v in run.core.state_dict().items() if v.is_floating_point()}
+        self.count += 1
+        if self.average is None:
+            self.average = state
+        else:
+            for key, value in state.items():
+                self.average[key] += (value - self.average[key]) / self.count
+
+    def restore(self, model) -> None:
+        """Load the averaged weights into ``model`` (nothing before ``start``)."""
+        if self.average is not None:
+            model.load_state_dict(self.average, strict=False)
+
+    def on_train_end(self, run, status: str, error: BaseException | None) -> None:
+        if error is None:
+            self.restore(run.core)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
