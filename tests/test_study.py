@@ -525,6 +525,6 @@ def test_study_quick_on_two_claims(tmp_path, capsys):
     assert learned["relative_distance"]["dropout_ridge"] < 0.5 * learned["relative_distance"]["ols"]
     with RunStore(db) as store:
         assert {r["status"] for r in store.list_runs(study="study/14-input-l2")} == {"finished"}
-    regenerated = tmp_path / "again.md"
+    regenerated = tmp_path / "again" / "study.md"
     assert main(["study", "--page", str(report / "results.json"), "--write-page", str(regenerated)]) == 0
-    assert regenerated.read_text().replace("again", "study") == page.read_text()
+    assert regenerated.read_text() == page.read_text()  # the page is a function of results.json

@@ -110,7 +110,15 @@ def _results_header(data: dict) -> list[str]:
             f"{cpu:.1f} min of CPU in the trainings ({meta.get('jobs')} at a time, {meta.get('threads')} thread each, "
             f"{meta.get('cpu_count')} CPUs); load average {meta.get('load_before')} at the start, "
             f"{meta.get('load_after')} at the end. {meta['family']} primary effects adjusted together "
-            f"({meta['adjust'].upper()}).", ""]
+            f"({meta['adjust'].upper()}).", "", f"**Verdicts of the primary effects:** {_tally(data)}.", ""]
+
+
+def _tally(data: dict) -> str:
+    from collections import Counter
+
+    counts = Counter(verdict_text(c, e, data["meta"]["tier"]).split(" (")[0] for c in data["claims"]
+                     for e in c["effects"] if e["primary"])
+    return ", ".join(f"{n} {verdict}" for verdict, n in counts.most_common()) or "none"
 
 
 def _claim_section(claim: dict, tier: dict, figure_dir: str | None) -> list[str]:
@@ -122,7 +130,11 @@ def _claim_section(claim: dict, tier: dict, figure_dir: str | None) -> list[str]
     chosen = "; ".join(f"{arm}: {info['candidates'][info['chosen']] or 'no knob'}"
                        for arm, info in claim["tuning"].items())
     lines.append(f"- **Tuned:** {chosen}.")
-    lines.append(f"- **Seeds:** {len(claim['per_seed'])} (the power analysis asked for {claim['n_required'] or '-'}); "
+    after = [claim["results"][e["key"]].get("seeds_for_power") for e in claim["effects"]
+             if e["primary"] and e["key"] in claim["results"]]
+    after = max((n for n in after if n is not None), default=None)
+    lines.append(f"- **Seeds:** {len(claim['per_seed'])} (the power analysis on the pilot asked for "
+                 f"{claim['n_required'] or '-'}; the confirmatory seeds' spread asks for {after or '-'}); "
                  f"epochs run: {epochs_text(claim)}.")
     for name, check in claim["checks"].items():
         lines.append(f"- **Check** {name}: {'passed' if check['passed'] else 'FAILED'} ({check['detail']}).")

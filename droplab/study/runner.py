@@ -10,7 +10,7 @@ baseline run), executed in worker processes two at a time (``jobs``) or in this 
    standard deviation, and the power analysis the seeds it needs (:mod:`.stats`), within the tier's range and
    budget (:mod:`.plan`);
 4. the confirmatory seeds (never a tuning seed): every arm with its chosen candidate;
-5. the verdicts (:func:`judge_study`): each primary effect's difference test and TOST, adjusted (Holm or
+5. the verdicts (:func:`.analysis.judge_study`): each primary effect's difference test and TOST, adjusted (Holm or
    Benjamini-Hochberg) across all primary effects of the study, then :func:`.stats.judge`.
 
 Every unit is stored in the run store (``study = "study/<claim>"``, the group the study id).
@@ -24,26 +24,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from .analysis import choose, judge_study, measure_seed, pilot, plan_seeds
 from .claim import Claim
 from .plan import TIERS, Tier, confirm_seeds, fit_budget
-from .stats import ALPHA
+from .records import ClaimResult, Study, Unit
 
-__all__ = ["Unit", "ClaimResult", "Study", "execute", "run_study", "judge_study", "plan_seeds"]
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One training: an arm of a claim (``kind="arm"``) or a baseline run (``kind="baseline"``)."""
-
-    kind: str
-    name: str  #: the claim's name (``01-overfitting``) or the baseline's
-    seed: int
-    phase: str  #: ``baseline``, ``tune`` or ``confirm``
-    tier: str
-    arm: str = ""
-    candidate: int = 0
+__all__ = ["execute", "run_study", "Pool"]
 
 
 def _finite(value, where: str):
@@ -121,113 +108,6 @@ class Pool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass
-class ClaimResult:
-    """Everything measured for one claim (see the module docstring for the phases)."""
-
-    claim: Claim
-    settings: dict
-    tuning: dict = field(default_factory=dict)  #: arm -> candidate index -> list of validation scores
-    chosen: dict = field(default_factory=dict)  #: arm -> chosen candidate index
-    pilot: dict = field(default_factory=dict)  #: effect -> {"values", "sd", "n_required"}
-    n_required: int | None = None
-    seeds: list[int] = field(default_factory=list)
-    raws: dict = field(default_factory=dict)  #: seed -> arm -> raw
-    raws_tune: dict = field(default_factory=dict)  #: (arm, candidate, tuning seed) -> raw
-    unit_cpu: dict = field(default_factory=dict)  #: (arm, candidate, tuning seed) -> CPU seconds
-    cpu_per_seed: float = 0.0  #: the chosen candidates' CPU seconds per seed (the budget's estimate)
-    per_seed: list[dict] = field(default_factory=list)  #: one effects dict per confirmatory seed
-    checks: dict = field(default_factory=dict)  #: name -> {"passed", "detail"}
-    effects: dict = field(default_factory=dict)  #: effect key -> statistics and verdict
-    withheld: str | None = None
-    wall: float = 0.0
-    cpu: float = 0.0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def error(self) -> str | None:
-        return self.errors[0] if self.errors else None
-
-    def candidate(self, arm: str) -> dict:
-        return dict(self.claim.arm(arm).candidates[self.chosen.get(arm, 0)])
-
-    def epochs(self) -> dict:
-        """Per arm: the epochs each confirmatory seed ran, its best epoch, and how many hit the epoch cap."""
-        out = {}
-        for arm in self.claim.arms:
-            rows = [self.raws[seed][arm.name] for seed in self.seeds if arm.name in self.raws.get(seed, {})]
-            run = [r["epochs_run"] for r in rows if "epochs_run" in r]
-            if run:
-                out[arm.name] = {"epochs_run": run, "best_epoch": [r.get("best_epoch") for r in rows],
-                                 "censored": sum(bool(r.get("censored")) for r in rows)}
-        return out
-
-
-def _measure(claim: Claim, settings: dict, raws: dict) -> dict:
-    values = claim.measure(raws, settings)
-    missing = [e.key for e in claim.effects if e.key not in values]
-    if missing:
-        raise KeyError(f"claim {claim.name}: measure() gave no {missing}")
-    return {key: float(value) for key, value in values.items()}
-
-
-def plan_seeds(result: ClaimResult, tier: Tier, m: int, override: int | None) -> int:
-    """The confirmatory seed count: the power analysis on the pilot (clamped to the tier's range) or ``override``."""
-    from .stats import seeds_for_power, tost_seeds_for_power
-
-    alpha = ALPHA / max(m, 1)
-    needed = []
-    for effect in result.claim.effects:
-        pilot = result.pilot.get(effect.key)
-        if not effect.primary or pilot is None or pilot["sd"] is None:
-            continue
-        if effect.kind == "equivalence":
-            n = tost_seeds_for_power(effect.sesoi, pilot["sd"], alpha)
-        else:
-            n = seeds_for_power(effect.sesoi, pilot["sd"], alpha)
-        pilot["n_required"] = n
-        needed.append(n)
-    result.n_required = max(needed) if needed else None
-    if override is not None:
-        return override
-    if result.n_required is None:
-        return tier.min_seeds
-    return min(max(result.n_required, tier.min_seeds), tier.max_seeds)
-
-
-def _pilot(result: ClaimResult, tier: Tier) -> None:
-    import statistics
-
-    claim, rows = result.claim, []
-    for seed in tier.tuning_seeds:
-        raws = {arm.name: result.raws_tune[(arm.name, result.chosen[arm.name], seed)] for arm in claim.arms}
-        rows.append(_measure(claim, result.settings, raws))
-    for effect in claim.effects:
-        values = [row[effect.key] for row in rows]
-        sd = statistics.stdev(values) if len(values) > 1 else None
-        result.pilot[effect.key] = {"values": values, "sd": sd, "n_required": None}
-
-
-def _choose(result: ClaimResult) -> None:
-    for arm in result.claim.arms:
-        scores = result.tuning.get(arm.name, {})
-        means = {c: math.fsum(v) / len(v) for c, v in scores.items() if v}
-        result.chosen[arm.name] = max(sorted(means), key=lambda c: means[c]) if means else 0
-
-
-@dataclass
-class Study:
-    """A study run: its id, tier, the baselines, the claims' results, and the adjustment across them."""
-
-    id: str
-    tier: Tier
-    adjust: str
-    results: list[ClaimResult]
-    baselines: dict = field(default_factory=dict)  #: name -> judged summary (:func:`.baselines.judge_baselines`)
-    meta: dict = field(default_factory=dict)
-    family: int = 0  #: primary effects adjusted together
-
-
 def _load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -301,9 +181,9 @@ class _Runner:
         for result in self.study.results:
             if result.errors:
                 continue
-            _choose(result)
+            choose(result)
             try:
-                _pilot(result, tier)
+                pilot(result, tier)
             except Exception:
                 result.errors.append("pilot measure:\n" + traceback.format_exc())
 
@@ -321,7 +201,8 @@ class _Runner:
             if result.errors:
                 continue
             try:
-                result.per_seed = [_measure(result.claim, result.settings, result.raws[seed]) for seed in result.seeds]
+                result.per_seed = [measure_seed(result.claim, result.settings, result.raws[seed])
+                                   for seed in result.seeds]
                 if result.claim.checks is not None:
                     checks = result.claim.checks([result.raws[seed] for seed in result.seeds], result.settings)
                     result.checks = {k: {"passed": bool(ok), "detail": str(d)} for k, (ok, d) in checks.items()}
@@ -424,59 +305,3 @@ def _cost_per_seed(result: ClaimResult, tier: Tier) -> float:
     return total
 
 
-def judge_study(study: Study) -> None:
-    """Tests, intervals, minimum detectable effects and verdicts of every effect; adjustment across the study.
-
-    The family is every primary effect of a claim that is judged (not failed, not withheld): their difference
-    tests are adjusted together, and so are their TOSTs (margin: the smallest effect of interest).
-    """
-    from .stats import (
-        adjust,
-        difference_test,
-        judge,
-        minimum_detectable_effect,
-        t_interval,
-        tost,
-        tost_minimum_margin,
-    )
-
-    _withhold(study)
-    family = [(r, e) for r in study.results if not r.errors and r.withheld is None and len(r.per_seed) > 1
-              for e in r.claim.effects if e.primary]
-    study.family = len(family)
-    alpha_plan = ALPHA / max(study.family, 1)
-    for result in study.results:
-        if result.errors or not result.per_seed:
-            continue
-        for effect in result.claim.effects:
-            values = [row[effect.key] for row in result.per_seed]
-            interval = t_interval(values)
-            entry = {"values": values, **interval.as_dict(), "p_difference": None, "p_equivalence": None,
-                     "p_difference_adjusted": None, "p_equivalence_adjusted": None, "mde": None, "verdict": None}
-            if len(values) > 1:
-                sd, n = interval.sd, len(values)
-                entry.update(p_difference=difference_test(values), p_equivalence=tost(values, effect.sesoi),
-                             mde=(tost_minimum_margin(sd, n, alpha_plan) if effect.kind == "equivalence"
-                                  else minimum_detectable_effect(sd, n, alpha_plan)))
-            result.effects[effect.key] = entry
-    if family:
-        for key, adjusted in (("p_difference", "p_difference_adjusted"), ("p_equivalence", "p_equivalence_adjusted")):
-            ps = adjust([r.effects[e.key][key] for r, e in family], study.adjust)
-            for (r, e), p in zip(family, ps):
-                r.effects[e.key][adjusted] = p
-        for r, e in family:
-            entry = r.effects[e.key]
-            entry["verdict"] = judge(e.kind, e.direction, entry["mean"], entry["p_difference_adjusted"],
-                                     entry["p_equivalence_adjusted"], entry["mde"], e.sesoi)
-
-
-def _withhold(study: Study) -> None:
-    for result in study.results:
-        off = [name for name in result.claim.baselines if study.baselines.get(name, {}).get("ok") is False]
-        failed = [name for name, check in result.checks.items() if not check["passed"]]
-        reasons = []
-        if off:
-            reasons.append("baseline off: " + ", ".join(off))
-        if failed:
-            reasons.append("check failed: " + "; ".join(f"{n} ({result.checks[n]['detail']})" for n in failed))
-        result.withheld = "; ".join(reasons) or None

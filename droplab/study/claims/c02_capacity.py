@@ -41,7 +41,7 @@ def plot(ax, raws: list[dict], settings: dict) -> None:
 
 CLAIM = Claim(
     number=2, key="capacity", title="Dropout needs capacity: it hurts narrow networks and helps wide ones",
-    source="Srivastava et al. 2014, JMLR 15, sec. 7.3 (effect of the dropout rate, fig. 9) and appendix A.4",
+    source="Srivastava et al. 2014, JMLR 15, appendix A.1 (network size) and sec. 7.3 (effect of the dropout rate)",
     statement="'If an n-sized layer is optimal for a standard neural net on any given task, a good dropout net "
               "should have at least n/p units' (p the retention probability): dropout thins the network, so a "
               "layer too narrow for it underfits, and the benefit of dropout appears once the layer is wide "

@@ -51,7 +51,8 @@ def plot(ax, raws: list[dict], settings: dict) -> None:
 CLAIM = Claim(
     number=4, key="recurrent", title="Variational dropout beats naive dropout in recurrent networks",
     source="Gal & Ghahramani 2016, NeurIPS, 'A Theoretically Grounded Application of Dropout in Recurrent Neural "
-           "Networks', sec. 3-4 and figs. 2-4 (naive dropout: Zaremba, Sutskever, Vinyals 2014)",
+           "Networks', sec. 4 (the variational RNN) and sec. 5 (experiments); the naive form is Zaremba, Sutskever, "
+           "Vinyals 2014",
     statement="Dropping the same units at every time step (one mask per sequence, on the inputs, outputs and "
               "recurrent connections) is variational inference in a Bayesian RNN and 'outperforms existing "
               "techniques': it beats the naive dropout of Zaremba et al. (a fresh mask at every step on the "

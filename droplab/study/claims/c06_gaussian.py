@@ -36,7 +36,7 @@ CLAIM = Claim(
     number=6, key="gaussian", title="Gaussian dropout (variance p/(1-p)) works as well as Bernoulli dropout",
     source="Srivastava et al. 2014, JMLR 15, sec. 10 (multiplicative Gaussian noise) and table 10",
     statement="Multiplying each unit by noise drawn from N(1, p/(1-p)), the mean and variance of Bernoulli "
-              "dropout with drop rate p, 'works just as well, or perhaps better' than Bernoulli dropout (table 10: "
+              "dropout with drop rate p, works as well as Bernoulli dropout, perhaps slightly better (table 10: "
               "slightly lower error on MNIST and CIFAR-10).",
     regime="The claim-1 network, which dropout regularizes strongly at p = 0.5, so the two noises have something "
            "to match.",

@@ -107,13 +107,14 @@ def plot(ax, raws: list[dict], settings: dict) -> None:
 
 CLAIM = Claim(
     number=10, key="uncertainty", title="MC dropout gives a better predictive distribution and flags shifted inputs",
-    source="Gal & Ghahramani 2016, ICML, 'Dropout as a Bayesian Approximation', sec. 3-5 (predictive distribution, "
-           "model uncertainty; regression on UCI data, table 1)",
-    statement="A dropout network is approximate Bayesian inference: averaging T stochastic forward passes with "
-              "homoscedastic noise (MC dropout) is the approximate predictive distribution, which gives better "
-              "test log-likelihood than the weight-averaged ('standard dropout') network; and its model "
-              "uncertainty grows on inputs away from the training data (the uncertainty that separates model from "
-              "noise: the mutual information between the prediction and the weights).",
+    source="Gal & Ghahramani 2016, ICML, 'Dropout as a Bayesian Approximation', sec. 3 (the predictive "
+           "distribution, MC dropout) and sec. 5 (model uncertainty, regression); Gal & Ghahramani 2015, "
+           "arXiv:1506.02158 (MC dropout against standard dropout's weight averaging)",
+    statement="A dropout network is approximate Bayesian inference: averaging T stochastic forward passes (MC "
+              "dropout), with the model precision tau for the observation noise, is the approximate predictive "
+              "distribution, and it predicts better than standard dropout's single weight-averaged pass; its "
+              "model uncertainty (the part that separates model from noise: the mutual information between the "
+              "prediction and the weights) grows on inputs unlike the training data.",
     regime="(a) Regression on diabetes (442 patients), where the predictive variance matters for the likelihood; "
            "(b) MNIST-1D test signals with additive N(0, 1) noise (in standardized units), a covariate shift the "
            "network never saw.",
