@@ -160,6 +160,31 @@ def test_every_equivalence_test_fails_when_the_arms_differ(claim):
         assert _verdict(values, kind="equivalence", sesoi=effect.sesoi, m=28) == expected
 
 
+def test_claim_measures_on_synthetic_raws():
+    from droplab.study.claims import c12_data_size, c13_regularizers, c15_convergence
+
+    # 15: a dropout run that never reaches the target counts as its last epoch + 1 (a lower bound), and a baseline
+    # run that never reaches it fails the check that withholds the verdict
+    raws = {"none": {"target_epoch": 10, "epochs_run": 30}, "dropout": {"target_epoch": None, "epochs_run": 39}}
+    assert c15_convergence.measure(raws, {})["log2_slowdown"] == pytest.approx(math.log2(40 / 10))
+    censored = [{"none": {"target_epoch": None}, "dropout": {"target_epoch": 3}}]
+    assert not c15_convergence.checks(censored, {})["every run without dropout reaches the target"][0]
+    # 13: the best single regularizer is chosen on validation accuracy, never on the test set
+    cells = {c: {"val_acc": 0.5, "test_acc": 0.5} for c in c13_regularizers.CELLS}
+    cells["D"] = {"val_acc": 0.70, "test_acc": 0.60}
+    cells["A"] = {"val_acc": 0.65, "test_acc": 0.80}
+    cells["DWA"] = {"val_acc": 0.7, "test_acc": 0.66}
+    effects = c13_regularizers.measure(cells, {})
+    assert effects["all_vs_best_single"] == pytest.approx(0.66 - 0.60)
+    # main effect of A: the cells with A (A, DA, WA, DWA) against those without (none, D, W, DW)
+    assert effects["main_A"] == pytest.approx((0.80 + 0.5 + 0.5 + 0.66) / 4 - (0.5 + 0.60 + 0.5 + 0.5) / 4)
+    # 12: the inverted U is two contrasts of the gains at the three sizes
+    acc = {"200-none": 0.30, "200-dropout": 0.31, "800-none": 0.45, "800-dropout": 0.55, "3200-none": 0.62,
+           "3200-dropout": 0.65}
+    effects = c12_data_size.measure({k: {"test_acc": v} for k, v in acc.items()}, {"sizes": [200, 800, 3200]})
+    assert (effects["rise"], effects["fall"]) == pytest.approx((0.10 - 0.01, 0.10 - 0.03))
+
+
 # ---- the claims as declared ----------------------------------------------------------------------------------------
 
 def test_registry_has_the_fifteen_claims_with_reasons_and_parts():
@@ -227,23 +252,38 @@ def test_run_study_tunes_plans_and_adjusts_across_claims(synthetic_registry, tmp
     from droplab.study.runner import run_study
 
     with RunStore(tmp_path / "s.db") as store:
-        study = run_study(synthetic_registry, "default", jobs=1, store=store, echo=lambda *a: None)
+        study = run_study(synthetic_registry, "confirm", jobs=1, store=store, echo=lambda *a: None)
         rows = store.list_runs(study="study/91-big")
     results = {r.claim.key: r for r in study.results}
-    assert all(not r.errors for r in results.values())
+    assert all(not r.errors for r in results.values()) and study.family == 4
     assert results["big"].chosen == {"control": 0, "treated": 1}  # the better validation score wins
-    assert results["big"].seeds == [0, 1, 2] and study.family == 4
-    assert len(rows) == 2 * (1 + 2) + 3 * 2  # tuning: 2 seeds x (1 + 2 candidates); confirm: 3 seeds x 2 arms
+    # the pilot (the three tuning seeds at the chosen candidates) sizes the seeds, clamped to 3..40
+    for key, result in results.items():
+        pilot = result.pilot["effect"]
+        assert pilot["sd"] == pytest.approx(np.std(pilot["values"], ddof=1))
+        planner = S.tost_seeds_for_power if key == "same" else S.seeds_for_power
+        assert result.n_required == planner(0.01, pilot["sd"], 0.05 / 4)
+        assert result.seeds == list(range(min(max(result.n_required, 3), 40)))
+        assert not set(result.seeds) & {1000, 1001, 1002}  # confirmatory seeds are never tuning seeds
+    assert len(rows) == 3 * (1 + 2) + 2 * len(results["big"].seeds)  # tuning: 3 seeds x 3 candidates; confirm
     verdicts = {key: r.effects["effect"]["verdict"] for key, r in results.items()}
     assert verdicts == {"big": "reproduced", "null": "no effect", "noisy": "underpowered", "same": "reproduced"}
     # the adjusted p-values are Holm's over the family of four
     raw = [results[k].effects["effect"]["p_difference"] for k in ("big", "null", "noisy", "same")]
     adjusted = [results[k].effects["effect"]["p_difference_adjusted"] for k in ("big", "null", "noisy", "same")]
     assert adjusted == pytest.approx(list(multipletests(raw, method="holm")[1]))
-    # the pilot (tuning seeds at the chosen candidates) sized the seeds
-    pilot = results["noisy"].pilot["effect"]
-    assert pilot["sd"] == pytest.approx(np.std(pilot["values"], ddof=1))
-    assert results["noisy"].n_required == S.seeds_for_power(0.01, pilot["sd"], 0.05 / 4)
+    noisy = results["noisy"].effects["effect"]
+    assert noisy["mde"] == pytest.approx(S.minimum_detectable_effect(noisy["sd"], len(noisy["values"]), 0.05 / 4))
+
+
+def test_the_default_tier_reports_the_seeds_its_spread_asks_for(synthetic_registry):
+    from droplab.study.runner import run_study
+
+    study = run_study(synthetic_registry[:2], "default", jobs=1, echo=lambda *a: None)
+    big = study.results[0]
+    assert big.seeds == [0, 1, 2] and big.n_required is None  # one tuning seed is no pilot
+    entry = big.effects["effect"]
+    assert entry["seeds_for_power"] == S.seeds_for_power(0.01, entry["sd"], 0.05 / 2)
 
 
 def test_reports_are_strict_json_and_the_page_regenerates(synthetic_registry, tmp_path):

@@ -3,9 +3,10 @@
 Three tiers, each with a budget in minutes of wall time on an idle 2-core machine (the time it prints first):
 
 * ``quick``: a smoke test, one seed, each arm's default hyper-parameters, shortened training; nothing judged.
-* ``default``: every arm tuned on two tuning seeds, three confirmatory seeds, verdicts with the power those
+* ``default``: every arm tuned on one tuning seed, three confirmatory seeds, verdicts with the power those
   seeds have (most small effects come out "underpowered", with their minimum detectable effect and the seed
-  count the power analysis asks for).
+  count their spread asks for). One tuning seed is no pilot: the default tier reports the seeds needed from the
+  confirmatory seeds' spread, after the fact.
 * ``confirm``: tuned on three tuning seeds, which are also the pilot: each claim's seed count is the power
   analysis's (80% power at the smallest effect of interest, the pilot's standard deviation, the Bonferroni
   level :math:`\\alpha/m` over the study's :math:`m` primary effects), between 3 and 40, then cut to the budget.
@@ -44,8 +45,8 @@ class Tier:
 TIERS = {
     "quick": Tier("quick", 5, 1, (), 1, 1, (900,), False,
                   "smoke test: one seed, default hyper-parameters, shortened training, nothing judged"),
-    "default": Tier("default", 25, 2, (1000, 1001), 3, 3, (900,), True,
-                    "two tuning seeds, three confirmatory seeds: verdicts with the power three seeds have"),
+    "default": Tier("default", 25, 2, (1000,), 3, 3, (900,), True,
+                    "one tuning seed, three confirmatory seeds: verdicts with the power three seeds have"),
     "confirm": Tier("confirm", 90, 2, (1000, 1001, 1002), 3, 40, (900, 901), True,
                     "three tuning/pilot seeds, then the seeds the power analysis asks for (3 to 40), "
                     "within the budget"),

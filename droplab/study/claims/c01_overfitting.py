@@ -51,7 +51,7 @@ CLAIM = Claim(
               "overfitting the claim says dropout removes; the training accuracy it gives up is reported beside it.",
     setup_text="MLP 40-256-256-10 (ReLU) on a fresh MNIST-1D draw per seed (3200 train / 800 validation / 1000 "
                "test), AdamW, batch 100, learning rate tuned per arm in {0.003, 0.001}; p = 0 vs p = 0.5 after "
-               "each hidden layer; each arm's best-validation checkpoint, patience 20 epochs.",
+               "each hidden layer; each arm's best-validation checkpoint, patience 15 epochs.",
     parts=(Part("a", "dropout shrinks the gap between training and held-out accuracy"),
            Part("b", "dropout raises held-out (test) accuracy")),
     arms=(Arm("none", LR_CANDIDATES), Arm("dropout", LR_CANDIDATES)),

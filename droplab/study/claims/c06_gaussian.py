@@ -44,7 +44,7 @@ CLAIM = Claim(
               "is the same).",
     setup_text="MLP 40-256-256-10 on the seed's MNIST-1D draw with droplab.nn.Dropout(0.5) or "
                "droplab.nn.GaussianDropout(0.5) (noise N(1, 1)) after each hidden layer, learning rate tuned per arm "
-               "in {0.003, 0.001}, best-validation checkpoint, patience 20.",
+               "in {0.003, 0.001}, best-validation checkpoint, patience 15.",
     parts=(Part("a", "Gaussian and Bernoulli dropout reach the same test accuracy (within 1 point)"),),
     arms=(Arm("bernoulli", LR_CANDIDATES), Arm("gaussian", LR_CANDIDATES)),
     effects=(Effect("gaussian_minus_bernoulli", "test acc(Gaussian) - test acc(Bernoulli)", +1, accuracy_sesoi,

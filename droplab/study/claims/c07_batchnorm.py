@@ -83,7 +83,7 @@ CLAIM = Claim(
               "(droplab.diagnostics.recalibrate_bn) must remove it: the test NLL after recalibration is measured.",
     setup_text="MLP 40-128-128-128-10 on the seed's MNIST-1D draw, p = 0.5: Linear-ReLU-Dropout-BatchNorm blocks "
                "(BN fed by dropout) vs Linear-BatchNorm-ReLU-Dropout; learning rate tuned per arm in {0.003, 0.001}, "
-               "best-validation checkpoint, patience 20; then the first model's BN statistics re-estimated on the "
+               "best-validation checkpoint, patience 15; then the first model's BN statistics re-estimated on the "
                "training split with dropout off.",
     parts=(Part("a", "dropout before BN makes BN's running variance exceed the variance it sees at inference"),
            Part("b", "dropout before BN tests worse than BN before dropout"),

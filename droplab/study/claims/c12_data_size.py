@@ -64,7 +64,7 @@ CLAIM = Claim(
            "number of optimizer steps at every size.",
     mechanism="The gain at each size is reported (the curve in the figure), not only the two contrasts.",
     setup_text="MLP 40-256-256-10, p = 0 vs 0.5, on the first n signals of a seeded permutation of the seed's "
-               "training split (n = 200, 800, 3200); at most 8000 steps, patience 640 steps; learning rate tuned per "
+               "training split (n = 200, 800, 3200); at most 8000 steps, patience 480 steps; learning rate tuned per "
                "arm in {0.003, 0.001}; best-validation checkpoint; the 800 validation and 1000 test signals are the "
                "same for every n.",
     parts=(Part("a", "the gain rises from the smallest size to the middle one"),

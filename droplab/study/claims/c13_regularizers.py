@@ -77,7 +77,7 @@ CLAIM = Claim(
               "interaction means they overlap: each does part of the other's work).",
     setup_text="MLP 40-256-256-10 on the seed's MNIST-1D draw, AdamW 0.003, batch 100; the 8 cells of dropout "
                f"(p = {P} x s) x decoupled weight decay ({WD} x s) x shift-and-noise augmentation, each cell's "
-               "strength s tuned in {1, 0.5} on the tuning seeds; best-validation checkpoint, patience 20 (early "
+               "strength s tuned in {1, 0.5} on the tuning seeds; best-validation checkpoint, patience 15 (early "
                "stopping is part of every cell).",
     parts=(Part("a", "all three together beat the best single regularizer"),
            Part("b", "adding dropout to weight decay and augmentation raises test accuracy")),

@@ -65,7 +65,7 @@ CLAIM = Claim(
     mechanism="The validation curves of both arms are shown; the ratio is also compared with the 2x the source "
               "names (secondary).",
     setup_text=f"The claim-1 arms (MLP 40-256-256-10, p = 0 vs 0.5, learning rate tuned per arm in {{0.003, 0.001}}, "
-               f"patience 20, at most 250 epochs): the first epoch whose validation accuracy reaches {TARGET}. A "
+               f"patience 15, at most 250 epochs): the first epoch whose validation accuracy reaches {TARGET}. A "
                "dropout run that never reaches it is counted at its last epoch + 1, a lower bound that can only "
                "understate the slowdown; a run without dropout that never reaches it withholds the verdict.",
     parts=(Part("a", "dropout needs more epochs to reach the same validation accuracy"),),

@@ -25,7 +25,7 @@ __all__ = ["EPOCHS", "PATIENCE", "LR_CANDIDATES", "epochs", "patience", "mnist1d
 #: the most epochs a run may take (default/confirm tiers) and in the quick tier
 EPOCHS = {"quick": 25, "default": 250, "confirm": 250}
 #: epochs without a better validation accuracy before a run stops
-PATIENCE = {"quick": 8, "default": 20, "confirm": 20}
+PATIENCE = {"quick": 8, "default": 15, "confirm": 15}
 #: the learning rates each MLP arm is tuned over (AdamW)
 LR_CANDIDATES = ({"lr": 3e-3}, {"lr": 1e-3})
 
