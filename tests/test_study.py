@@ -348,12 +348,18 @@ def test_withheld_when_a_baseline_is_off_or_a_check_fails(synthetic_registry, mo
     assert study.family == 1 and judged.effects["effect"]["verdict"] == "no effect"
 
 
-def test_fit_budget_cuts_the_most_expensive_claims_first():
-    from droplab.study.plan import fit_budget
+def test_fit_budget_counts_shared_runs_once_and_cuts_where_it_saves():
+    from droplab.study.plan import fit_budget, planned_cpu
 
-    assert fit_budget({"a": 10, "b": 10}, {"a": 1.0, "b": 3.0}, 3, 25.0) == {"a": 10, "b": 5}
-    assert fit_budget({"a": 40, "b": 4}, {"a": 1.0, "b": 1.0}, 3, 1e9) == {"a": 40, "b": 4}
-    assert fit_budget({"a": 40}, {"a": 10.0}, 3, 0.0) == {"a": 3}
+    assert fit_budget({"a": 10, "b": 10}, {"a": [("a", 1.0)], "b": [("b", 3.0)]}, 3, 25.0) == {"a": 10, "b": 5}
+    assert fit_budget({"a": 40, "b": 4}, {"a": [("a", 1.0)], "b": [("b", 1.0)]}, 3, 1e9) == {"a": 40, "b": 4}
+    assert fit_budget({"a": 40}, {"a": [("a", 10.0)]}, 3, 0.0) == {"a": 3}
+    # two claims on one shared arm: it costs once per seed, at the larger count
+    shared = {"a": [("mlp", 10.0)], "b": [("mlp", 10.0), ("b-own", 1.0)]}
+    assert planned_cpu({"a": 20, "b": 5}, shared) == 20 * 10.0 + 5 * 1.0
+    # cutting only "a" would save nothing while "b" needs the runs: both come down together
+    counts = fit_budget({"a": 20, "b": 20}, shared, 3, 100.0 + 8 * 1.0)
+    assert max(counts.values()) * 10.0 + counts["b"] * 1.0 <= 108.0 and counts["a"] == counts["b"] == 9
 
 
 # ---- the lab pieces the study added: callbacks, the training bridge, models, data ---------------------------------

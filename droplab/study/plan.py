@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Tier", "TIERS", "fit_budget", "confirm_seeds"]
+__all__ = ["Tier", "TIERS", "fit_budget", "planned_cpu", "confirm_seeds"]
 
 
 @dataclass(frozen=True)
@@ -58,30 +58,45 @@ def confirm_seeds(n: int) -> list[int]:
     return list(range(n))
 
 
-def fit_budget(wanted: dict[str, int], cost: dict[str, float], minimum: int, budget_cpu: float) -> dict[str, int]:
-    """Seed counts within ``budget_cpu`` seconds of CPU: the most expensive claim above ``minimum`` gives up a
-    seed until the planned total fits (or every claim is at ``minimum``).
+def planned_cpu(counts: dict[str, int], costs: dict[str, list[tuple[str, float]]]) -> float:
+    """CPU seconds of running each claim ``counts[claim]`` seeds, a run shared by claims counted once per seed.
 
-    Args:
-        wanted: the seeds each claim asks for.
-        cost: each claim's CPU seconds per seed.
-        minimum: no claim goes below this.
-        budget_cpu: the CPU seconds left for the confirmatory seeds.
+    ``costs[claim]`` lists ``(family, seconds per seed)``: a family is one arm's training (model, data and
+    arguments without the seed); claims naming the same family share its runs, so it costs its seconds times
+    the largest count among them.
 
     Example::
 
-        >>> fit_budget({"a": 10, "b": 10}, {"a": 1.0, "b": 3.0}, 3, 25.0)
+        >>> planned_cpu({"a": 10, "b": 4}, {"a": [("mlp", 2.0), ("a-own", 1.0)], "b": [("mlp", 2.0)]})
+        30.0
+    """
+    largest: dict[str, tuple[int, float]] = {}
+    for claim, items in costs.items():
+        for family, seconds in items:
+            n = max(largest.get(family, (0, 0.0))[0], counts.get(claim, 0))
+            largest[family] = (n, max(seconds, largest.get(family, (0, 0.0))[1]))
+    return sum(n * seconds for n, seconds in largest.values())
+
+
+def fit_budget(wanted: dict[str, int], costs: dict[str, list[tuple[str, float]]], minimum: int,
+               budget_cpu: float) -> dict[str, int]:
+    """Seed counts within ``budget_cpu`` CPU seconds: while the plan (:func:`planned_cpu`) is over, the claim whose
+    next seed saves the most gives it up (the one with the most seeds where none saves anything alone), never
+    below ``minimum``.
+
+    Example::
+
+        >>> fit_budget({"a": 10, "b": 10}, {"a": [("a", 1.0)], "b": [("b", 3.0)]}, 3, 25.0)
         {'a': 10, 'b': 5}
     """
     counts = {name: max(int(n), minimum) for name, n in wanted.items()}
-
-    def total() -> float:
-        return sum(counts[name] * cost.get(name, 0.0) for name in counts)
-
-    while total() > budget_cpu:
+    total = planned_cpu(counts, costs)
+    while total > budget_cpu:
         above = [name for name in counts if counts[name] > minimum]
         if not above:
             break
-        name = max(above, key=lambda k: counts[k] * cost.get(k, 0.0))
+        savings = {name: total - planned_cpu({**counts, name: counts[name] - 1}, costs) for name in above}
+        name = max(above, key=lambda k: (savings[k], counts[k]))
         counts[name] -= 1
+        total -= savings[name]
     return counts

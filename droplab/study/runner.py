@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from .analysis import choose, judge_study, measure_seed, pilot, plan_seeds
 from .claim import Claim
-from .plan import TIERS, Tier, confirm_seeds, fit_budget
+from .plan import TIERS, Tier, confirm_seeds, fit_budget, planned_cpu
 from .records import ClaimResult, Study, Unit
 
 __all__ = ["execute", "run_study", "Pool"]
@@ -220,14 +220,18 @@ def _counts(runner: _Runner, tier: Tier, seeds: int | None, echo) -> dict[str, i
         return {r.claim.name: seeds or 1 for r in results}
     m = _primary_count(runner.study.results)
     wanted = {r.claim.name: plan_seeds(r, tier, m, seeds) for r in results}
-    cost = {r.claim.name: r.cpu_per_seed for r in results}
-    budget = tier.budget_minutes * 60 * tier.jobs - runner.cpu
-    counts = wanted if seeds is not None else fit_budget(wanted, cost, tier.min_seeds, budget)
+    costs = {r.claim.name: _costs(r, tier) for r in results}
+    # 90% of the budget: the workers idle while the last long units finish, and the main process has its own work
+    budget = 0.9 * tier.budget_minutes * 60 * runner.pool.jobs - runner.cpu
+    counts = wanted if seeds is not None else fit_budget(wanted, costs, tier.min_seeds, budget)
     for r in results:
         name = r.claim.name
+        r.cpu_per_seed = sum(seconds for _, seconds in costs[name])
         cut = "" if counts[name] == wanted[name] else f", cut to {counts[name]} by the time budget"
         echo(f"  {name}: the power analysis asks for {r.n_required} seeds; running {wanted[name]}{cut} "
-             f"(about {cost[name]:.0f} s CPU per seed)")
+             f"(about {r.cpu_per_seed:.0f} s CPU per seed, runs shared with other claims included)")
+    echo(f"  planned: {planned_cpu(counts, costs) / 60 / runner.pool.jobs:.1f} min for the confirmatory seeds "
+         f"on an idle machine, after {runner.cpu / 60 / runner.pool.jobs:.1f} min of baselines and tuning")
     return counts
 
 
@@ -288,20 +292,28 @@ def _phases(study: Study, runner: _Runner, claims: list[Claim], seeds: int | Non
         runner.tune()
         for result in study.results:
             chosen = [(a.name, result.chosen.get(a.name, 0)) for a in result.claim.arms]
-            result.cpu_per_seed = _cost_per_seed(result, plan)
             echo(f"  {result.claim.name}: chosen " + ", ".join(f"{arm} {result.candidate(arm)}" for arm, _ in chosen))
     echo("confirmatory seeds:")
     runner.confirm(_counts(runner, plan, seeds, echo))
     study.meta["cpu_seconds"] = runner.cpu
 
 
-def _cost_per_seed(result: ClaimResult, tier: Tier) -> float:
-    """CPU seconds the chosen candidates took per tuning seed (a run another claim trained first costs ~0)."""
-    total = 0.0
+def _costs(result: ClaimResult, tier: Tier) -> list[tuple[str, float]]:
+    """The claim's CPU per seed as ``(family, seconds)``: each arm's training (from the tuning seeds, at the chosen
+    candidate; a run another claim trained keeps its own cost), plus the claim's own measuring."""
+    items, own = [], 0.0
     for arm in result.claim.arms:
-        times = [result.unit_cpu.get((arm.name, result.chosen.get(arm.name, 0), seed)) for seed in tier.tuning_seeds]
-        times = [t for t in times if t is not None]
-        total += math.fsum(times) / len(times) if times else 0.0
-    return total
+        chosen = result.chosen.get(arm.name, 0)
+        rows = [(result.raws_tune.get((arm.name, chosen, seed)), result.unit_cpu.get((arm.name, chosen, seed)))
+                for seed in tier.tuning_seeds]
+        rows = [(raw, cpu) for raw, cpu in rows if raw is not None]
+        if not rows:
+            continue
+        train = math.fsum(raw.get("train_cpu", 0.0) for raw, _ in rows) / len(rows)
+        unit = math.fsum(cpu for _, cpu in rows) / len(rows)
+        family = rows[0][0].get("family") or f"{result.claim.name}/{arm.name}"
+        items.append((family, train if train > 0 else unit))
+        own += unit - train if unit >= train else unit  # a unit that loaded its run only measured
+    return [*items, (f"{result.claim.name}/measure", own)]
 
 

@@ -57,6 +57,8 @@ class Trained:
     max_epochs: int = 0
     stopped: str = "max_epochs"  #: "patience", "target" or "max_epochs"
     target_epoch: int | None = None
+    cpu_seconds: float = 0.0  #: CPU the training took (for a shared run: when it was trained)
+    family: str = ""  #: the run's model, data and arguments without the seed (the same arm on every seed)
 
     @property
     def best(self) -> dict:
@@ -69,10 +71,10 @@ class Trained:
         return self.stopped == "max_epochs" and self.best_epoch == self.epochs_run
 
     def summary(self, *keys: str) -> dict:
-        """``best_epoch``, ``epochs_run``, ``censored`` and the best epoch's ``keys``."""
+        """Best and run epochs, ``censored``, the training's CPU and family, and the best epoch's ``keys``."""
         best = self.best
         return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "censored": self.censored,
-                **{key: float(best[key]) for key in keys}}
+                "train_cpu": self.cpu_seconds, "family": self.family, **{key: float(best[key]) for key in keys}}
 
 
 def history_at(history: list[dict], epoch: int) -> dict:
@@ -109,17 +111,31 @@ def fit(build: Callable[[tuple, int], nn.Module], splits, *, seed: int, epochs: 
                  "weight_decay": weight_decay, "momentum": momentum, "max_norm": max_norm, "augment": augment,
                  "schedule": schedule, "monitor": monitor, "mode": mode, "patience": patience, "target": target,
                  "average_from": average_from}
+    family = _digest({"key": {k: v for k, v in (key or {}).items() if k != "data_seed"},
+                      **{k: v for k, v in arguments.items() if k != "seed"}})
     directory = os.environ.get(CACHE_ENV)
     if key is None or not directory:
-        return _fit(build, splits, **arguments)
-    name = hashlib.sha256(json.dumps({"key": key, **arguments}, sort_keys=True).encode()).hexdigest()[:32]
-    path = Path(directory) / f"{name}.pt"
+        return _timed(build, splits, family, arguments)
+    path = Path(directory) / f"{_digest({'key': key, **arguments})}.pt"
     with _locked(path.with_suffix(".lock")):
         if path.is_file():
             return _load(path, build, splits)
-        trained = _fit(build, splits, **arguments)
+        trained = _timed(build, splits, family, arguments)
         _save(path, trained)
         return trained
+
+
+def _digest(description: dict) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _timed(build, splits, family: str, arguments: dict) -> Trained:
+    import time
+
+    start = time.process_time()
+    trained = _fit(build, splits, **arguments)
+    trained.cpu_seconds, trained.family = time.process_time() - start, family
+    return trained
 
 
 class _locked:
@@ -143,7 +159,7 @@ class _locked:
         self.handle.close()
 
 
-_FIELDS = ("history", "best_epoch", "epochs_run", "max_epochs", "stopped", "target_epoch")
+_FIELDS = ("history", "best_epoch", "epochs_run", "max_epochs", "stopped", "target_epoch", "cpu_seconds", "family")
 
 
 def _save(path: Path, trained: Trained) -> None:

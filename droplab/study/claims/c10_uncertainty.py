@@ -32,8 +32,7 @@ def _regression(settings: dict, seed: int, hp: dict) -> dict:
                   key={"model": "mlp", **args, "data": "diabetes", "data_seed": seed})
     mc = mc_uncertainty(trained.model, splits, samples=reg["samples"], seed=seed)
     keys = ("test_ll_mc", "test_ll_ws", "test_rmse_mc", "test_rmse_ws", "coverage90_mc", "coverage90_ws")
-    return {"val_score": -float(trained.best["val_loss"]), "best_epoch": trained.best_epoch,
-            "epochs_run": trained.epochs_run, "censored": trained.censored, **{k: float(mc[k]) for k in keys}}
+    return {"val_score": -float(trained.best["val_loss"]), **trained.summary(), **{k: float(mc[k]) for k in keys}}
 
 
 def _ols(seed: int) -> dict:

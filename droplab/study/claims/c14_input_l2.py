@@ -84,7 +84,7 @@ def run(settings: dict, arm: str, seed: int, hp: dict) -> dict:
                  "uniform_ridge": torch.linalg.solve(gram + uniform * torch.eye(len(gram)), x.double().T @ y.double())}
     distance = {name: float((learned - w).norm() / w.norm()) for name, w in solutions.items()}
     return {"val_score": 0.0, "relative_distance": distance, "learned": learned.tolist(),
-            "solutions": {name: w.tolist() for name, w in solutions.items()}, "epochs_run": trained.epochs_run,
+            "solutions": {name: w.tolist() for name, w in solutions.items()}, **trained.summary(),
             "best_epoch": trained.epochs_run, "censored": False}
 
 

@@ -76,6 +76,7 @@ def summary(trained: Trained, *, curve: str = "val_acc") -> dict:
     out = {"val_score": float(best["val_acc"]), "val_acc": float(best["val_acc"]), "test_acc": float(best["test_acc"]),
            "train_acc": float(best["train_acc"]), "test_loss": float(best["test_loss"]),
            "train_loss": float(best["train_loss"]), "gap": float(best["train_acc"] - best["val_acc"]),
-           "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run, "censored": trained.censored}
+           "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run, "censored": trained.censored,
+           "train_cpu": trained.cpu_seconds, "family": trained.family}
     out["curve"] = [round(float(row[curve]), 4) for row in trained.history]
     return out
