@@ -1,9 +1,9 @@
 """How a claim trains a model: through the lab's trainer (:func:`droplab.lab.trainer.train`) and its callbacks.
 
-:func:`fit` turns a model builder and the knobs a claim varies into an
-:class:`~droplab.lab.config.ExperimentConfig` whose ``model`` is the builder registered with
-:func:`droplab.lab.factories.register` (the builder sets its own rates, so nothing depends on the
-config's rate fields), trains it on the given splits, and returns the best-validation checkpoint:
+:func:`fit` turns the knobs a claim varies into an :class:`~droplab.lab.config.ExperimentConfig`, builds the
+model with the claim's builder after ``torch.manual_seed(seed)`` (the builder sets its own rates, so nothing
+depends on the config's rate field), trains it with ``train(config, model=..., splits=...)``, and returns the
+best-validation checkpoint:
 
 * :class:`~droplab.lab.callbacks.BestWeights` keeps the weights of the best ``monitor`` value and stops
   the run after ``patience`` epochs without improvement, so every arm trains until its own validation curve
@@ -187,21 +187,15 @@ def _fit(build, splits, *, seed: int, epochs: int, lr: float, batch_size: int, o
          mode: str | None, patience: int | None, target: float | None, average_from: int | None) -> Trained:
     from ..lab.callbacks import BestWeights, StopAtTarget, WeightAverage
     from ..lab.config import ExperimentConfig
-    from ..lab.factories import register
     from ..lab.trainer import train
 
     monitor = monitor or ("val_acc" if splits.task == "classification" else "val_loss")
     mode = mode or ("max" if monitor.endswith("acc") else "min")
-    built: list[nn.Module] = []
-
-    def factory(input_shape, n_outputs):
-        built.append(build(tuple(input_shape), int(n_outputs)))
-        return built[-1]
-
-    config = ExperimentConfig(model=register(factory), dataset=splits.name or "mnist1d", epochs=epochs,
-                              batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                              momentum=momentum, max_norm=max_norm, augment=augment, schedule=schedule, seed=seed,
-                              threads=None)
+    config = ExperimentConfig(dataset=splits.name or "mnist1d", epochs=epochs, batch_size=batch_size,
+                              optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                              max_norm=max_norm, augment=augment, schedule=schedule, seed=seed, threads=None)
+    torch.manual_seed(seed)  # the initialization a fresh build of the run gives (the trainer's rule)
+    model = build(tuple(splits.input_shape), _outputs(splits))
     parts = [BestWeights(monitor, mode, patience)]
     if target is not None:
         parts.append(StopAtTarget(target, monitor, mode))
@@ -209,10 +203,9 @@ def _fit(build, splits, *, seed: int, epochs: int, lr: float, batch_size: int, o
     if average is not None:
         parts.append(average)
     history: list[dict] = []
-    run = SimpleNamespace(core=None, stop=False)
+    run = SimpleNamespace(core=model, stop=False)
 
     def on_epoch(epoch: int, metrics: dict) -> None:
-        run.core = built[-1]
         history.append(metrics)
         for part in parts:
             part.on_epoch_end(run, epoch, metrics)
@@ -220,11 +213,10 @@ def _fit(build, splits, *, seed: int, epochs: int, lr: float, batch_size: int, o
             raise _Stop
 
     try:
-        train(config, splits=splits, progress=False, on_epoch=on_epoch)
+        train(config, splits=splits, progress=False, on_epoch=on_epoch, model=model)
         stopped = "max_epochs"
     except _Stop:
         stopped = "target" if target is not None and parts[1].epoch is not None else "patience"
-    model = built[-1]
     (average or parts[0]).restore(model)
     model.eval()
     return Trained(model, history, parts[0].best_epoch, len(history), epochs, stopped,
