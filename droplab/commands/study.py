@@ -122,6 +122,6 @@ def _run(claims, tier: str, jobs: int, args: argparse.Namespace, store):
     study = run_study(claims, tier, jobs=jobs, threads=args.threads, seeds=args.seeds, store=store,
                       adjust=args.adjust, echo=lambda text: print(text, flush=True))
     data = to_dict(study, command="droplab study " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["study"] else []))
+    path = None if args.no_report else write_report(Path(args.report_dir) / study.id, data)  # results.json first
     print("\n" + text_table(data), flush=True)
-    path = None if args.no_report else write_report(Path(args.report_dir) / study.id, data)
     return data, path

@@ -65,9 +65,11 @@ number, strict JSON), `summary.md`, `index.html` and one figure per claim.
   seeds (0, 1, ...) never include.
 * **Baselines first.** The pipeline first reproduces the MNIST-1D paper's table and OLS on diabetes; a claim
   relying on a baseline that is off, or whose regime check fails, gets its verdicts withheld.
-* **Seeds from a power analysis.** The tuning seeds are the pilot: each primary effect's standard deviation there
-  gives the seeds for 80% power at its smallest effect of interest (SESOI) at the Bonferroni level alpha/m over
-  the study's m primary effects (Holm is never less powerful), between 3 and 40, within the tier's budget.
+* **Seeds from a power analysis.** In `--confirm` the three tuning seeds are the pilot: each primary effect's
+  standard deviation there gives the seeds for 80% power at its smallest effect of interest (SESOI) at the
+  Bonferroni level alpha/m over the study's m primary effects (Holm is never less powerful), between 3 and 40,
+  within the tier's budget (a run shared by several claims is counted once). The default tier runs 3 seeds and
+  reports the seeds its confirmatory seeds' spread asks for.
 * **The verdict.** Each primary effect gets a two-sided paired t-test and a TOST against its SESOI; both families
   of p-values are adjusted across all primary effects of the study ({adjust_name}), at alpha = 0.05:
 
