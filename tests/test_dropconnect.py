@@ -37,6 +37,10 @@ CASES = [
     Case("DropConnect-Linear-classic", lambda p, s: _linear(p, s, scaling="classic"), (6, 5), eval_rule=_scaled,
          p_zero_identity=False, notes={"p01": _P0}),
     Case("DropConnect-Conv2d", _conv, (1, 3, 4, 4), eval_rule=_full, p_zero_identity=False, notes={"p01": _P0}),
+    # Wan et al.'s form without an activation: the Gaussian inference of a linear unit is its mean, the full layer
+    Case("DropConnect-Linear-per-example", lambda p, s: _linear(p, s, per_example=True, inference="gaussian"),
+         (6, 5), eval_rule=_full, p_zero_identity=False, repr_args=("p", "per_example", "inference", "seed"),
+         notes={"p01": _P0}),
 ]
 
 install(globals(), CASES)
