@@ -62,8 +62,8 @@ def _p(entry: dict | None) -> str:
     return f"{entry['p_difference_adjusted']:.3g} / {entry['p_equivalence_adjusted']:.3g}"
 
 
-def summary_rows(data: dict) -> list[list[str]]:
-    """One row per primary effect of the study (see :data:`SUMMARY_HEADERS`)."""
+def summary_rows(data: dict, short: bool = False) -> list[list[str]]:
+    """One row per primary effect of the study (see :data:`SUMMARY_HEADERS`); ``short`` names claims by key."""
     rows = []
     for claim in data["claims"]:
         for effect in claim["effects"]:
@@ -71,9 +71,9 @@ def summary_rows(data: dict) -> list[list[str]]:
                 continue
             entry = claim["results"].get(effect["key"])
             sesoi = f"{'±' if effect['kind'] == 'equivalence' else ''}{effect['sesoi']:.4g}"
-            rows.append([str(claim["number"]), claim["title"], effect["part"], effect["label"],
-                         str(len(claim["per_seed"])), interval_text(entry), sesoi, _p(entry),
-                         verdict_text(claim, effect, data["meta"]["tier"])])
+            name = claim["key"] if short else claim["title"]
+            rows.append([str(claim["number"]), name, effect["part"], effect["label"], str(len(claim["per_seed"])),
+                         interval_text(entry), sesoi, _p(entry), verdict_text(claim, effect, data["meta"]["tier"])])
     return rows
 
 
@@ -117,7 +117,7 @@ def text_table(data: dict) -> str:
     meta = data["meta"]
     lines = ["baselines:", _align(BASELINE_HEADERS[:-1], [row[:-1] for row in baseline_rows(data)]), "",
              f"primary effects ({meta['family']} adjusted together, {meta['adjust'].upper()}, alpha {meta['alpha']}):",
-             _align(SUMMARY_HEADERS, summary_rows(data)), "", "time per claim:"]
+             _align(SUMMARY_HEADERS, summary_rows(data, short=True)), "", "time per claim:"]
     timing = [[c["name"] if "name" in c else f"{c['number']:02d}-{c['key']}", f"{c['cpu_seconds']:.0f} s",
                f"{c['wall_seconds']:.0f} s", str(len(c["per_seed"])), str(c["n_required"] or "-"), epochs_text(c)]
               for c in data["claims"]]
@@ -126,27 +126,30 @@ def text_table(data: dict) -> str:
 
 
 def _effects_panel(ax, claim: dict) -> None:
+    """Every effect in units of its own SESOI (so effects of different scales share one axis): the seeds'
+    values, the mean with its 95% interval, and the SESOI (±1 for equivalence claims)."""
     effects = claim["effects"]
     for y, effect in enumerate(effects):
         entry = claim["results"].get(effect["key"])
         if entry is None:
             continue
-        values = entry["values"]
+        s = effect["sesoi"]
+        values = [v / s for v in entry["values"]]
         ax.plot(values, [y] * len(values), "o", color="gray", alpha=0.6, markersize=4)
         if entry.get("low") is not None:
-            ax.plot([entry["low"], entry["high"]], [y, y], color="C3", linewidth=2)
-        ax.plot([entry["mean"]], [y], "D", color="C3", markersize=5)
-        s = effect["sesoi"]
+            ax.plot([entry["low"] / s, entry["high"] / s], [y, y], color="C3", linewidth=2)
+        ax.plot([entry["mean"] / s], [y], "D", color="C3", markersize=5)
         if effect["kind"] == "equivalence":
-            ax.plot([-s, s], [y + 0.3, y + 0.3], color="C2", linewidth=3, alpha=0.5)
+            ax.plot([-1, 1], [y + 0.3, y + 0.3], color="C2", linewidth=3, alpha=0.5)
         else:
-            ax.plot([effect["direction"] * s] * 2, [y - 0.3, y + 0.3], color="C2", linewidth=1.5)
+            ax.plot([effect["direction"]] * 2, [y - 0.3, y + 0.3], color="C2", linewidth=1.5)
     ax.axvline(0, color="black", linewidth=0.8)
     labels = [f"{e['key']} ({'equiv.' if e['kind'] == 'equivalence' else ('> 0' if e['direction'] > 0 else '< 0')}"
-              f"{'' if e['primary'] else ', secondary'})" for e in effects]
+              f"{'' if e['primary'] else ', secondary'}; SESOI {e['sesoi']:.3g})" for e in effects]
     ax.set_yticks(range(len(effects)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set(title="effects: seeds (gray), mean and 95% CI (red), SESOI (green)", xlabel="effect")
+    ax.set(title="effect / SESOI: seeds (gray), mean and 95% CI (red), SESOI (green)",
+           xlabel="effect in units of its smallest effect of interest")
     ax.title.set_fontsize(8)
 
 
