@@ -26,7 +26,7 @@ from __future__ import annotations
 from .attention import attention_dropout, attention_weights, scaled_dot_product_attention
 from .block import dropblock, dropblock1d, dropblock2d, dropblock3d, dropblock_mask
 from .concrete import concrete_dropout, concrete_keep, concrete_regularization
-from .dropconnect import dropconnect_linear, dropconnect_weights
+from .dropconnect import dropconnect_gaussian, dropconnect_linear, dropconnect_moments, dropconnect_weights
 from .droppath import drop_path, drop_path_rates
 from .inference import inference_rule
 from .noise import alpha_dropout, feature_alpha_dropout, gaussian_dropout, input_dropout
@@ -87,6 +87,8 @@ __all__ = [
     "drop_path_rates",
     "dropconnect_weights",
     "dropconnect_linear",
+    "dropconnect_moments",
+    "dropconnect_gaussian",
     "locked_dropout",
     "variational_mask",
     "embedding_dropout",

@@ -9,7 +9,10 @@ state through a checkpoint, so ``--resume`` continues exactly where the run stop
 
 Parts: :class:`RateSchedule` (``--schedule`` through :class:`droplab.DropoutScheduler`),
 :class:`Health` (gradient norms and loss slope), :class:`EarlyStopping`, :class:`Store` (the run
-store), :class:`Checkpoint`, :class:`Progress` and :class:`EpochHook` (``on_epoch``: Optuna pruning).
+store), :class:`Checkpoint`, :class:`Progress` and :class:`EpochHook` (``on_epoch``: Optuna pruning);
+:class:`BestWeights` (keep and restore the best-validation weights, stop after a patience on any metric)
+and :class:`StopAtTarget` (the epoch a metric first reaches a target) and :class:`WeightAverage` (the
+average of the end-of-epoch weights), which ``droplab study`` uses.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from .. import schedules
 
 __all__ = ["Callback", "RateSchedule", "Health", "EarlyStopping", "Store", "Checkpoint", "Progress", "EpochHook",
-           "schedule_curve", "CHECKPOINT_FORMAT"]
+           "BestWeights", "StopAtTarget", "WeightAverage", "schedule_curve", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -224,3 +227,173 @@ class EpochHook(Callback):
     def on_epoch_end(self, run, epoch: int, metrics: dict) -> None:
         self.fn(epoch, metrics)
 
+
+def _improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def _check_monitor(monitor: str, mode: str) -> None:
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(f"monitor must name an epoch metric such as 'val_acc', but got {monitor!r}")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', but got {mode!r}")
+
+
+class BestWeights(Callback):
+    """Keep a copy of the weights at the best value of ``monitor``; put them back when training ends.
+
+    The model a run returns is then its best-validation checkpoint, not the last epoch's weights. With
+    ``patience`` the run stops once ``monitor`` has not improved for that many epochs, so a run trains
+    until its own validation curve turns, not for a fixed count that cuts one arm short.
+
+    Args:
+        monitor: the epoch metric to watch (``val_acc``, ``val_loss``, ...). Default: ``"val_loss"``.
+        mode: ``"max"`` or ``"min"``: which way is better. Default: ``"min"``.
+        patience: epochs without improvement before asking to stop; None never stops. Default: None.
+        min_delta: an improvement must exceed this. Default: 0.
+
+    Example::
+
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> run = SimpleNamespace(core=torch.nn.Linear(1, 1), stop=False)
+        >>> best = BestWeights("val_acc", "max", patience=1)
+        >>> for epoch, acc in enumerate([0.5, 0.7, 0.6], start=1):
+        ...     best.on_epoch_end(run, epoch, {"val_acc": acc})
+        >>> best.best_epoch, best.best, run.stop
+        (2, 0.7, True)
+    """
+
+    name = "best_weights"
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int | None = None,
+                 min_delta: float = 0.0) -> None:
+        _check_monitor(monitor, mode)
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"patience must be a positive int or None, but got {patience!r}")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
+        self.best: float | None = None
+        self.best_epoch, self.stale, self.weights = 0, 0, None
+
+    def on_epoch_end(self, run, epoch: int, metrics: dict) -> None:
+        import copy
+
+        if self.monitor not in metrics:
+            raise KeyError(f"BestWeights monitors {self.monitor!r}, which the epoch metrics do not have: "
+                           f"{', '.join(sorted(metrics))}")
+        value = float(metrics[self.monitor])
+        if _improves(value, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+            self.weights = copy.deepcopy(run.core.state_dict())
+        else:
+            self.stale += 1
+        if self.patience is not None and self.stale >= self.patience:
+            run.stop = True
+
+    def restore(self, model) -> None:
+        """Load the best weights into ``model`` (nothing to do before the first epoch)."""
+        if self.weights is not None:
+            model.load_state_dict(self.weights)
+
+    def on_train_end(self, run, status: str, error: BaseException | None) -> None:
+        if error is None:
+            self.restore(run.core)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = None if state.get("best") is None else float(state["best"])
+        self.best_epoch, self.stale = int(state.get("best_epoch", 0)), int(state.get("stale", 0))
+
+
+class StopAtTarget(Callback):
+    """Record the first epoch at which ``monitor`` reaches ``target`` and (by default) stop there.
+
+    ``epoch`` stays None when the run ends first: the time to target is then censored at the last epoch.
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> run = SimpleNamespace(stop=False)
+        >>> at = StopAtTarget(0.6, "val_acc")
+        >>> for epoch, acc in enumerate([0.4, 0.65, 0.7], start=1):
+        ...     at.on_epoch_end(run, epoch, {"val_acc": acc})
+        >>> at.epoch, run.stop
+        (2, True)
+    """
+
+    name = "stop_at_target"
+
+    def __init__(self, target: float, monitor: str = "val_acc", mode: str = "max", stop: bool = True) -> None:
+        _check_monitor(monitor, mode)
+        if not math.isfinite(float(target)):
+            raise ValueError(f"target must be a finite number, but got {target!r}")
+        self.target, self.monitor, self.mode, self.stop = float(target), monitor, mode, bool(stop)
+        self.epoch: int | None = None
+
+    def on_epoch_end(self, run, epoch: int, metrics: dict) -> None:
+        value = float(metrics[self.monitor])
+        reached = value >= self.target if self.mode == "max" else value <= self.target
+        if reached and self.epoch is None:
+            self.epoch = epoch
+        if self.epoch is not None and self.stop:
+            run.stop = True
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state.get("epoch")
+
+
+class WeightAverage(Callback):
+    """Average the weights at the end of every epoch from ``start`` on; the run ends with the average.
+
+    Constant-step SGD leaves the weights fluctuating around the minimizer of the expected loss; the average of
+    the iterates (Polyak-Ruppert averaging, here over epochs) converges to it.
+
+    Example::
+
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> layer = torch.nn.Linear(1, 1, bias=False)
+        >>> run, average = SimpleNamespace(core=layer), WeightAverage(start=2)
+        >>> for epoch, w in enumerate([5.0, 1.0, 3.0], start=1):
+        ...     _ = layer.weight.data.fill_(w)
+        ...     average.on_epoch_end(run, epoch, {})
+        >>> average.restore(layer); layer.weight.item()
+        2.0
+    """
+
+    name = "weight_average"
+
+    def __init__(self, start: int = 1) -> None:
+        if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+            raise ValueError(f"start must be a positive int (an epoch), but got {start!r}")
+        self.start, self.count, self.average = start, 0, None
+
+    def on_epoch_end(self, run, epoch: int, metrics: dict) -> None:
+        if epoch < self.start:
+            return
+        state = {k: v.detach().clone() for k, v in run.core.state_dict().items() if v.is_floating_point()}
+        self.count += 1
+        if self.average is None:
+            self.average = state
+        else:
+            for key, value in state.items():
+                self.average[key] += (value - self.average[key]) / self.count
+
+    def restore(self, model) -> None:
+        """Load the averaged weights into ``model`` (nothing before ``start``)."""
+        if self.average is not None:
+            model.load_state_dict(self.average, strict=False)
+
+    def on_train_end(self, run, status: str, error: BaseException | None) -> None:
+        if error is None:
+            self.restore(run.core)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}

@@ -17,9 +17,22 @@ at ``dropout`` (0.5) or ``layer_rates``; the lab sets the run's ``rates`` on the
   per sequence, shared over time: Gal & Ghahramani 2016), then dropout on the last state and a Linear.
 * ``variant="concrete"`` (mlp only) wraps each Linear after a site in a learned-rate
   :class:`~droplab.nn.ConcreteDropout`; the trainer adds its regularization term to the loss.
+* ``variant="dropconnect"`` (mlp only, for callers of the factory) makes each hidden layer with a rate
+  above 0 a DropConnect layer in Wan et al.'s (2013) form: :class:`~droplab.nn.DropConnect` with a mask per
+  example over the weights and bias, the activation inside the layer, and moment-matched Gaussian sampling
+  at inference (no dropout site after it).
 * ``transformer``: each scalar of the sequence embedded to ``width`` plus a learned position, ``depth``
   droplab :class:`~droplab.nn.transformer.TransformerBlock` s (each block's rate is its layer rate),
   mean pooling, Linear.
+
+Models for the study's baselines and claims (factories of the same kind, with their rates built in):
+
+* ``linear``: one Linear layer (logistic regression with the classification loss), optionally behind input
+  dropout;
+* ``mnist1d_cnn`` and ``mnist1d_gru``: the MNIST-1D paper's CNN and GRU (Greydanus 2020);
+* ``recurrent``: a GRU over the sequence read out from every step's output, with no dropout, Zaremba et
+  al.'s naive dropout (a fresh mask per step on the outputs only) or Gal and Ghahramani's variational
+  dropout (one mask per sequence on the outputs and on the recurrent state).
 
 Every site's seed derives from the ``seed`` argument, so a run's masks are a function of its config.
 
@@ -41,7 +54,8 @@ from torch import nn
 
 from .. import nn as dnn
 
-__all__ = ["mlp", "cnn1d", "gru", "transformer", "DEFAULT_WIDTHS", "build_model", "dropout_modules", "max_norm_"]
+__all__ = ["mlp", "cnn1d", "gru", "transformer", "linear", "mnist1d_cnn", "mnist1d_gru", "recurrent", "RECURRENT_MODES",
+           "DEFAULT_WIDTHS", "build_model", "dropout_modules", "max_norm_"]
 
 #: width when the config leaves it unset: sized so each default compare runs in under 2 minutes on 2 CPU cores
 DEFAULT_WIDTHS = {"mlp": 512, "cnn1d": 32, "gru": 32, "transformer": 32}
@@ -102,11 +116,28 @@ def _concrete(config, layer: nn.Module, index: int, p: float) -> nn.Module:
     return _variant_class("concrete")(layer, p, seed=_site_seed(config, index))
 
 
+def _dropconnect(config, layer: nn.Linear, act: nn.Module, index: int, p: float) -> nn.Module:
+    """``layer`` then ``act`` as one DropConnect layer in Wan et al.'s form (a plain pair when ``p == 0``)."""
+    if p == 0:
+        return nn.Sequential(layer, act)
+    return dnn.DropConnect(layer, p, per_example=True, drop_bias=True, inference="gaussian", activation=act,
+                           samples=50, seed=_site_seed(config, index))
+
+
 class MLP(nn.Module):
     def __init__(self, config: _Spec, input_shape: tuple[int, ...], n_classes: int) -> None:
         super().__init__()
         rates = config.hidden_rates()
         act = _ACTIVATIONS[config.activation]
+        if config.variant == "dropconnect":
+            if config.batchnorm != "none":
+                raise ValueError("variant 'dropconnect' builds its own layers; use batchnorm='none'")
+            width_in, layers = math.prod(input_shape), [nn.Flatten()]
+            for i, rate in enumerate(rates):
+                layers.append(_dropconnect(config, nn.Linear(width_in, config.width), act(), i + 1, rate))
+                width_in = config.width
+            self.net = nn.Sequential(*layers, nn.Linear(width_in, n_classes))
+            return
         # concrete dropout wraps the layer that consumes the dropped activations, so each site's rate
         # travels to the next Linear
         concrete = config.variant == "concrete"
@@ -208,6 +239,43 @@ class TransformerClassifier(nn.Module):
 
 _MODELS = {"mlp": MLP, "cnn1d": CNN1d, "gru": GRUClassifier, "transformer": TransformerClassifier}
 
+#: the ``mode`` values of :func:`recurrent`
+RECURRENT_MODES = ("none", "naive", "variational")
+
+
+class MNIST1dCNN(nn.Module):
+    """The MNIST-1D paper's ``ConvBase``: three strided Conv1d layers (25 channels), a Linear on the flat maps."""
+
+    def __init__(self, length: int, n_classes: int, channels: int = 25) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
+                                   nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+                                   nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU())
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, 1, length)).numel()
+        self.head = nn.Linear(flat, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x.reshape(x.shape[0], 1, -1)).flatten(1))
+
+
+class SequenceReadout(nn.Module):
+    """A recurrent layer over ``(N, L)`` signals read ``chunk`` values per step, read out from every step's output.
+
+    ``drop`` is applied to the ``(N, T, H)`` outputs before the Linear on their flattening (the identity
+    when there is none).
+    """
+
+    def __init__(self, rnn: nn.Module, drop: nn.Module, steps: int, hidden: int, n_classes: int,
+                 chunk: int = 1) -> None:
+        super().__init__()
+        self.rnn, self.drop, self.chunk = rnn, drop, chunk
+        self.head = nn.Linear(steps * hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.rnn(x.reshape(x.shape[0], -1, self.chunk))[0]
+        return self.head(self.drop(out).flatten(1))
+
 
 @dataclass(frozen=True)
 class _Spec:
@@ -302,3 +370,74 @@ def max_norm_(model: nn.Module, max_norm: float) -> None:
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             weight = module.weight.view(module.weight.shape[0], -1)
             weight.copy_(torch.renorm(weight, p=2, dim=0, maxnorm=max_norm))
+
+
+def linear(input_shape, n_outputs: int, bias: bool = True, input_dropout: float = 0.0, seed: int = 0) -> nn.Module:
+    """One Linear layer on the flattened input (logistic regression under the classification loss), optionally
+    behind inverted input dropout of rate ``input_dropout``.
+
+    Example::
+
+        >>> [type(m).__name__ for m in linear((8,), 1, bias=False, input_dropout=0.5)]
+        ['Flatten', 'Dropout', 'Linear']
+    """
+    from ..functional import check_probability
+
+    check_probability(input_dropout)
+    layers: list[nn.Module] = [nn.Flatten()]
+    if input_dropout > 0:
+        layers.append(dnn.Dropout(input_dropout, seed=(int(seed) * 1_000_003 + 7919) % 2**63))
+    layers.append(nn.Linear(math.prod(input_shape), int(n_outputs), bias=bias))
+    return nn.Sequential(*layers)
+
+
+def mnist1d_cnn(input_shape, n_outputs: int, channels: int = 25) -> nn.Module:
+    """The MNIST-1D paper's CNN (``ConvBase``, Greydanus 2020): 3 strided convolutions of ``channels``, a Linear."""
+    return MNIST1dCNN(math.prod(input_shape), int(n_outputs), int(channels))
+
+
+def mnist1d_gru(input_shape, n_outputs: int, width: int = 6) -> nn.Module:
+    """The MNIST-1D paper's GRU (``GRUBase``, Greydanus 2020): bidirectional, ``width`` units, every step's output
+    flattened into a Linear."""
+    steps = math.prod(input_shape)
+    rnn = nn.GRU(1, int(width), batch_first=True, bidirectional=True)
+    return SequenceReadout(rnn, nn.Identity(), steps, 2 * int(width), int(n_outputs), 1)
+
+
+def recurrent(input_shape, n_outputs: int, width: int = 32, mode: str = "none", dropout: float = 0.0,
+              chunk: int = 1, seed: int = 0) -> nn.Module:
+    """A GRU of ``width`` units over the signal, ``chunk`` values per step, read out from every step's output.
+
+    ``mode`` places the dropout of rate ``dropout``:
+
+    * ``"none"``: no dropout (``torch.nn.GRU``);
+    * ``"naive"``: Zaremba et al. (2014), the baseline of Gal & Ghahramani: dropout on the outputs only (the
+      non-recurrent connections), a fresh mask at every step (``torch.nn.GRU``, then
+      :class:`~droplab.nn.Dropout` on ``(N, T, H)``);
+    * ``"variational"``: Gal & Ghahramani (2016): one mask per sequence, shared over the steps, on the outputs
+      and on the recurrent state :math:`h_{t-1}` (:class:`~droplab.nn.VariationalGRU`).
+
+    The input is not dropped in any mode: with a few values per step, a mask shared over time would delete
+    whole positions of the signal. With ``dropout=0`` every mode computes the same function.
+
+    Example::
+
+        >>> model = recurrent((40,), 10, width=8, mode="variational", dropout=0.25)
+        >>> model(torch.zeros(3, 40)).shape
+        torch.Size([3, 10])
+    """
+    from ..functional import check_probability
+
+    if mode not in RECURRENT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(RECURRENT_MODES)}, but got {mode!r}")
+    check_probability(dropout)
+    length, width, chunk = math.prod(input_shape), int(width), int(chunk)
+    if chunk < 1 or length % chunk:
+        raise ValueError(f"chunk must divide the signal's {length} values, but got {chunk}")
+    base = (int(seed) * 1_000_003 + 7919) % 2**62
+    if mode == "variational":
+        rnn = dnn.VariationalGRU(chunk, width, batch_first=True, recurrent_dropout=dropout, output_dropout=dropout,
+                                 seed=base)
+        return SequenceReadout(rnn, nn.Identity(), length // chunk, width, int(n_outputs), chunk)
+    drop = dnn.Dropout(dropout, seed=base) if mode == "naive" else nn.Identity()
+    return SequenceReadout(nn.GRU(chunk, width, batch_first=True), drop, length // chunk, width, int(n_outputs), chunk)

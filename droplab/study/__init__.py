@@ -1,14 +1,29 @@
-"""``droplab study``: the literature's claims about dropout, each a small controlled experiment with a verdict.
+"""``droplab study``: the literature's claims about dropout, each tested as its source states it, with a verdict.
 
-One module per claim in :mod:`droplab.study.claims` (setup, run, measure, plot); :mod:`.registry`
-finds them, :mod:`.runner` runs them over seeds and stores each seed in the run store,
-:mod:`.stats` gives the Student-t interval and the verdict, :mod:`.report` writes the report.
+One module per claim in :mod:`droplab.study.claims`; :mod:`.registry` finds them, :mod:`.runner` tunes each
+arm, sizes the seeds from the pilot variance and runs the confirmatory seeds on the lab's trainer
+(:mod:`.training`), :mod:`.analysis` turns the measurements into verdicts with the tests, power and adjustment of
+:mod:`.stats`, :mod:`.baselines` reproduces the published baselines first, and :mod:`.report` / :mod:`.page`
+write the report and the study page from ``results.json`` (:mod:`.results`).
 """
 
-from .claim import Claim, Effect
+from .claim import Arm, Claim, Effect, Part
+from .records import ClaimResult, Study
 from .registry import all_claims, resolve
-from .runner import ClaimResult, run_claim
-from .stats import auroc, t_interval, t_quantile, verdict
+from .runner import run_study
+from .stats import (
+    VERDICTS,
+    adjust,
+    difference_test,
+    judge,
+    minimum_detectable_effect,
+    power,
+    seeds_for_power,
+    t_interval,
+    tost,
+)
+from .training import Trained, fit
 
-__all__ = ["Claim", "Effect", "ClaimResult", "all_claims", "resolve", "run_claim", "t_interval", "t_quantile",
-           "verdict", "auroc"]
+__all__ = ["Arm", "Claim", "Effect", "Part", "all_claims", "resolve", "run_study", "Study", "ClaimResult", "fit",
+           "Trained", "t_interval", "difference_test", "tost", "power", "seeds_for_power",
+           "minimum_detectable_effect", "adjust", "judge", "VERDICTS"]

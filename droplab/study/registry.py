@@ -11,7 +11,7 @@ import pkgutil
 
 from .claim import Claim
 
-__all__ = ["all_claims", "resolve"]
+__all__ = ["all_claims", "resolve", "by_name"]
 
 
 def all_claims() -> list[Claim]:
@@ -34,6 +34,14 @@ def all_claims() -> list[Claim]:
     if len(set(numbers)) != len(numbers):
         raise RuntimeError(f"two claims share a number: {numbers}")
     return found
+
+
+def by_name(name: str) -> Claim:
+    """The claim called ``name`` (``"03-weight-scaling"``; a worker process looks claims up by it)."""
+    for claim in all_claims():
+        if claim.name == name:
+            return claim
+    raise KeyError(f"no claim named {name!r}")
 
 
 def resolve(names: list[str] | tuple[str, ...]) -> list[Claim]:

@@ -1,156 +1,215 @@
-"""The study report: one HTML page (a section and a figure per claim), a Markdown summary, the JSON results.
+"""The study's reports, all built from the ``results.json`` data (:mod:`.results`): the table printed at the end
+of a run, the per-claim figures, the HTML report, and the Markdown the study page is made of (:mod:`.page`).
 
-``<dir>/index.html`` is built from the lab's report parts (:func:`droplab.lab.report.page`,
-``html_table``, ``save_figure``, ``write_page``): it loads only its own PNGs and every string is escaped.
-``summary.md`` is the same content as Markdown (what docs/guides/study.md quotes), ``results.json`` the
-numbers.
+Every primary effect is a row of the summary table, with its interval, its smallest effect of interest, the
+adjusted p-values and the verdict; an "underpowered" or "inconclusive" verdict carries the minimum detectable
+effect at 80% power. A claim's figure shows its own panel beside the effects: every seed's value as a point,
+the mean with its 95% interval, zero and the smallest effect of interest.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner import ClaimResult
+__all__ = ["verdict_text", "interval_text", "summary_rows", "text_table", "baseline_rows", "epochs_text",
+           "draw_figure", "write_report"]
 
-__all__ = ["write_study_report", "markdown_summary", "text_table", "format_interval", "draw_figure"]
+SUMMARY_HEADERS = ("#", "claim", "part", "effect", "n", "mean [95% CI]", "SESOI", "p adj (diff / equiv)",
+                   "verdict")
 
 
-def format_interval(mean: float, low: float, high: float) -> str:
-    """``+0.0123 [-0.0040, +0.0286]``; one seed gives the point estimate only.
+def _num(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def interval_text(entry: dict | None) -> str:
+    """``+0.0123 [-0.0040, +0.0286]``; one seed gives the value alone.
 
     Example::
 
-        >>> format_interval(0.5, float("nan"), float("nan"))
+        >>> interval_text({"mean": 0.5, "low": None, "high": None})
         '+0.5000 (one seed)'
     """
-    if math.isnan(low):
-        return f"{mean:+.4f} (one seed)"
-    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+    if not entry:
+        return "-"
+    if entry.get("low") is None:
+        return f"{_num(entry['mean'])} (one seed)"
+    return f"{_num(entry['mean'])} [{_num(entry['low'])}, {_num(entry['high'])}]"
 
 
-def _primary(result: ClaimResult):
-    return next(e for e in result.claim.effects if e.primary)
+def verdict_text(claim: dict, effect: dict, tier: dict) -> str:
+    """The verdict of one effect as the reports print it (with the MDE when the seeds decided nothing)."""
+    entry = claim["results"].get(effect["key"])
+    if claim["errors"]:
+        return "failed"
+    if not tier["judged"] or entry is None or entry.get("low") is None:
+        return "not judged (one seed)" if entry is not None and entry.get("low") is None else "not judged"
+    if not effect["primary"]:
+        return "secondary (not judged)"
+    if claim["withheld"]:
+        return f"withheld ({claim['withheld']})"
+    verdict = entry.get("verdict") or "-"
+    if verdict in ("underpowered", "inconclusive"):
+        scale = "smallest margin shown" if effect["kind"] == "equivalence" else "MDE"
+        return f"{verdict} ({scale} at 80% power {entry['mde']:.4f}; SESOI {effect['sesoi']:.4f})"
+    return verdict
 
 
-def _effect_cell(result: ClaimResult, key: str) -> str:
-    interval = result.intervals.get(key)
-    return "-" if interval is None else format_interval(interval.mean, interval.low, interval.high)
+def _p(entry: dict | None) -> str:
+    if not entry or entry.get("p_difference_adjusted") is None:
+        return "-"
+    return f"{entry['p_difference_adjusted']:.3g} / {entry['p_equivalence_adjusted']:.3g}"
 
 
-def text_table(results: Sequence[ClaimResult]) -> str:
-    """One line per claim: number, key, verdict, primary effect with its interval, seeds, seconds."""
-    rows = [("#", "claim", "verdict", "primary effect [95% CI]", "seeds", "wall", "cpu")]
-    for r in results:
-        rows.append((str(r.claim.number), r.claim.key, r.verdict, _effect_cell(r, _primary(r).key),
-                     str(len(r.effects)), f"{r.seconds:.0f} s", f"{r.cpu_seconds:.0f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+def summary_rows(data: dict, short: bool = False) -> list[list[str]]:
+    """One row per primary effect of the study (see :data:`SUMMARY_HEADERS`); ``short`` names claims by key."""
+    rows = []
+    for claim in data["claims"]:
+        for effect in claim["effects"]:
+            if not effect["primary"]:
+                continue
+            entry = claim["results"].get(effect["key"])
+            sesoi = f"{'±' if effect['kind'] == 'equivalence' else ''}{effect['sesoi']:.4g}"
+            name = claim["key"] if short else claim["title"]
+            rows.append([str(claim["number"]), name, effect["part"], effect["label"], str(len(claim["per_seed"])),
+                         interval_text(entry), sesoi, _p(entry), verdict_text(claim, effect, data["meta"]["tier"])])
+    return rows
 
 
-def draw_figure(directory: Path, result: ClaimResult) -> str:
-    """The claim's own panel (its ``plot``) beside the effects: per-seed values, mean and 95% interval.
-
-    Saved as ``directory/claim-NN.png``; returns the file name.
-    """
-    from ..lab.report import pyplot, save_figure
-
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
-    if result.claim.plot is not None and result.raws:
-        result.claim.plot(left, result.raws, result.settings)
-    else:
-        left.axis("off")
-    effects = result.claim.effects
-    for y, effect in enumerate(effects):
-        values = [row[effect.key] for row in result.effects]
-        right.plot(values, [y] * len(values), "o", color="gray", alpha=0.6, markersize=4)
-        interval = result.intervals.get(effect.key)
-        if interval is not None:
-            if not math.isnan(interval.low):
-                right.plot([interval.low, interval.high], [y, y], color="C3", linewidth=2)
-            right.plot([interval.mean], [y], "D", color="C3")
-    right.axvline(0, color="black", linewidth=0.8)
-    right.set_yticks(range(len(effects)), [f"{e.key} ({'> 0' if e.direction > 0 else '< 0'}"
-                                           f"{'' if e.primary else ', secondary'})" for e in effects], fontsize=7)
-    right.invert_yaxis()
-    right.set(title="effects (expected sign): seeds, mean, 95% CI", xlabel="effect")
-    fig.suptitle(f"claim {result.claim.number}: {result.claim.title} - {result.verdict}", fontsize=10)
-    name, _ = save_figure(fig, directory, f"claim-{result.claim.number:02d}.png", result.claim.title, dpi=80)
-    return name
+def _align(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in [headers, *rows])
 
 
-def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell (``|acc|`` would end the cell)."""
-    return text.replace("|", "\\|")
+def baseline_rows(data: dict) -> list[list[str]]:
+    """The baseline table: what, the published value, ours (mean and per seed), the tolerance, pass/off."""
+    rows = []
+    for b in data["baselines"].values():
+        ours = "-" if b["mean"] is None else f"{b['mean']:.3f} (" + ", ".join(f"{v:.3f}" for v in b["values"]) + ")"
+        status = {True: "ok", False: "OFF", None: "not judged"}[b["ok"]]
+        rows.append([b["what"], f"{b['published']:.3f}", ours, f"±{b['tolerance']:.3f}", status, b["citation"]])
+    return rows
 
 
-def _meta_line(meta: dict) -> str:
-    total, cpu = meta.get("total_seconds", 0.0), meta.get("total_cpu_seconds", 0.0)
-    return (f"Total: {total:.0f} s wall ({total / 60:.1f} min), {cpu:.0f} s CPU ({cpu / 60:.1f} min); "
-            f"{meta.get('date', '')}; load average before/after: "
-            f"{meta.get('load_before', '?')} / {meta.get('load_after', '?')}; {meta.get('mode', '')}.")
+BASELINE_HEADERS = ("baseline", "published", "this run (per seed)", "tolerance", "status", "source")
 
 
-def markdown_summary(results: Sequence[ClaimResult], meta: dict, figure_dir: str | None = None) -> str:
-    """The study as Markdown: a verdict table, then per claim its setup, expectation, effects and verdict."""
-    lines = ["| # | claim | verdict | primary effect, mean [95% CI] | seeds | wall (CPU) |",
-             "|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.claim.number} | {r.claim.title} | **{r.verdict}** | "
-                     f"{_md(_primary(r).label)}: {_effect_cell(r, _primary(r).key)} | {len(r.effects)} | "
-                     f"{r.seconds:.0f} s ({r.cpu_seconds:.0f} s) |")
-    lines += ["", _meta_line(meta), ""]
-    for r in results:
-        c = r.claim
-        lines += [f"### {c.number}. {c.title}", "", f"- **Setup:** {c.setup_text}",
-                  f"- **Expected:** {c.expected}. *Source:* {c.source}.",
-                  f"- **Verdict:** **{r.verdict}** ({len(r.effects)} seeds, {r.seconds:.0f} s wall, "
-                  f"{r.cpu_seconds:.0f} s CPU)"]
-        if r.error:
-            lines.append(f"- **Error:** `{r.error}`")
-        lines += ["", "| effect | expected | mean [95% CI] | verdict |", "|---|---|---|---|"]
-        for e in c.effects:
-            sign = "> 0" if e.direction > 0 else "< 0"
-            lines.append(f"| {_md(e.label)}{'' if e.primary else ' (secondary)'} | {sign} "
-                         f"| {_effect_cell(r, e.key)} | {r.verdicts.get(e.key, '-')} |")
-        if figure_dir is not None:
-            lines += ["", f"![claim {c.number}]({figure_dir}/claim-{c.number:02d}.png)"]
-        lines.append("")
+def epochs_text(claim: dict) -> str:
+    """``none: 41-58 epochs (best 21-38), dropout: 150-199 (best 130-179), 1 censored`` for one claim."""
+    parts = []
+    for arm, info in claim["epochs"].items():
+        run = [e for e in info["epochs_run"] if e is not None]
+        best = [e for e in info["best_epoch"] if e is not None]
+        if not run:
+            continue
+        text = f"{arm}: {min(run)}-{max(run)} epochs" if min(run) != max(run) else f"{arm}: {run[0]} epochs"
+        if best:
+            text += f" (best {min(best)}-{max(best)})"
+        if info["censored"]:
+            text += f", {info['censored']} censored"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
+def text_table(data: dict) -> str:
+    """What a run prints at the end: the baselines, every primary effect, and the time of each claim."""
+    meta = data["meta"]
+    lines = ["baselines:", _align(BASELINE_HEADERS[:-1], [row[:-1] for row in baseline_rows(data)]), "",
+             f"primary effects ({meta['family']} adjusted together, {meta['adjust'].upper()}, alpha {meta['alpha']}):",
+             _align(SUMMARY_HEADERS, summary_rows(data, short=True)), "", "time per claim:"]
+    timing = [[c["name"] if "name" in c else f"{c['number']:02d}-{c['key']}", f"{c['cpu_seconds']:.0f} s",
+               f"{c['wall_seconds']:.0f} s", str(len(c["per_seed"])), str(c["n_required"] or "-"), epochs_text(c)]
+              for c in data["claims"]]
+    lines.append(_align(("claim", "CPU", "wall (units)", "seeds", "power asks", "epochs run"), timing))
     return "\n".join(lines)
 
 
-def _html_section(r: ClaimResult, figure: str | None) -> list[str]:
+def _effects_panel(ax, claim: dict) -> None:
+    """Every effect in units of its own SESOI (so effects of different scales share one axis): the seeds'
+    values, the mean with its 95% interval, and the SESOI (±1 for equivalence claims)."""
+    effects = claim["effects"]
+    for y, effect in enumerate(effects):
+        entry = claim["results"].get(effect["key"])
+        if entry is None:
+            continue
+        s = effect["sesoi"]
+        values = [v / s for v in entry["values"]]
+        ax.plot(values, [y] * len(values), "o", color="gray", alpha=0.6, markersize=4)
+        if entry.get("low") is not None:
+            ax.plot([entry["low"] / s, entry["high"] / s], [y, y], color="C3", linewidth=2)
+        ax.plot([entry["mean"] / s], [y], "D", color="C3", markersize=5)
+        if effect["kind"] == "equivalence":
+            ax.plot([-1, 1], [y + 0.3, y + 0.3], color="C2", linewidth=3, alpha=0.5)
+        else:
+            ax.plot([effect["direction"]] * 2, [y - 0.3, y + 0.3], color="C2", linewidth=1.5)
+    ax.axvline(0, color="black", linewidth=0.8)
+    labels = [f"{e['key']} ({'equiv.' if e['kind'] == 'equivalence' else ('> 0' if e['direction'] > 0 else '< 0')}"
+              f"{'' if e['primary'] else ', secondary'}; SESOI {e['sesoi']:.3g})" for e in effects]
+    ax.set_yticks(range(len(effects)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(title="effect / SESOI: seeds (gray), mean and 95% CI (red), SESOI (green)",
+           xlabel="effect in units of its smallest effect of interest")
+    ax.title.set_fontsize(8)
+
+
+def draw_figure(directory: Path, claim: dict) -> str | None:
+    """``directory/claim-NN.png``: the claim's own panel beside its effects; returns the file name (None: no data)."""
+    from ..lab.report import mpl_text, pyplot, save_figure
+    from .registry import all_claims
+
+    if not claim["per_seed"]:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.15, 1]})
+    code = {c.number: c for c in all_claims()}.get(claim["number"])
+    raws = [row["arms"] for row in claim["raws"]]
+    if code is not None and code.plot is not None and raws:
+        code.plot(left, raws, claim["settings"])
+        left.title.set_fontsize(8)
+    else:
+        left.axis("off")
+    _effects_panel(right, claim)
+    fig.suptitle(mpl_text(f"claim {claim['number']}: {claim['title']} ({len(claim['per_seed'])} seeds)"),
+                 fontsize=10)
+    fig.tight_layout()
+    name, _ = save_figure(fig, directory, f"claim-{claim['number']:02d}.png", claim["title"], dpi=80)
+    return name
+
+
+def _html_claim(claim: dict, figure: str | None, tier: dict) -> list[str]:
     from ..lab.report import escape as e
     from ..lab.report import html_table
 
-    c = r.claim
-    rows = [[x.label + ("" if x.primary else " (secondary)"), "> 0" if x.direction > 0 else "< 0",
-             _effect_cell(r, x.key), r.verdicts.get(x.key, "-")] for x in c.effects]
-    parts = [f'<h2 id="claim-{c.number}">{c.number}. {e(c.title)}: {e(r.verdict)}</h2>',
-             f"<p><b>Setup.</b> {e(c.setup_text)}</p>", f"<p><b>Expected.</b> {e(c.expected)}. "
-             f"<i>Source:</i> {e(c.source)}.</p>",
-             f"<p>{len(r.effects)} seeds, {r.seconds:.1f} s.</p>"]
-    if r.error:
-        parts.append(f'<p class="warn"><b>Error:</b> {e(r.error)}</p>')
-    parts.append(html_table(["effect", "expected", "mean [95% CI]", "verdict"], rows))
+    rows = [[f"{x['part']}: {x['label']}" + ("" if x["primary"] else " (secondary)"),
+             interval_text(claim["results"].get(x["key"])), f"{x['sesoi']:.4g}", _p(claim["results"].get(x["key"])),
+             verdict_text(claim, x, tier)] for x in claim["effects"]]
+    parts = [f'<h2 id="claim-{claim["number"]}">{claim["number"]}. {e(claim["title"])}</h2>',
+             f"<p><b>Source.</b> {e(claim['source'])}</p>", f"<p><b>Statement.</b> {e(claim['statement'])}</p>",
+             f"<p><b>Regime.</b> {e(claim['regime'])}</p>", f"<p><b>Mechanism.</b> {e(claim['mechanism'])}</p>",
+             f"<p><b>Setup.</b> {e(claim['setup'])}</p>",
+             f"<p>{len(claim['per_seed'])} seeds; epochs: {e(epochs_text(claim))}</p>"]
+    for err in claim["errors"]:
+        parts.append(f'<pre class="warn">{e(err)}</pre>')
+    parts.append(html_table(["effect", "mean [95% CI]", "SESOI", "p adj (diff / equiv)", "verdict"], rows))
     if figure:
-        parts.append(f'<p><img src="{e(figure)}" alt="claim {c.number} figure"></p>')
+        parts.append(f'<p><img src="{e(figure)}" alt="claim {claim["number"]} figure"></p>')
     return parts
 
 
-def write_study_report(directory: str | Path, results: Sequence[ClaimResult], meta: dict) -> Path:
-    """Write ``index.html``, ``claim-NN.png``, ``summary.md`` and ``results.json`` into ``directory``."""
+def write_report(directory: str | Path, data: dict) -> Path:
+    """Write ``results.json`` (first: a figure that fails to draw must not lose the numbers), the figures,
+    ``summary.md`` and ``index.html`` into ``directory``; returns the HTML page's path."""
     from ..lab.files import write_json, write_text
     from ..lab.report import escape, write_page
+    from .page import markdown
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # the numbers first: a figure that fails to draw must not lose them
-    write_json(directory / "results.json", {"meta": meta, "claims": [r.as_dict() for r in results]})
-    write_text(directory / "summary.md", markdown_summary(results, meta, figure_dir="."))
-    body = ["<pre>" + escape(text_table(results)) + "</pre>", f"<p>{escape(_meta_line(meta))}</p>"]
-    for r in results:
-        body += _html_section(r, draw_figure(directory, r) if r.effects else None)
-    return write_page(directory, meta.get("title", "droplab study"), body)
+    write_json(directory / "results.json", data, allow_nan=False)
+    figures = {c["number"]: draw_figure(directory, c) for c in data["claims"]}
+    write_text(directory / "summary.md", markdown(data, figure_dir="."))
+    body = ["<pre>" + escape(text_table(data)) + "</pre>"]
+    for claim in data["claims"]:
+        body += _html_claim(claim, figures[claim["number"]], data["meta"]["tier"])
+    return write_page(directory, f"droplab study {data['meta']['id']}", body)

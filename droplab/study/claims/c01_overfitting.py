@@ -1,50 +1,65 @@
-"""Claim 1: dropout reduces overfitting (a smaller generalization gap, better held-out accuracy)."""
+"""Claim 1: dropout reduces overfitting; split into a smaller generalization gap and better held-out accuracy."""
 
 from __future__ import annotations
 
-from ..claim import Claim, Effect
-from ..data import classification
-from ..fit import evaluate, train_mlp
+from ..claim import Arm, Claim, Effect, Part
+from .common import ACCURACY_REASON, LR_CANDIDATES, accuracy_sesoi, mlp_arm, summary
+
+RATES = {"none": 0.0, "dropout": 0.5}
 
 
-def setup(quick: bool) -> dict:
-    return {"dataset": "mnist1d", "width": 256, "depth": 2, "rates": [0.0, 0.5], "epochs": 15 if quick else 60}
+def settings(tier: str) -> dict:
+    return {"tier": tier, "width": 256, "depth": 2, "rates": RATES}
 
 
-def run(settings: dict, seed: int) -> dict:
-    data = classification(settings["dataset"], seed)
-    out = {}
-    for p in settings["rates"]:
-        result = train_mlp(data, seed, epochs=settings["epochs"],
-                           mlp_args={"width": settings["width"], "depth": settings["depth"], "p": p})
-        final = result.final()
-        out[str(p)] = {"train_acc": final["train_eval_acc"], "val_acc": final["val_acc"],
-                       "test_acc": evaluate(result.model, data.test.x, data.test.y)["acc"],
-                       "gap_curve": [row["train_eval_acc"] - row["val_acc"] for row in result.history]}
-    return out
+def run(settings: dict, arm: str, seed: int, hp: dict) -> dict:
+    return summary(mlp_arm(seed, settings["tier"], lr=hp["lr"], p=RATES[arm]))
 
 
-def measure(raw: dict, settings: dict) -> dict:
-    base, drop = raw["0.0"], raw["0.5"]
-    return {"gap_change": (drop["train_acc"] - drop["val_acc"]) - (base["train_acc"] - base["val_acc"]),
-            "test_acc_change": drop["test_acc"] - base["test_acc"]}
+def measure(raws: dict, settings: dict) -> dict:
+    none, drop = raws["none"], raws["dropout"]
+    return {"gap_change": drop["gap"] - none["gap"], "test_acc_change": drop["test_acc"] - none["test_acc"],
+            "train_acc_change": drop["train_acc"] - none["train_acc"]}
+
+
+def checks(raws: list[dict], settings: dict) -> dict:
+    gap = sum(raw["none"]["gap"] for raw in raws) / len(raws)
+    return {"the network without dropout overfits": (gap >= 0.05, f"mean train-validation gap {gap:.3f} "
+                                                                  "(needs >= 0.05)")}
 
 
 def plot(ax, raws: list[dict], settings: dict) -> None:
-    for p, color in zip(settings["rates"], ("C0", "C1")):
-        for i, raw in enumerate(raws):
-            ax.plot(range(1, settings["epochs"] + 1), raw[str(p)]["gap_curve"], color=color, alpha=0.6,
-                    label=f"p = {p}" if i == 0 else None)
-    ax.set(title="generalization gap per seed", xlabel="epoch", ylabel="train acc - val acc")
-    ax.legend(fontsize=8)
+    for arm, color in (("none", "C0"), ("dropout", "C1")):
+        ax.scatter([raw[arm]["gap"] for raw in raws], [raw[arm]["test_acc"] for raw in raws], color=color,
+                   label=f"{arm} (one point per seed)")
+    ax.set(title="gap and test accuracy at each arm's best checkpoint", xlabel="train acc - val acc",
+           ylabel="test acc")
+    ax.legend(fontsize=7)
 
 
 CLAIM = Claim(
     number=1, key="overfitting", title="Dropout reduces overfitting",
-    setup_text="MLP 40-256-256-10 on MNIST-1D, Adam 1e-3, 60 epochs; p = 0 vs p = 0.5 after each hidden layer, "
-               "same init and data order per seed.",
-    expected="the train-validation accuracy gap shrinks with dropout (gap change < 0) and test accuracy rises",
-    source="Hinton et al. 2012, arXiv:1207.0580; Srivastava et al. 2014, JMLR 15, sec. 6-7",
-    effects=(Effect("gap_change", "gap(p=0.5) - gap(p=0), accuracy", -1),
-             Effect("test_acc_change", "test acc(p=0.5) - test acc(p=0)", +1)),
-    seeds=5, setup=setup, run=run, measure=measure, plot=plot)
+    source="Srivastava, Hinton, Krizhevsky, Sutskever, Salakhutdinov 2014, JMLR 15, abstract and sec. 6; "
+           "Hinton et al. 2012, arXiv:1207.0580",
+    statement="Randomly dropping units during training 'prevents units from co-adapting too much' and "
+              "'significantly reduces overfitting and gives major improvements over other regularization "
+              "methods': a dropout network generalizes better than the same network trained without it.",
+    regime="A network large enough to overfit its training set: the 40-256-256-10 MLP reaches ~100% training "
+           "accuracy on 3200 MNIST-1D signals while validation accuracy stays near 62% (checked: the gap without "
+           "dropout must be at least 5 points, or the claim cannot show).",
+    mechanism="The generalization gap itself (training minus validation accuracy at the best checkpoint) is the "
+              "overfitting the claim says dropout removes; the training accuracy it gives up is reported beside it.",
+    setup_text="MLP 40-256-256-10 (ReLU) on a fresh MNIST-1D draw per seed (3200 train / 800 validation / 1000 "
+               "test), AdamW, batch 100, learning rate tuned per arm in {0.003, 0.001}; p = 0 vs p = 0.5 after "
+               "each hidden layer; each arm's best-validation checkpoint, patience 15 epochs.",
+    parts=(Part("a", "dropout shrinks the gap between training and held-out accuracy"),
+           Part("b", "dropout raises held-out (test) accuracy")),
+    arms=(Arm("none", LR_CANDIDATES), Arm("dropout", LR_CANDIDATES)),
+    effects=(Effect("gap_change", "gap(p=0.5) - gap(p=0)", -1, 0.02,
+                    "2 points: the gap is a difference of two accuracies, so twice the 1-point accuracy SESOI",
+                    part="a"),
+             Effect("test_acc_change", "test acc(p=0.5) - test acc(p=0)", +1, accuracy_sesoi, ACCURACY_REASON,
+                    part="b"),
+             Effect("train_acc_change", "train acc(p=0.5) - train acc(p=0) (mechanism)", -1, accuracy_sesoi,
+                    ACCURACY_REASON, primary=False, part="a")),
+    settings=settings, run=run, measure=measure, checks=checks, plot=plot, baselines=("mnist1d-mlp",))
