@@ -129,18 +129,11 @@ def build_model(config, input_shape: Sequence[int], n_outputs: int) -> nn.Module
     if config.input_site:
         model = nn.Sequential(OrderedDict(input_drop=dnn.InputDropout(INPUT_RATE, seed=seed), model=model))
     try:
-        model = convert(model, seed=seed + 1, keep_seeds=True)  # the seeds the factory chose stay
+        # every site seeded (so every mask of the run is resumable); seeds the factory chose stay
+        model = convert(model, seed=seed + 1, keep_seeds=True)
     except ValueError as error:
         raise UserCodeError(f"droplab.convert of {config.model}", error, code_files(factory)) from error
-    _seed_unseeded(model, seed + 100_003)
     return apply_rates(model, config)
-
-
-def _seed_unseeded(model: nn.Module, seed: int) -> None:
-    """Give droplab modules built with ``seed=None`` counters too, so every mask of the run is resumable."""
-    unseeded = [m for m in model.modules() if isinstance(m, dnn.StochasticModule) and not getattr(m, "seeded", True)]
-    for index, module in enumerate(unseeded):
-        module.reseed(seed + index)
 
 
 def with_model_defaults(config, explicit: set[str]):
