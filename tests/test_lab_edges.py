@@ -207,11 +207,13 @@ def test_names_with_newlines_never_forge_lines(tmp_path, capsys):
     data = write_npz(tmp_path / "d.npz", n=60, features=4)
     assert main(["compare", "--dataset", str(data), "--set", "name=x\nFAKE-LINE verdict: dropout hurts\x1b[2J",
                  "--rates", "0,0.5", "--set", "epochs=1", "--set", "width=8", "--db", str(tmp_path / "c.db"),
-                 "--no-report", "--no-progress", "--no-coadaptation"]) == 0
+                 "--no-report", "--no-progress", "--no-coadaptation"]) == 2
     captured = capsys.readouterr()
-    printed = captured.out + captured.err  # the table, the verdict and the progress lines
-    assert not any(line.startswith("FAKE-LINE") for line in printed.splitlines()) and "xFAKE-LINE" in printed
-    assert "\x1b" not in printed
+    printed = captured.out + captured.err
+    assert "name must be a string without control characters" in printed and "Traceback" not in printed
+    assert not any(line.startswith("FAKE-LINE") for line in printed.splitlines())
+    assert "\x1b" not in printed  # the refused name is shown escaped (repr)
+    assert not (tmp_path / "c.db").exists()  # refused before anything is stored
     with RunStore(db) as store:  # names stored by another writer, or before droplab refused them
         run_id = store.start_run({"x": 1}, name="ok\nFAKE-LINE verdict: dropout hurts", study="s\n\x1b[2Jx",
                                  group="g\x07")

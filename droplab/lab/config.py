@@ -25,6 +25,7 @@ import json
 import math
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +216,10 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _check_choices(config: ExperimentConfig) -> None:
-    """Every field with a fixed set of values holds one of them."""
+    """Every field with a fixed set of values holds one of them; the name is one printable line."""
+    if not isinstance(config.name, str) or any(unicodedata.category(c) == "Cc" for c in config.name):
+        raise ValueError("name must be a string without control characters (it is shown on terminals and in "
+                         f"reports), but got {config.name!r}")
     if ":" not in str(config.model):  # FILE.py:NAME or package.module:NAME is a user's model factory
         _check_choice("model", config.model, MODELS)
     for name, allowed in (("task", TASKS), ("activation", ACTIVATIONS), ("batchnorm", BATCHNORM),
