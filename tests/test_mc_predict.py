@@ -370,3 +370,33 @@ def test_prefix_runs_once_on_the_unreplicated_batch_past_zero_rate_sites():
     assert res.path == "hooks" and set(rows) == {2, 6, 12} and rows.count(6) == 5
     torch.testing.assert_close(res.samples, sample_loop(model, (x, 2.0), 40, seed=0))
     assert res.samples.std(0).min() > 0
+
+
+def _intercepted_by_predict(model, x, samples):
+    before = dl.graph.routing_counts().intercepted
+    predict(model, x, samples=samples, seed=0)
+    return dl.graph.routing_counts().intercepted - before
+
+
+def test_a_model_without_functional_dropout_pays_no_interception_per_sample():
+    # the probe looks at the model once; the samples themselves run without a torch-function mode
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    x = torch.randn(10, 6)
+    assert _intercepted_by_predict(model, x, 2) == _intercepted_by_predict(model, x, 40)
+
+
+def test_functional_dropout_is_still_sampled_with_the_recorder():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.b(TF.dropout(self.a(x).relu(), 0.5, self.training))
+
+    model, x = Functional().eval(), torch.randn(10, 6)
+    samples = predict(model, x, samples=8, seed=0).samples
+    assert not torch.allclose(samples[0], samples[1])  # sampled, not the eval forward
+    with torch.no_grad():
+        hidden = model.a(x).relu()
+    assert (samples[0] - model.b(hidden * 0)).abs().sum() > 0

@@ -260,12 +260,20 @@ def _attention(call, key: int, use: int, p: float):
 
 @dataclass
 class _Functional:
-    recorder: CallRecorder
-    stack: ModuleStack
+    recorder: CallRecorder | None  # None: the probe found no functional dropout call, nothing to intercept
+    stack: ModuleStack | None
 
 
 @contextlib.contextmanager
-def _functional(model: nn.Module, keys: dict[int, int]) -> Iterator[_Functional]:
+def _functional(model: nn.Module, keys: dict[int, int], calls: list) -> Iterator[_Functional]:
+    """The recorder that draws the model's functional dropout ``calls`` (found by the probe) as sites.
+
+    A model without any pays nothing: no module stack, no torch-function mode (each intercepted torch call
+    costs microseconds, thousands per prediction).
+    """
+    if not calls:
+        yield _Functional(None, None)
+        return
     with routing_suspended(), module_stack(model) as stack:
         yield _Functional(CallRecorder(stack, on_dropout=_FunctionalSites(stack, keys)), stack)
 
@@ -273,6 +281,9 @@ def _functional(model: nn.Module, keys: dict[int, int]) -> Iterator[_Functional]
 @contextlib.contextmanager
 def _fresh(functional: _Functional) -> Iterator[None]:
     """One pass: functional calls are numbered from 0 again."""
+    if functional.recorder is None:
+        yield
+        return
     functional.stack.new_pass()
     with functional.recorder:
         yield
@@ -391,7 +402,7 @@ def predict(model: nn.Module, x, samples: int = 100, *, seed: int | None = None,
             raise ValueError(f"method={method!r} cannot sample the torch sites {prep.torch_sites}; use 'loop' or "
                              "'auto'")
         with mc_activate(prep.droplab_sites, prep.keys), _torch_train(prep.torch_sites), \
-                _functional(prep.root, prep.keys) as functional:
+                _functional(prep.root, prep.keys, prep.functional) as functional:
             if not loop:
                 plan, path = _choose_plan(prep, x, method, cache_prefix, run, functional)
                 try:
