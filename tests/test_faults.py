@@ -327,7 +327,11 @@ def test_hostile_run_names_stay_inside_the_report_dir(tmp_path, data, capsys):
     outside = tmp_path / "outside"
     outside.mkdir()
     reports = outside / "reports"
-    name = "a/../../../escape $\\x{$ \x1b[2J\x07"
+    refused = main(["compare", "--dataset", str(data), "--set", "name=a/../../x \x1b[2J\x07", "--db",
+                    str(tmp_path / "r.db"), "--report-dir", str(reports), "--rates", "0,0.5"])
+    assert refused == 2 and not _files_under(outside)  # control characters: refused before anything is written
+    assert "\x1b" not in "".join(capsys.readouterr())
+    name = "a/../../../escape $\\x{$ \u202e"  # path climbing, mathtext and a bidirectional override
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
