@@ -400,3 +400,44 @@ def test_functional_dropout_is_still_sampled_with_the_recorder():
     with torch.no_grad():
         hidden = model.a(x).relu()
     assert (samples[0] - model.b(hidden * 0)).abs().sum() > 0
+
+
+class _Residual(nn.Module):
+    """A value from before the site is used after it: the lazy plan fails its check, the whole plan runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(6, 16), nn.Dropout(0.5), nn.Linear(16, 16)
+
+    def forward(self, x):  # a mapping input arrives as keyword arguments
+        h = self.a(x).relu()
+        return self.b(self.drop(h)) + h
+
+
+@pytest.mark.parametrize("kind", ["fx", "lazy"])
+def test_plan_checks_run_once_per_model_and_input_structure(kind):
+    model = _mlp() if kind == "fx" else _Residual()
+    x = _x(12) if kind == "fx" else {"x": torch.randn(12, 6)}
+    calls = []
+    (model[0] if kind == "fx" else model.a).register_forward_pre_hook(lambda module, args: calls.append(1))
+    one = predict(model, x, 5, seed=3)
+    checked = len(calls)
+    calls.clear()
+    two = predict(model, x, 5, seed=3)
+    assert len(calls) < checked  # the probe and the pass, without the checks' forwards
+    assert two.path == one.path
+    torch.testing.assert_close(two.samples, one.samples, rtol=0, atol=0)
+    torch.testing.assert_close(two.samples, sample_loop(model, x, 5, seed=3), rtol=1e-6, atol=1e-6)
+
+
+def test_a_changed_model_is_checked_again():
+    model = _Residual()
+    calls = []
+    model.a.register_forward_pre_hook(lambda module, args: calls.append(1))
+    x = {"x": torch.randn(12, 6)}
+    predict(model, x, 5, seed=3)
+    checked = len(calls)
+    model.b = nn.Linear(16, 16)  # a new module: the verdict no longer applies
+    calls.clear()
+    predict(model, x, 5, seed=3)
+    assert len(calls) == checked
