@@ -94,7 +94,7 @@ import numbers
 import warnings
 import weakref
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -477,8 +477,8 @@ def _plan_key(prep: _Prepared, x, method: str, cache_prefix: bool, run: _Run, pa
 def _structure(x):
     if isinstance(x, torch.Tensor):
         return ("tensor", tuple(x.shape[1:]), x.dtype, x.device, x.dim())
-    if isinstance(x, dict):
-        return ("dict",) + tuple((k, _structure(v)) for k, v in x.items())
+    if isinstance(x, Mapping):  # a dict, a Hugging Face BatchEncoding
+        return ("mapping",) + tuple((k, _structure(v)) for k, v in x.items())
     if isinstance(x, (tuple, list)):
         return (type(x).__name__,) + tuple(_structure(v) for v in x)
     return ("value", type(x), x)  # a flag or a number can steer the forward: part of the key (hashable or None)
