@@ -98,10 +98,11 @@ def _check_ops(indices, failures):
     """The registered ops and each backend's entry points, called directly (no functional in front)."""
     import droplab.kernels as K
     from droplab import rng
+    from droplab.functional import seed_tensor
     from droplab.kernels import available_backends, use_backend, variant_ops
 
     weight = torch.randn(VOCAB, DIM, generator=torch.Generator().manual_seed(1))
-    seed_t, step_t = rng.seed_tensor(5), torch.tensor(2)
+    seed_t, step_t = seed_tensor(5), torch.tensor(2)
     threshold, scale = rng.drop_threshold(0.5), 2.0
     valid_dtype = indices.dtype in (torch.int64, torch.int32)
     in_table = valid_dtype and (indices.numel() == 0 or (int(indices.min()) >= 0 and int(indices.max()) < VOCAB))
