@@ -22,7 +22,7 @@ from torch import nn
 
 from .._modes import training_flags_restored
 from ..graph.dataflow import model_graph
-from ..graph.model_io import call_model, model_device
+from ..graph.model_io import call_model, hooks_removed, model_device
 from ._data import batches
 from .lint_rules import RULES, batchnorms_fed_by_dropout
 
@@ -76,13 +76,9 @@ class _ChannelMoments:
 def _measure(model: nn.Module, loader: Iterable, names: list[str], max_batches: int | None) -> dict[str, torch.Tensor]:
     moments = {name: _ChannelMoments() for name in names}
     handles = [model.get_submodule(name).register_forward_pre_hook(moments[name]) for name in names]
-    try:
-        with torch.no_grad():
-            for x, _ in batches(loader, model_device(model), max_batches):
-                call_model(model, x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks_removed(handles), torch.no_grad():
+        for x, _ in batches(loader, model_device(model), max_batches):
+            call_model(model, x)
     if any(m.count == 0 for m in moments.values()):
         raise ValueError("loader gave no batch that reaches the BatchNorm layers")
     return {name: m.variance() for name, m in moments.items()}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._modes import training_flags_restored
-from ..graph.model_io import call_model, model_device
+from ..graph.model_io import call_model, hooks_removed, model_device
 from ..rng import random_words
 from ._data import batches
 
@@ -85,15 +85,10 @@ def capture_activations(model: nn.Module, loader: Iterable, layers: Sequence[str
                 output = output[0]
             captured[name].append(_units(output).float().cpu())
         handles.append(modules[name].register_forward_hook(hook))
-    with training_flags_restored(model.modules()):
-        try:
-            model.eval()
-            with torch.no_grad():
-                for x, _ in batches(loader, model_device(model), max_batches):
-                    call_model(model, x)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with training_flags_restored(model.modules()), hooks_removed(handles), torch.no_grad():
+        model.eval()
+        for x, _ in batches(loader, model_device(model), max_batches):
+            call_model(model, x)
     if not any(captured.values()):
         raise ValueError("loader is empty")
     return {name: torch.cat(chunks) for name, chunks in captured.items()}

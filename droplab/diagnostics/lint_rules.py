@@ -74,7 +74,7 @@ from ..graph.dataflow import (
     is_dropout_function,
     model_graph,
 )
-from ..graph.model_io import call_model
+from ..graph.model_io import call_model, hooks_removed
 from ..nn import StochasticModule
 
 __all__ = ["Finding", "Findings", "RULES", "SEVERITIES", "lint"]
@@ -383,12 +383,8 @@ def _capture_inputs(model: nn.Module, example_input: object, names: list[str]) -
         def hook(module, args, kwargs, name=name):
             captured.setdefault(name, (args, kwargs))
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            call_model(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks_removed(handles), torch.no_grad():
+        call_model(model, example_input)
     return captured
 
 

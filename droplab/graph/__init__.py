@@ -35,6 +35,7 @@ from .model_io import (
     batch_rows,
     call_model,
     first_tensor,
+    hooks_removed,
     map_batched,
     model_device,
     select_output,
@@ -64,7 +65,7 @@ __all__ = [
     "routing_is_suspended", "RoutingCounts", "routing_counts",
     # calling a model
     "call_model", "tensors", "first_tensor", "batch_rows", "BatchLayout", "map_batched", "select_output",
-    "model_device",
+    "model_device", "hooks_removed",
     # the walker and the rules
     "Site", "RANDOM_OP", "is_dropout_module", "module_site", "module_sites", "places", "replace_module",
     "CONVERSIONS", "register_conversion", "conversion_for", "declined", "torch_counterpart",

@@ -40,7 +40,7 @@ from torch import nn
 
 from .. import functional as dlf
 from ..nn import StochasticModule
-from .model_io import call_model, tensors
+from .model_io import call_model, hooks_removed, tensors
 from .recorder import CallRecorder, ModuleStack
 from .walker import is_dropout_module
 
@@ -321,12 +321,8 @@ def _from_hooks(model: nn.Module, example_input: object) -> ModelGraph:
     for name, module in model.named_modules():
         if _is_leaf(module):
             handles.append(module.register_forward_hook(hook(name), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            call_model(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks_removed(handles), torch.no_grad():
+        call_model(model, example_input)
     return ModelGraph(flow.nodes, "hooks")
 
 

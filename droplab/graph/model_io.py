@@ -14,13 +14,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 __all__ = ["call_model", "tensors", "first_tensor", "batch_rows", "BatchLayout", "map_batched", "select_output",
-           "model_device"]
+           "model_device", "hooks_removed"]
+
+
+@contextlib.contextmanager
+def hooks_removed(handles: list) -> Iterator[None]:
+    """Remove the hook ``handles`` (``register_forward_hook``'s) on exit, also when the body raises."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def call_model(model: Callable, inputs: object) -> object:
